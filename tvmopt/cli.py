@@ -1,0 +1,286 @@
+"""The `tvmopt` command: argument parsing and printing only; the work is in the stage modules."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import TvmoptError
+
+log = logging.getLogger("tvmopt")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if verbose == 0 else
+                                           "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("tvmopt").setLevel(level)
+    # The ONNX importer warns about every dynamic dim; tvmopt reports those itself.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _table(rows: list[list], headers: list[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(d) for d in shape) if len(shape) else "scalar"
+
+
+def db_option(f):
+    return click.option(
+        "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="TVMOPT_DB",
+        show_envvar=True, default=None,
+        help="Tuning database (SQLite) [default: tuning_logs/tvmopt.db].")(f)
+
+
+def input_shape_option(f):
+    return click.option(
+        "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+        help="Fix an input's shape, e.g. data=1x3x224x224 (repeatable). Needed for dynamic dims.",
+    )(f)
+
+
+def _parse_shapes(values) -> dict[str, tuple[int, ...]]:
+    from .frontend import parse_input_shape
+
+    return dict(parse_input_shape(v) for v in values)
+
+
+class _Group(click.Group):
+    """Turns every TvmoptError into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TvmoptError as e:
+            raise click.ClickException(str(e)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug in tvmopt or TVM: still one line unless asked
+            if os.environ.get("TVMOPT_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise click.ClickException(
+                f"internal error: {type(e).__name__}: {first[:300]} "
+                "(set TVMOPT_DEBUG=1 for the traceback and report it)") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tvmopt")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose):
+    """tvmopt: compile ONNX models with TVM for CUDA, ROCm, x86 and ARM.
+
+    Typical use: `tvmopt build model.onnx --target host -o model.so`, then
+    `tvmopt run model.so --inputs in.npz`.
+    """
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--target", "target_spec", help="Also list the tuning tasks for this target.")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(path, target_spec, input_shapes, as_json):
+    """Describe an ONNX model (or the manifest of a built .so).
+
+    For a model: inputs and outputs (symbolic dims by name), opset, op histogram, ops the
+    importer does not support (all of them, with node names) and, with --target, the tuning
+    tasks with their FLOPs and weights.
+    """
+    from . import frontend
+
+    if path.suffix == ".so":
+        from .runtime import read_manifest
+
+        manifest = read_manifest(path)
+        if as_json:
+            _echo_json(manifest)
+            return
+        _print_manifest(path, manifest)
+        return
+    model = frontend.load_model(path)
+    info = frontend.describe(model, path).as_dict()
+    if target_spec:
+        info["target"], info["tasks"] = _inspect_tasks(path, target_spec, input_shapes)
+    if as_json:
+        _echo_json(info)
+        return
+    click.echo(f"model     {path}  (opset {info['opset']}, {info['producer'] or 'unknown producer'})")
+    click.echo(f"sha256    {info['sha256']}")
+    for kind in ("inputs", "outputs"):
+        click.echo(f"{kind}:")
+        for t in info[kind]:
+            click.echo(f"  {t['name']}: {_shape(t['shape'])} {t['dtype']}")
+    if info["dynamic_dims"]:
+        click.echo("dynamic dims: " + ", ".join(info["dynamic_dims"])
+                   + "  (fix them with --input-shape NAME=DIMS)")
+    click.echo("ops: " + ", ".join(f"{op}×{n}" for op, n in info["op_histogram"].items()))
+    if info["unsupported_ops"]:
+        click.echo(f"unsupported ops ({len(info['unsupported_ops'])}):")
+        for u in info["unsupported_ops"]:
+            click.echo(f"  {u['op_type']} (node {u['node']})")
+    else:
+        click.echo("unsupported ops: none")
+    if target_spec:
+        click.echo(f"tuning tasks for {info['target']} ({len(info['tasks'])}):")
+        rows = [[t["name"], t["weight"], f"{t['flops'] / 1e6:.2f}"] for t in info["tasks"]]
+        click.echo(_table(rows, ["task", "weight", "MFLOP/call"]))
+
+
+def _inspect_tasks(path, target_spec, input_shapes):
+    from . import build, targets, tuning
+
+    preset = targets.resolve(target_spec)
+    _, _, mod = build.prepare(path, preset, build.BuildOptions(_parse_shapes(input_shapes)))
+    tasks = tuning.extract_tasks(mod, preset.tvm_target())
+    return preset.key, [t.as_dict() for t in tasks]
+
+
+def _print_manifest(path, m):
+    click.echo(f"artifact  {path}  (tvmopt {m['tvmopt_version']}, TVM {m['tvm_version']})")
+    click.echo(f"model     {m['model']}  sha256 {m['model_sha256']}")
+    click.echo(f"target    {m['target_key']}  (preset {m['preset']}, {m['elf_machine']} ELF)")
+    click.echo(f"precision {m['precision']}  layout {m['layout']}")
+    for kind in ("inputs", "outputs"):
+        click.echo(f"{kind}:")
+        for t in m[kind]:
+            click.echo(f"  {t['name']}: {_shape(t['shape'])} {t['dtype']}")
+    click.echo(f"tuned     {len(m['tuned_tasks'])} of {m['tasks']} tasks "
+               f"(database digest {m['database_digest']})")
+
+
+def _build_help() -> str:
+    from .passes import describe_pipeline
+
+    return (
+        "Compile MODEL for a target into one deployable .so (manifest included).\n\n"
+        "Tuned schedules for this exact target are taken from the database; untuned tasks use "
+        "TVM's default schedules.\n\n\b\nGraph pipeline:\n" + describe_pipeline()
+    )
+
+
+@cli.command(help=_build_help())
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "target_spec", required=True,
+              help="Preset name (see targets/, e.g. host) or a TVM target JSON object.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the .so.")
+@db_option
+@input_shape_option
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
+              help="Convolution layout; NHWC runs the layout-nhwc pass.")
+@click.option("--check", is_flag=True,
+              help="Run the result and ONNX Runtime on the same random inputs; fail above tolerance.")
+@click.option("--tolerance", type=float, default=None,
+              help="Max relative error for --check [default: 1e-4 for fp32, 1e-2 for fp16].")
+def build(model, target_spec, out, db_path, input_shapes, precision, layout, check, tolerance):
+    from . import build as build_stage
+    from . import targets
+
+    preset = targets.resolve(target_spec)
+    options = build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout)
+    result = build_stage.build(model, preset, out, db_path=db_path, options=options)
+    total = sum(result.seconds.values())
+    click.echo(f"built {result.path} for {preset.key} ({precision}) in {total:.1f} s: "
+               f"{len(result.tuned)} of {len(result.tasks)} tasks tuned")
+    if check:
+        _check(model, result.path, tolerance if tolerance is not None
+               else (1e-4 if precision == "fp32" else 1e-2))
+
+
+def _check(model_path, lib_path, tolerance):
+    from . import runtime
+
+    compiled = runtime.load(lib_path)
+    inputs = runtime.random_inputs(compiled.inputs)
+    mismatches = runtime.compare(compiled(inputs), runtime.onnxruntime_outputs(model_path, inputs))
+    worst = max(m.max_rel for m in mismatches)
+    for m in mismatches:
+        click.echo(f"check {m.output}: max abs error {m.max_abs:.3g}, max rel error {m.max_rel:.3g}")
+    if worst > tolerance:
+        raise TvmoptError(f"--check failed: max relative error {worst:.3g} exceeds {tolerance:g} "
+                          "versus ONNX Runtime")
+    click.echo(f"check passed: max relative error {worst:.3g} <= {tolerance:g} versus ONNX Runtime")
+
+
+@cli.command()
+@click.argument("library", type=click.Path(path_type=Path))
+@click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path),
+              help=".npz file holding every input under its ONNX name.")
+@click.option("--input", "input_files", multiple=True, metavar="NAME=FILE.npy",
+              help="One input from a .npy file (repeatable).")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the outputs (by ONNX output name) to this .npz.")
+def run(library, inputs_npz, input_files, out):
+    """Run a built .so on inputs from .npz/.npy files; outputs keep their ONNX names."""
+    from . import runtime
+
+    if not inputs_npz and not input_files:
+        raise TvmoptError("give the inputs with --inputs FILE.npz or --input NAME=FILE.npy")
+    model = runtime.load(library)
+    inputs = {}
+    if inputs_npz:
+        inputs.update(_load_npz(inputs_npz))
+    for item in input_files:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise TvmoptError(f"--input {item!r}: expected NAME=FILE.npy")
+        inputs[name] = _load_npy(Path(file))
+    outputs = model(inputs)
+    for name, arr in outputs.items():
+        click.echo(f"{name}: {_shape(arr.shape)} {arr.dtype}  "
+                   f"min {arr.min():.6g} max {arr.max():.6g} mean {arr.mean():.6g}"
+                   if arr.size and arr.dtype.kind in "fiu" else f"{name}: {_shape(arr.shape)} {arr.dtype}")
+    if out:
+        import numpy as np
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, **outputs)
+        click.echo(f"saved {len(outputs)} output(s) to {out}")
+
+
+def _load_npz(path: Path) -> dict:
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise TvmoptError(f"--inputs {path}: not a readable .npz file ({e})") from None
+
+
+def _load_npy(path: Path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise TvmoptError(f"--input {path}: not a readable .npy file ({e})") from None
+
+
+def main() -> None:
+    cli(prog_name="tvmopt")

@@ -1,0 +1,479 @@
+"""Stage 4: the team's tuning database, one SQLite file shared by every tune and build.
+
+Upstream's JSONDatabase ignores the target on lookup (apache/tvm #15549), appends every failed
+candidate and has no locking. Here:
+- workloads are identified by a hash of their printed TIR, which is stable across platforms
+  (the structural hash is kept too, as TVM's JSON export needs it, but it is not, #14188);
+- records are looked up only for the exact target (host excluded) they were measured on;
+- failed candidates are one small row each (trace hash), never returned as a best record;
+- the file runs in WAL mode with a busy timeout and short `BEGIN IMMEDIATE` write transactions,
+  so many processes on one host can tune into it at once. WAL needs shared memory: do not put the
+  file on a network filesystem; merge files across hosts instead (`merge`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import getpass
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import sqlite3
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import TvmoptError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = Path("tuning_logs") / "tvmopt.db"
+BUSY_TIMEOUT_S = 60.0
+# MetaSchedule reports a failed build or run as a huge latency.
+FAILED_RUN_SEC = 1e9
+
+migrations = sqlite_utils.Migrations("tvmopt")
+_MIGRATIONS_TABLE = sqlite_utils.Migrations.migrations_table
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database):
+    db.execute("""
+        CREATE TABLE workloads (
+            id INTEGER PRIMARY KEY,
+            ir_sha256 TEXT NOT NULL UNIQUE,   -- hash of the printed TIR: stable across platforms
+            shash TEXT NOT NULL,              -- TVM structural hash, as its JSON format wants
+            name TEXT,                        -- task name when first seen, for people
+            ir_json TEXT NOT NULL,            -- tvm.ir.save_json of the workload module
+            created_at TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,         -- survives merges, unlike id
+            host TEXT, user TEXT, model_sha256 TEXT, command TEXT,
+            target_key TEXT, trials INTEGER,
+            started_at TEXT NOT NULL, ended_at TEXT
+        )""")
+    db.execute("""
+        CREATE TABLE records (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,         -- content hash: merging twice adds nothing
+            workload_id INTEGER NOT NULL REFERENCES workloads(id),
+            target_sha256 TEXT NOT NULL,      -- canonical target JSON without its host
+            target_key TEXT NOT NULL,         -- readable: cuda/sm_90a, llvm/x86_64/znver4
+            target_json TEXT NOT NULL,
+            trace_json TEXT NOT NULL,
+            run_secs_json TEXT NOT NULL,
+            mean_sec REAL NOT NULL,
+            args_info_json TEXT,
+            device TEXT,
+            tvm_version TEXT,
+            run_uid TEXT,
+            created_at TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX records_best ON records(workload_id, target_sha256, mean_sec)")
+    db.execute("""
+        CREATE TABLE failures (
+            id INTEGER PRIMARY KEY,
+            workload_id INTEGER NOT NULL REFERENCES workloads(id),
+            target_sha256 TEXT NOT NULL,
+            target_key TEXT NOT NULL,
+            trace_sha256 TEXT NOT NULL,
+            run_uid TEXT,
+            created_at TEXT NOT NULL,
+            UNIQUE(workload_id, target_sha256, trace_sha256)
+        )""")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def target_identity(target) -> tuple[str, str, str]:
+    """(sha256, readable key, canonical JSON) of a tvm Target, ignoring its host.
+
+    A kernel's schedule depends on the device it runs on, not on the CPU that launches it.
+    """
+    from .targets import target_key
+
+    exported = json.loads(str(target))
+    exported.pop("host", None)
+    text = canonical_json(exported)
+    return _sha256(text), target_key(exported), text
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("TVMOPT_DB") or DEFAULT_PATH)
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_file(path: Path) -> None:
+    """Reject files that are not intact SQLite databases, reading only (never writing) them."""
+    if not path.is_file():
+        raise TvmoptError(f"database {path}: is not a file; pass --db with a .db file path")
+    size = path.stat().st_size
+    if size == 0:
+        return  # an empty file is an empty SQLite database
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise TvmoptError(
+            f"database {path}: not a SQLite file; pass --db with a tvmopt database, "
+            "or a new path to create one"
+        )
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter, page_count = struct.unpack(">II", header[24:32])
+    valid_for = struct.unpack(">I", header[92:96])[0]
+    if page_count and change_counter == valid_for and page_count * page_size > size:
+        raise TvmoptError(
+            f"database {path}: truncated ({size} of {page_count * page_size} bytes); "
+            "restore it from a copy or merge the good files into a new one"
+        )
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                               isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+def _inspect_schema(path: Path) -> list[str]:
+    """Applied tvmopt migrations of an existing file; errors for foreign, newer or corrupt files."""
+    try:
+        with contextlib.closing(_connect(path, readonly=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                return []
+            if _MIGRATIONS_TABLE not in tables:
+                raise TvmoptError(
+                    f"database {path}: a SQLite file, but not a tvmopt tuning database; "
+                    "pass --db with another path"
+                )
+            applied = [r[0] for r in conn.execute(
+                f"SELECT name FROM {_MIGRATIONS_TABLE} WHERE migration_set = ? ORDER BY id",
+                [migrations.name])]
+            if applied:
+                conn.execute("SELECT count(*) FROM records").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise TvmoptError(
+            f"database {path}: unreadable ({e}); it is corrupt: restore it from a copy"
+        ) from None
+    known = [m.name for m in migrations._migrations]
+    newer = [name for name in applied if name not in known]
+    if newer:
+        raise TvmoptError(
+            f"database {path}: written by a newer tvmopt (schema {newer[-1]}); "
+            "upgrade tvmopt to use it"
+        )
+    if not applied and tables - {_MIGRATIONS_TABLE}:
+        raise TvmoptError(
+            f"database {path}: a SQLite file, but not a tvmopt tuning database; "
+            "pass --db with another path"
+        )
+    return applied
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    workload_id: int
+    target_key: str
+    mean_sec: float
+    run_secs: list[float]
+    trace_json: str
+    target_json: str
+    args_info_json: str | None
+    device: str | None
+
+
+def open_database(path: str | Path | None = None, *, readonly: bool = False) -> TuningStore:
+    """Open (creating and migrating if needed) the tuning database at `path` or the default."""
+    path = Path(path) if path is not None else default_path()
+    if path.exists():
+        _check_file(path)
+        applied = _inspect_schema(path)
+    else:
+        if readonly:
+            raise TvmoptError(f"database {path}: no such file")
+        applied = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if readonly:
+        return TuningStore(path, _connect(path, readonly=True))
+    conn = _connect(path, readonly=False)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        store = TuningStore(path, conn)
+        if len(applied) < len(migrations._migrations):
+            with store.write():
+                migrations.apply(store.db)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise TvmoptError(f"database {path}: cannot be opened for writing ({e})") from None
+    return store
+
+
+class TuningStore:
+    """The SQLite file, through plain methods; `for_target` gives MetaSchedule's view of it."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        self.path = path
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> TuningStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def write(self):
+        """A short write transaction that takes the write lock up front.
+
+        A deferred transaction that upgrades from read to write can fail with SQLITE_BUSY without
+        waiting; IMMEDIATE waits for the lock (busy timeout) instead.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- workloads -------------------------------------------------------------------------
+
+    @staticmethod
+    def workload_identity(mod) -> str:
+        return _sha256(mod.script(show_meta=True))
+
+    def find_workload(self, mod) -> int | None:
+        row = self.conn.execute(
+            "SELECT id FROM workloads WHERE ir_sha256 = ?", [self.workload_identity(mod)]
+        ).fetchone()
+        return row[0] if row else None
+
+    def add_workload(self, mod, name: str | None = None) -> int:
+        import tvm
+        import tvm_ffi
+
+        ir_sha = self.workload_identity(mod)
+        row = self.conn.execute("SELECT id FROM workloads WHERE ir_sha256 = ?", [ir_sha]).fetchone()
+        if row:
+            return row[0]
+        with self.write():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO workloads (ir_sha256, shash, name, ir_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [ir_sha, str(tvm_ffi.structural_hash(mod)), name, tvm.ir.save_json(mod), _now()],
+            )
+        return self.conn.execute(
+            "SELECT id FROM workloads WHERE ir_sha256 = ?", [ir_sha]).fetchone()[0]
+
+    def load_workload_mod(self, workload_id: int):
+        import tvm
+
+        row = self.conn.execute("SELECT ir_json FROM workloads WHERE id = ?", [workload_id]).fetchone()
+        return tvm.ir.load_json(row[0])
+
+    # --- records ---------------------------------------------------------------------------
+
+    def add_record(self, workload_id: int, target, record_json: list, *, device: str | None,
+                   run_uid: str | None = None, tvm_version: str | None = None) -> bool:
+        """Store one measured candidate; returns False for a failure (kept only as a hash)."""
+        import tvm
+
+        trace, run_secs, _target, args_info = record_json
+        tsha, tkey, tjson = target_identity(target)
+        trace_json = canonical_json(trace)
+        run_secs = [float(s) for s in (run_secs or [])]
+        now = _now()
+        if not run_secs or any(not math.isfinite(s) or s >= FAILED_RUN_SEC for s in run_secs):
+            with self.write():
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO failures (workload_id, target_sha256, target_key, "
+                    "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [workload_id, tsha, tkey, _sha256(trace_json), run_uid, now],
+                )
+            return False
+        values = {
+            "workload_id": workload_id, "target_sha256": tsha, "target_key": tkey,
+            "target_json": tjson, "trace_json": trace_json,
+            "run_secs_json": json.dumps(run_secs), "mean_sec": sum(run_secs) / len(run_secs),
+            "args_info_json": canonical_json(args_info) if args_info is not None else None,
+            "device": device, "tvm_version": tvm_version or tvm.__version__,
+            "run_uid": run_uid, "created_at": now,
+        }
+        with self.write():
+            self._insert_record(values, self._workload_sha(workload_id))
+        return True
+
+    def _workload_sha(self, workload_id: int) -> str:
+        return self.conn.execute(
+            "SELECT ir_sha256 FROM workloads WHERE id = ?", [workload_id]).fetchone()[0]
+
+    def _insert_record(self, values: dict, workload_sha: str) -> bool:
+        """Insert unless an identical record (same content and provenance) is there already."""
+        uid = _sha256(canonical_json([
+            workload_sha, values["target_sha256"], values["trace_json"], values["run_secs_json"],
+            values["device"], values["run_uid"], values["created_at"]]))
+        cols = ["uid", *values]
+        cur = self.conn.execute(
+            f"INSERT OR IGNORE INTO records ({', '.join(cols)}) "
+            f"VALUES ({', '.join('?' * len(cols))})",
+            [uid, *values.values()],
+        )
+        return cur.rowcount == 1
+
+    def best_records(self, workload_id: int, target_sha256: str, k: int) -> list[StoredRecord]:
+        rows = self.conn.execute(
+            "SELECT workload_id, target_key, mean_sec, run_secs_json, trace_json, target_json, "
+            "args_info_json, device FROM records WHERE workload_id = ? AND target_sha256 = ? "
+            "ORDER BY mean_sec LIMIT ?",
+            [workload_id, target_sha256, k],
+        ).fetchall()
+        return [StoredRecord(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+    def count_records(self, target_sha256: str | None = None) -> int:
+        if target_sha256 is None:
+            return self.conn.execute("SELECT count(*) FROM records").fetchone()[0]
+        return self.conn.execute(
+            "SELECT count(*) FROM records WHERE target_sha256 = ?", [target_sha256]).fetchone()[0]
+
+    def workload_ids_for_target(self, target_sha256: str) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT workload_id FROM records WHERE target_sha256 = ?", [target_sha256])]
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def begin_run(self, *, model_sha256: str | None, command: str, target_key: str) -> str:
+        uid = uuid.uuid4().hex
+        with self.write():
+            self.conn.execute(
+                "INSERT INTO runs (uid, host, user, model_sha256, command, target_key, trials, "
+                "started_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                [uid, socket.gethostname(), _user(), model_sha256, command, target_key, _now()],
+            )
+        return uid
+
+    def end_run(self, uid: str, trials: int) -> None:
+        with self.write():
+            self.conn.execute("UPDATE runs SET trials = ?, ended_at = ? WHERE uid = ?",
+                              [trials, _now(), uid])
+
+    def for_target(self, target, *, device: str | None = None, run_uid: str | None = None):
+        """MetaSchedule's Database interface, scoped to one target."""
+        return TargetDatabase(self, target, device=device, run_uid=run_uid)
+
+    def digest(self) -> str:
+        """Identifies the database contents a build used (changes when records are added)."""
+        row = self.conn.execute("SELECT count(*), max(id) FROM records").fetchone()
+        return _sha256(f"{self.path.resolve()}:{row[0]}:{row[1]}")[:16]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _make_target_database_class():
+    """Defined lazily: importing MetaSchedule costs a second, and most commands never need it."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _TargetDatabase(ms.database.PyDatabase):
+        def __init__(self, store: TuningStore, target, device, run_uid):
+            super().__init__()
+            self.store = store
+            self.target = target
+            self.target_sha256 = target_identity(target)[0]
+            self.device = device
+            self.run_uid = run_uid
+
+        def has_workload(self, mod) -> bool:
+            return self.store.find_workload(mod) is not None
+
+        def commit_workload(self, mod):
+            self.store.add_workload(mod)
+            return ms.database.Workload(mod)
+
+        def commit_tuning_record(self, record) -> None:
+            workload_id = self.store.add_workload(record.workload.mod)
+            self.store.add_record(
+                workload_id, record.target or self.target, record.as_json(),
+                device=self.device, run_uid=self.run_uid)
+
+        def _records(self, workload, workload_id: int, target_sha256: str, k: int):
+            return [
+                ms.database.TuningRecord.from_json(
+                    [json.loads(r.trace_json), r.run_secs, json.loads(r.target_json),
+                     json.loads(r.args_info_json) if r.args_info_json else None],
+                    workload)
+                for r in self.store.best_records(workload_id, target_sha256, k)
+            ]
+
+        def get_top_k(self, workload, top_k: int):
+            workload_id = self.store.find_workload(workload.mod)
+            if workload_id is None or top_k <= 0:
+                return []
+            return self._records(workload, workload_id, self.target_sha256, top_k)
+
+        def get_all_tuning_records(self):
+            out = []
+            for workload_id in self.store.workload_ids_for_target(self.target_sha256):
+                workload = ms.database.Workload(self.store.load_workload_mod(workload_id))
+                out += self._records(workload, workload_id, self.target_sha256, 1 << 30)
+            return out
+
+        def query_tuning_record(self, mod, target, workload_name=None):
+            workload_id = self.store.find_workload(mod)
+            if workload_id is None:
+                return None
+            records = self._records(ms.database.Workload(mod), workload_id,
+                                    target_identity(target)[0], 1)
+            return records[0] if records else None
+
+        def __len__(self) -> int:
+            return self.store.count_records(self.target_sha256)
+
+    return _TargetDatabase
+
+
+_target_database_class = None
+
+
+def TargetDatabase(store: TuningStore, target, *, device=None, run_uid=None):  # noqa: N802
+    global _target_database_class
+    if _target_database_class is None:
+        _target_database_class = _make_target_database_class()
+    return _target_database_class(store, target, device, run_uid)

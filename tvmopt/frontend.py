@@ -1,0 +1,296 @@
+"""Stage 1: read an ONNX file, describe it, and import it into a TVM Relax module.
+
+Relax is the successor of Relay (which upstream TVM removed); `tvm.relax.frontend.onnx` does the
+node-by-node conversion, and this module owns everything around it: validation with errors a user
+can act on, the input shapes, and a description of the model for `tvmopt inspect`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import TvmoptError
+
+log = logging.getLogger(__name__)
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.UINT32: "uint32",
+    onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+Dim = int | str  # a fixed size, or the name of a symbolic (dynamic) dimension
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+@dataclass(frozen=True)
+class UnsupportedNode:
+    node: str
+    op_type: str
+
+
+@dataclass
+class ModelInfo:
+    """What `tvmopt inspect` reports about an ONNX model."""
+
+    path: str
+    sha256: str
+    opset: int
+    producer: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_histogram: dict[str, int]
+    unsupported: list[UnsupportedNode] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "opset": self.opset,
+            "producer": self.producer,
+            "inputs": [t.as_dict() for t in self.inputs],
+            "outputs": [t.as_dict() for t in self.outputs],
+            "dynamic_dims": sorted(
+                {d for t in self.inputs for d in t.shape if isinstance(d, str)}
+            ),
+            "op_histogram": self.op_histogram,
+            "unsupported_ops": [{"node": u.node, "op_type": u.op_type} for u in self.unsupported],
+        }
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read and validate an ONNX file; every way it can be unusable becomes a TvmoptError."""
+    path = Path(path)
+    if not path.exists():
+        raise TvmoptError(f"{path}: no such file; pass the path of an .onnx model")
+    if not path.is_file():
+        raise TvmoptError(f"{path}: is not a file; pass the path of an .onnx model")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError) as e:
+        raise TvmoptError(
+            f"{path}: not a readable ONNX model ({_first_line(e)}); the file may be truncated "
+            "or not ONNX at all: re-export it"
+        ) from None
+    # protobuf happily parses many non-ONNX byte strings into an empty message.
+    if not model.graph.node or model.ir_version == 0 or not model.graph.output:
+        raise TvmoptError(
+            f"{path}: not an ONNX model (no graph found); re-export it with torch.onnx.export "
+            "or a similar exporter"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise TvmoptError(
+            f"{path}: the ONNX checker rejects this model ({_first_line(e)}); re-export it"
+        ) from None
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+def _value_info_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+    tt = vi.type.tensor_type
+    dims: list[Dim] = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or f"{vi.name}_dim{i}")
+    dtype = _ONNX_DTYPES.get(tt.elem_type, onnx.TensorProto.DataType.Name(tt.elem_type).lower())
+    return TensorSpec(vi.name, tuple(dims), dtype)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The real inputs: old exports also list every initializer as a graph input."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [_value_info_spec(vi) for vi in model.graph.input if vi.name not in initializers]
+
+
+def graph_outputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    return [_value_info_spec(vi) for vi in model.graph.output]
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return onnx.defs.onnx_opset_version()
+
+
+def _supported_ops() -> set[str]:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    # Constant and If are handled by the importer itself rather than through its converter map.
+    return set(_get_convert_map()) | {"Constant", "If"}
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[UnsupportedNode]:
+    supported = _supported_ops()
+    return [
+        UnsupportedNode(node.name or f"#{i}", node.op_type)
+        for i, node in enumerate(_all_nodes(model.graph))
+        if node.op_type not in supported
+    ]
+
+
+def describe(model: onnx.ModelProto, path: str | Path) -> ModelInfo:
+    hist = collections.Counter(n.op_type for n in _all_nodes(model.graph))
+    return ModelInfo(
+        path=str(path),
+        sha256=file_sha256(path),
+        opset=model_opset(model),
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=graph_inputs(model),
+        outputs=graph_outputs(model),
+        op_histogram=dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
+        unsupported=unsupported_nodes(model),
+    )
+
+
+_SHAPE_RE = re.compile(r"^\s*(?P<name>.+?)\s*=\s*(?P<dims>\d+(\s*[x,]\s*\d+)*)\s*$")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse `NAME=1x3x224x224` (a comma also separates dims)."""
+    m = _SHAPE_RE.match(text)
+    if not m:
+        raise TvmoptError(
+            f"--input-shape {text!r}: expected NAME=DIMS such as data=1x3x224x224"
+        )
+    dims = tuple(int(d) for d in re.split(r"[x,]", m["dims"].replace(" ", "")))
+    if any(d <= 0 for d in dims):
+        raise TvmoptError(f"--input-shape {text!r}: every dimension must be a positive integer")
+    return m["name"], dims
+
+
+def resolve_inputs(
+    model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None
+) -> list[TensorSpec]:
+    """Fix every input's shape: the model's own static dims, or the user's `--input-shape`."""
+    overrides = dict(overrides or {})
+    inputs = graph_inputs(model)
+    names = [t.name for t in inputs]
+    unknown = [n for n in overrides if n not in names]
+    if unknown:
+        raise TvmoptError(
+            f"--input-shape names unknown input {unknown[0]!r}; the model's inputs are: "
+            + ", ".join(names)
+        )
+    resolved = []
+    for spec in inputs:
+        if spec.name in overrides:
+            shape = overrides[spec.name]
+            if len(shape) != len(spec.shape):
+                raise TvmoptError(
+                    f"--input-shape {spec.name}: the model says rank {len(spec.shape)} "
+                    f"({_fmt_shape(spec.shape)}), got {len(shape)} dims"
+                )
+            for want, got in zip(spec.shape, shape):
+                if isinstance(want, int) and want != got:
+                    raise TvmoptError(
+                        f"--input-shape {spec.name}={_fmt_shape(shape)} contradicts the model's "
+                        f"fixed shape {_fmt_shape(spec.shape)}"
+                    )
+            resolved.append(TensorSpec(spec.name, tuple(shape), spec.dtype))
+        elif not spec.is_static:
+            raise TvmoptError(
+                f"input {spec.name!r} has dynamic shape {_fmt_shape(spec.shape)}; fix it with "
+                f"--input-shape {spec.name}={_fmt_shape(_example_dims(spec.shape))}"
+            )
+        else:
+            resolved.append(spec)
+    return resolved
+
+
+def _example_dims(shape: tuple[Dim, ...]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else 1 for d in shape)
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
+    """Import into Relax with weights bound as constants, so the built library is self-contained."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    missing = unsupported_nodes(model)
+    if missing:
+        listed = ", ".join(f"{u.op_type} (node {u.node})" for u in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise TvmoptError(
+            f"the ONNX importer has no converter for: {listed}{more}; replace these ops before "
+            "export or run `tvmopt inspect` for the full list"
+        )
+    try:
+        mod = from_onnx(
+            model,
+            shape_dict={t.name: list(t.shape) for t in inputs},
+            dtype_dict={t.name: t.dtype for t in inputs},
+            opset=model_opset(model),
+            keep_params_in_input=False,
+        )
+    except Exception as e:  # TVM raises many types; the user needs the node, not the stack
+        raise TvmoptError(
+            f"TVM's ONNX importer failed: {_first_line(e)}; run `tvmopt inspect` on the model and "
+            "report the op it names"
+        ) from e
+    log.info("imported %d ONNX nodes into Relax", len(model.graph.node))
+    return mod

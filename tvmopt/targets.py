@@ -1,0 +1,176 @@
+"""Stage 0: what to compile for. Presets are data (`targets/*.json`); this module reads them.
+
+A preset file holds the TVM target dict (with its host), the C++ compiler that links the final
+library (a cross compiler for other architectures) and a one-line description. Adding a target
+means adding a file. `host` is the one preset that is filled in at run time: LLVM's `mcpu=native`
+silently falls back to `generic` in the TVM wheel, so the CPU is detected here and named explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TvmoptError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Installed wheels carry the presets inside the package; a source checkout has them at the top.
+_BUILTIN_DIRS = (_PACKAGE_DIR / "presets", _PACKAGE_DIR.parent / "targets")
+_FAMILIES = ("x86", "arm", "cuda", "rocm")
+_PRESET_FIELDS = {"description", "family", "target", "cc", "detect", "env"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    family: str
+    target: dict
+    cc: str = "g++"
+    env: dict = field(default_factory=dict)
+    source: str = ""
+
+    def tvm_target(self):
+        import tvm
+
+        try:
+            return tvm.target.Target(self.target)
+        except Exception as e:  # TVM validates attributes in C++ and raises assorted types
+            raise TvmoptError(
+                f"target {self.name!r} is not a valid TVM target ({str(e).splitlines()[0]}); "
+                f"fix {self.source or 'the target JSON'}"
+            ) from None
+
+    @property
+    def key(self) -> str:
+        return target_key(self.target)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "family": self.family,
+            "target": self.target,
+            "cc": self.cc,
+            "env": self.env,
+            "key": self.key,
+        }
+
+
+def target_key(target: dict) -> str:
+    """A readable name for a target, e.g. cuda/sm_90a or llvm/x86_64/znver4."""
+    kind = target.get("kind", "?")
+    if kind == "llvm":
+        arch = str(target.get("mtriple", "unknown")).split("-")[0]
+        return f"llvm/{arch}/{target.get('mcpu', 'generic')}"
+    if kind == "cuda":
+        return f"cuda/{target.get('arch', 'unknown')}"
+    if kind == "rocm":
+        return f"rocm/{target.get('mcpu', 'unknown')}"
+    return str(kind)
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up: $TVMOPT_TARGETS_PATH (colon-separated) first, then built-ins."""
+    extra = [Path(p) for p in os.environ.get("TVMOPT_TARGETS_PATH", "").split(os.pathsep) if p]
+    return [d for d in (*extra, *_BUILTIN_DIRS) if d.is_dir()]
+
+
+def _preset_files() -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for d in preset_dirs():
+        for f in sorted(d.glob("*.json")):
+            files.setdefault(f.stem, f)
+    return files
+
+
+def available() -> list[str]:
+    return sorted(_preset_files())
+
+
+def _read_preset(name: str, path: Path) -> Preset:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TvmoptError(f"target preset {path}: unreadable JSON ({e}); fix the file") from None
+    if not isinstance(data, dict):
+        raise TvmoptError(f"target preset {path}: must be a JSON object")
+    unknown = set(data) - _PRESET_FIELDS
+    if unknown:
+        raise TvmoptError(
+            f"target preset {path}: unknown field(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(_PRESET_FIELDS))}"
+        )
+    for key, typ in (("description", str), ("family", str)):
+        if not isinstance(data.get(key), typ):
+            raise TvmoptError(f"target preset {path}: field {key!r} must be a string")
+    if data["family"] not in _FAMILIES:
+        raise TvmoptError(
+            f"target preset {path}: family {data['family']!r} is not one of {', '.join(_FAMILIES)}"
+        )
+    if data.get("detect") == "host":
+        target = detect_host_target()
+    elif isinstance(data.get("target"), dict) and "kind" in data["target"]:
+        target = data["target"]
+    else:
+        raise TvmoptError(
+            f"target preset {path}: field 'target' must be a TVM target object with a 'kind'"
+        )
+    if not isinstance(data.get("cc", ""), str) or not isinstance(data.get("env", {}), dict):
+        raise TvmoptError(f"target preset {path}: 'cc' must be a string and 'env' an object")
+    return Preset(
+        name=name,
+        description=data["description"],
+        family=data["family"],
+        target=target,
+        cc=data.get("cc", "g++"),
+        env=data.get("env", {}),
+        source=str(path),
+    )
+
+
+def detect_host_target() -> dict:
+    """This machine's CPU as an explicit LLVM target (never `native`)."""
+    from tvm.target import codegen
+
+    machine = platform.machine()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine)
+    target = {"kind": "llvm", "mtriple": f"{arch}-linux-gnu", "mcpu": codegen.llvm_get_system_cpu()}
+    if arch == "aarch64":
+        target["mattr"] = ["+neon"]
+    return target
+
+
+def resolve(spec: str) -> Preset:
+    """A preset name, a path to a preset file, or an inline TVM target JSON object."""
+    spec = spec.strip()
+    if spec.startswith("{"):
+        try:
+            target = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise TvmoptError(f"--target: invalid JSON ({e}); pass a preset name or a target "
+                              'object such as {"kind": "llvm", "mcpu": "skylake-avx512"}') from None
+        if not isinstance(target, dict) or "kind" not in target:
+            raise TvmoptError('--target JSON must be an object with a "kind"')
+        family = {"cuda": "cuda", "rocm": "rocm"}.get(target["kind"]) or (
+            "arm" if str(target.get("mtriple", "")).startswith("aarch64") else "x86"
+        )
+        preset = Preset("custom", "target given as JSON", family, target, source="--target")
+        preset.tvm_target()  # validate now, with a clear error
+        return preset
+    if spec.endswith(".json") and Path(spec).is_file():
+        return _read_preset(Path(spec).stem, Path(spec))
+    files = _preset_files()
+    if spec not in files:
+        raise TvmoptError(
+            f"unknown target {spec!r}; known presets: {', '.join(sorted(files))} "
+            "(or pass a TVM target JSON object)"
+        )
+    return _read_preset(spec, files[spec])
+
+
+def load_all() -> list[Preset]:
+    return [resolve(name) for name in available()]
