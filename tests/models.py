@@ -1,0 +1,88 @@
+"""Small ONNX models written with onnx.helper, each built to exercise one thing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))
+
+
+def _save(graph, path: Path, opset: int = 17) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="tvmopt-tests")
+    model.ir_version = 9  # readable by current ONNX Runtime releases
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _const(rng, name, shape, scale=0.5):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def conv_bn_relu(path: Path, batch: int | str = 1, channels: int = 8, size: int = 16) -> Path:
+    """conv -> batch-norm -> relu -> conv -> add(residual) -> global pool -> flatten -> gemm."""
+    rng = np.random.default_rng(0)
+    c = channels
+    inits = [
+        _const(rng, "w1", (c, 3, 3, 3)), _const(rng, "b1", (c,)),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "bn_scale"),
+        _const(rng, "bn_bias", (c,)), _const(rng, "bn_mean", (c,)),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "bn_var"),
+        _const(rng, "w2", (c, c, 3, 3), 0.2), _const(rng, "fc_w", (10, c)), _const(rng, "fc_b", (10,)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+                         ["bn1"], name="bn1"),
+        helper.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["res"], name="residual"),
+        helper.make_node("GlobalAveragePool", ["res"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_bn_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])], inits)
+    return _save(graph, path)
+
+
+def two_outputs(path: Path) -> Path:
+    """Two inputs (one int64), two outputs: checks that names and order survive the round trip."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["mm"], name="mm"),
+        helper.make_node("Cast", ["idx"], ["idx_f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Add", ["mm", "idx_f"], ["sum"], name="add"),
+        helper.make_node("Tanh", ["sum"], ["tanh_out"], name="tanh"),
+        helper.make_node("ReduceSum", ["mm"], ["total"], name="reduce", keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_outputs",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [4, 6]),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, [4, 5])],
+        [helper.make_tensor_value_info("tanh_out", TensorProto.FLOAT, [4, 5]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+        [_const(rng, "w", (6, 5))])
+    return _save(graph, path)
+
+
+def unsupported_ops(path: Path) -> Path:
+    """Two ops TVM's importer has no converter for, so the error must list both nodes."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Celu", ["r"], ["c"], name="my_celu"),
+        helper.make_node("LpNormalization", ["c"], ["y"], name="my_lpnorm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "unsupported",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    return _save(graph, path)

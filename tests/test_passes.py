@@ -1,0 +1,86 @@
+import pytest
+
+from tvmopt import frontend, passes, targets
+
+
+@pytest.fixture(scope="module")
+def host_target():
+    return targets.resolve("host").tvm_target()
+
+
+def _relax(path):
+    model = frontend.load_model(path)
+    return frontend.to_relax(model, frontend.resolve_inputs(model))
+
+
+def _run(mod, target, *names, **opts):
+    return passes.run_pipeline(mod, target, passes.PipelineOptions(**opts), only=names)
+
+
+def test_pipeline_is_named_and_listed_in_build_help(invoke):
+    help_text = invoke("build", "--help").output
+    for name in passes.PASS_NAMES:
+        assert name in help_text
+    assert passes.PASS_NAMES.index("fold-batchnorm") < passes.PASS_NAMES.index("fuse")
+
+
+def test_fold_batchnorm_leaves_no_batch_norm(conv_model, host_target):
+    mod = _relax(conv_model)
+    assert "relax.nn.batch_norm" in passes.op_names(mod)
+    folded = _run(mod, host_target, "fold-batchnorm")
+    assert "relax.nn.batch_norm" not in passes.op_names(folded)
+    assert passes.op_names(folded).count("relax.nn.conv2d") == 2
+
+
+def test_fold_constant_removes_weight_only_arithmetic(conv_model, host_target):
+    # After batch-norm folding the scale/shift of the folded weights is constant arithmetic.
+    folded = _run(_relax(conv_model), host_target, "fold-batchnorm")
+    before = len(passes.op_names(folded))
+    after = len(passes.op_names(_run(folded, host_target, "fold-constant")))
+    assert after < before
+
+
+def test_dead_code_elimination_drops_unused_bindings_and_functions(host_target):
+    # The ONNX importer already skips dead nodes; DCE cleans what other passes leave behind.
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 8), "float32"))
+    with bb.function("helper", [x], private=True):
+        bb.emit_func_output(bb.emit(relax.op.tanh(x)))
+    x = relax.Var("x", relax.TensorType((2, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(x))
+            bb.emit(relax.op.sigmoid(x))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    cleaned = _run(mod, host_target, "dead-code-elimination")
+    assert "relax.sigmoid" in passes.op_names(mod)
+    assert passes.op_names(cleaned) == ["relax.nn.relu"]
+    assert [gv.name_hint for gv in cleaned.get_global_vars()] == ["main"]
+
+
+def test_fusion_gives_fewer_kernels(conv_model, host_target):
+    legal = _run(_relax(conv_model), host_target, "fold-batchnorm", "fold-constant", "legalize")
+    fused = _run(legal, host_target, "fuse")
+    assert passes.count_kernels(fused) < passes.count_kernels(legal)
+
+
+def test_nhwc_layout_conversion(conv_model, host_target):
+    mod = _run(_relax(conv_model), host_target, "layout-nhwc", layout="NHWC")
+    convs = [line for line in mod.script().splitlines() if "R.nn.conv2d(" in line]
+    assert convs and all('data_layout="NHWC"' in c and 'kernel_layout="OHWI"' in c for c in convs)
+    # ...and only when asked for
+    default = _run(_relax(conv_model), host_target, "layout-nhwc")
+    assert 'data_layout="NHWC"' not in default.script()
+
+
+def test_mixed_precision_uses_fp16(conv_model, host_target):
+    mod = _run(_relax(conv_model), host_target, "fold-batchnorm", "mixed-precision-fp16",
+               precision="fp16")
+    text = mod.script()
+    assert 'R.nn.conv2d(' in text and 'dtype="float16"' in text
+    assert 'dtype="float16"' not in _run(_relax(conv_model), host_target, "fold-batchnorm",
+                                          "mixed-precision-fp16").script()
