@@ -104,17 +104,17 @@ def _read_preset(name: str, path: Path) -> Preset:
             f"target preset {path}: unknown field(s) {', '.join(sorted(unknown))}; "
             f"allowed: {', '.join(sorted(_PRESET_FIELDS))}"
         )
-    for key, typ in (("description", str), ("family", str)):
-        if not isinstance(data.get(key), typ):
-            raise TvmoptError(f"target preset {path}: field {key!r} must be a string")
-    if data["family"] not in _FAMILIES:
-        raise TvmoptError(
-            f"target preset {path}: family {data['family']!r} is not one of {', '.join(_FAMILIES)}"
-        )
+    if not isinstance(data.get("description"), str):
+        raise TvmoptError(f"target preset {path}: field 'description' must be a string")
     if data.get("detect") == "host":
         target = detect_host_target()
+        family = "arm" if target["mtriple"].startswith("aarch64") else "x86"
+    elif data.get("family") not in _FAMILIES:
+        raise TvmoptError(
+            f"target preset {path}: 'family' must be one of {', '.join(_FAMILIES)}"
+        )
     elif isinstance(data.get("target"), dict) and "kind" in data["target"]:
-        target = data["target"]
+        target, family = data["target"], data["family"]
     else:
         raise TvmoptError(
             f"target preset {path}: field 'target' must be a TVM target object with a 'kind'"
@@ -124,7 +124,7 @@ def _read_preset(name: str, path: Path) -> Preset:
     return Preset(
         name=name,
         description=data["description"],
-        family=data["family"],
+        family=family,
         target=target,
         cc=data.get("cc", "g++"),
         env=data.get("env", {}),
