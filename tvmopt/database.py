@@ -41,6 +41,9 @@ FAILED_RUN_SEC = 1e9
 
 migrations = sqlite_utils.Migrations("tvmopt")
 _MIGRATIONS_TABLE = sqlite_utils.Migrations.migrations_table
+_RECORD_COLUMNS = ("uid", "workload_id", "target_sha256", "target_key", "target_json", "trace_json",
+                   "run_secs_json", "mean_sec", "args_info_json", "device", "tvm_version",
+                   "run_uid", "created_at")
 
 
 @migrations()
@@ -306,8 +309,8 @@ class TuningStore:
     # --- records ---------------------------------------------------------------------------
 
     def add_record(self, workload_id: int, target, record_json: list, *, device: str | None,
-                   run_uid: str | None = None, tvm_version: str | None = None) -> bool:
-        """Store one measured candidate; returns False for a failure (kept only as a hash)."""
+                   run_uid: str | None = None, tvm_version: str | None = None) -> str:
+        """Store one measured candidate: "added", "duplicate", or "failure" (kept as a hash)."""
         import tvm
 
         trace, run_secs, _target, args_info = record_json
@@ -322,7 +325,7 @@ class TuningStore:
                     "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     [workload_id, tsha, tkey, _sha256(trace_json), run_uid, now],
                 )
-            return False
+            return "failure"
         values = {
             "workload_id": workload_id, "target_sha256": tsha, "target_key": tkey,
             "target_json": tjson, "trace_json": trace_json,
@@ -332,8 +335,8 @@ class TuningStore:
             "run_uid": run_uid, "created_at": now,
         }
         with self.write():
-            self._insert_record(values, self._workload_sha(workload_id))
-        return True
+            new = self._insert_record(values, self._workload_sha(workload_id))
+        return "added" if new else "duplicate"
 
     def _workload_sha(self, workload_id: int) -> str:
         return self.conn.execute(
@@ -343,7 +346,7 @@ class TuningStore:
         """Insert unless an identical record (same content and provenance) is there already."""
         uid = _sha256(canonical_json([
             workload_sha, values["target_sha256"], values["trace_json"], values["run_secs_json"],
-            values["device"], values["run_uid"], values["created_at"]]))
+            values["device"], values["run_uid"]]))
         cols = ["uid", *values]
         cur = self.conn.execute(
             f"INSERT OR IGNORE INTO records ({', '.join(cols)}) "
@@ -387,6 +390,148 @@ class TuningStore:
         with self.write():
             self.conn.execute("UPDATE runs SET trials = ?, ended_at = ? WHERE uid = ?",
                               [trials, _now(), uid])
+
+    # --- team operations ---------------------------------------------------------------------
+
+    def stats(self) -> list[dict]:
+        """Per target: workloads, records, failures, and each workload's best latency."""
+        out = []
+        targets = self.conn.execute(
+            "SELECT target_sha256, target_key, count(DISTINCT workload_id), count(*) "
+            "FROM records GROUP BY target_sha256 ORDER BY target_key").fetchall()
+        for tsha, tkey, n_workloads, n_records in targets:
+            best = self.conn.execute(
+                "SELECT w.id, w.name, w.ir_sha256, min(r.mean_sec), count(*) FROM records r "
+                "JOIN workloads w ON w.id = r.workload_id WHERE r.target_sha256 = ? "
+                "GROUP BY w.id ORDER BY w.id", [tsha]).fetchall()
+            failures = self.conn.execute(
+                "SELECT count(*) FROM failures WHERE target_sha256 = ?", [tsha]).fetchone()[0]
+            out.append({
+                "target_key": tkey, "target_sha256": tsha, "workloads": n_workloads,
+                "records": n_records, "failures": failures,
+                "best": [{"workload_id": r[0], "name": r[1], "ir_sha256": r[2],
+                          "best_sec": r[3], "records": r[4]} for r in best],
+            })
+        return out
+
+    def find_workloads(self, query: str) -> list[dict]:
+        """Workloads matching an id, a prefix of the IR hash, or a task name."""
+        rows = self.conn.execute(
+            "SELECT id, name, ir_sha256, shash, created_at FROM workloads WHERE CAST(id AS TEXT) = ? "
+            "OR ir_sha256 LIKE ? OR name = ? ORDER BY id", [query, f"{query}%", query]).fetchall()
+        return [dict(zip(("id", "name", "ir_sha256", "shash", "created_at"), r)) for r in rows]
+
+    def workload_records(self, workload_id: int, limit: int = 5) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT target_key, mean_sec, device, tvm_version, run_uid, created_at FROM ("
+            "  SELECT *, row_number() OVER (PARTITION BY target_sha256 ORDER BY mean_sec) AS rank "
+            "  FROM records WHERE workload_id = ?) WHERE rank <= ? ORDER BY target_key, mean_sec",
+            [workload_id, limit]).fetchall()
+        return [dict(zip(("target_key", "mean_sec", "device", "tvm_version", "run_uid",
+                          "created_at"), r)) for r in rows]
+
+    def merge_from(self, other_path: str | Path) -> dict[str, int]:
+        """Copy another tvmopt database's workloads, runs, records and failures into this one.
+
+        Everything is keyed by content (workload IR hash, record hash, run uid), so merging the
+        same file twice adds nothing, and provenance (device, run, time) travels with each record.
+        """
+        other_path = Path(other_path)
+        if other_path.resolve() == self.path.resolve():
+            raise TvmoptError(f"cannot merge {other_path} into itself")
+        added = {"workloads": 0, "runs": 0, "records": 0, "failures": 0}
+        with open_database(other_path, readonly=True) as other, self.write():
+            id_map = {}
+            for wid, ir_sha, shash, name, ir_json, created in other.conn.execute(
+                    "SELECT id, ir_sha256, shash, name, ir_json, created_at FROM workloads"):
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO workloads (ir_sha256, shash, name, ir_json, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)", [ir_sha, shash, name, ir_json, created])
+                added["workloads"] += cur.rowcount
+                id_map[wid] = self.conn.execute(
+                    "SELECT id FROM workloads WHERE ir_sha256 = ?", [ir_sha]).fetchone()[0]
+            run_cols = "uid, host, user, model_sha256, command, target_key, trials, started_at, ended_at"
+            for row in other.conn.execute(f"SELECT {run_cols} FROM runs"):
+                added["runs"] += self.conn.execute(
+                    f"INSERT OR IGNORE INTO runs ({run_cols}) VALUES ({', '.join('?' * 9)})",
+                    row).rowcount
+            rec_cols = [c for c in _RECORD_COLUMNS if c != "workload_id"]
+            for row in other.conn.execute(f"SELECT workload_id, {', '.join(rec_cols)} FROM records"):
+                added["records"] += self.conn.execute(
+                    f"INSERT OR IGNORE INTO records (workload_id, {', '.join(rec_cols)}) "
+                    f"VALUES ({', '.join('?' * (len(rec_cols) + 1))})",
+                    [id_map[row[0]], *row[1:]]).rowcount
+            for row in other.conn.execute(
+                    "SELECT workload_id, target_sha256, target_key, trace_sha256, run_uid, created_at "
+                    "FROM failures"):
+                added["failures"] += self.conn.execute(
+                    "INSERT OR IGNORE INTO failures (workload_id, target_sha256, target_key, "
+                    "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [id_map[row[0]], *row[1:]]).rowcount
+        return added
+
+    def prune(self, keep: int) -> int:
+        """Keep the best `keep` records per workload and target; returns how many were deleted."""
+        if keep < 1:
+            raise TvmoptError("--keep must be at least 1")
+        with self.write():
+            return self.conn.execute(
+                "DELETE FROM records WHERE id IN (SELECT id FROM ("
+                "  SELECT id, row_number() OVER (PARTITION BY workload_id, target_sha256 "
+                "  ORDER BY mean_sec, id) AS rank FROM records) WHERE rank > ?)", [keep]).rowcount
+
+    def export_json(self, directory: str | Path) -> tuple[int, int]:
+        """Write TVM's own JSONDatabase files, usable by plain MetaSchedule (all targets)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [directory / "database_workload.json", directory / "database_tuning_record.json"]
+        existing = [p for p in paths if p.exists()]
+        if existing:
+            raise TvmoptError(f"{existing[0]} exists; export into an empty directory")
+        json_db = ms.database.JSONDatabase(*map(str, paths), allow_missing=True)
+        n_workloads = n_records = 0
+        for (workload_id,) in self.conn.execute("SELECT id FROM workloads ORDER BY id").fetchall():
+            mod = self.load_workload_mod(workload_id)
+            workload = json_db.commit_workload(mod)
+            n_workloads += 1
+            for row in self.conn.execute(
+                    "SELECT trace_json, run_secs_json, target_json, args_info_json FROM records "
+                    "WHERE workload_id = ? ORDER BY target_sha256, mean_sec", [workload_id]).fetchall():
+                record = ms.database.TuningRecord.from_json(
+                    [json.loads(row[0]), json.loads(row[1]), json.loads(row[2]),
+                     json.loads(row[3]) if row[3] else None], workload)
+                json_db.commit_tuning_record(record)
+                n_records += 1
+        return n_workloads, n_records
+
+    def import_json(self, directory: str | Path) -> dict[str, int]:
+        """Read a TVM JSONDatabase directory; re-importing the same files adds nothing."""
+        from tvm.s_tir import meta_schedule as ms
+
+        directory = Path(directory)
+        paths = [directory / "database_workload.json", directory / "database_tuning_record.json"]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise TvmoptError(f"{missing[0]}: no such file; pass a directory holding TVM's "
+                              "database_workload.json and database_tuning_record.json")
+        try:
+            records = ms.database.JSONDatabase(*map(str, paths), allow_missing=False) \
+                .get_all_tuning_records()
+        except Exception as e:  # TVM's parser raises assorted types for malformed lines
+            raise TvmoptError(f"{directory}: TVM cannot read these database files "
+                              f"({str(e).strip().splitlines()[0][:200]})") from None
+        source = "import:" + _sha256("".join(_sha256(p.read_text()) for p in paths))[:16]
+        counts = {"added": 0, "duplicate": 0, "failure": 0, "no_target": 0}
+        for record in records:
+            if record.target is None:  # a record must say what it was measured on
+                counts["no_target"] += 1
+                continue
+            workload_id = self.add_workload(record.workload.mod)
+            counts[self.add_record(workload_id, record.target, record.as_json(), device=None,
+                                   run_uid=source)] += 1
+        return counts
 
     def for_target(self, target, *, device: str | None = None, run_uid: str | None = None):
         """MetaSchedule's Database interface, scoped to one target."""
