@@ -225,6 +225,111 @@ def _check(model_path, lib_path, tolerance):
     click.echo(f"check passed: max relative error {worst:.3g} <= {tolerance:g} versus ONNX Runtime")
 
 
+class _LiveProgress:
+    """One self-rewriting status line with a bar on a terminal; plain log lines otherwise."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, report, current):
+        from .tuning import format_progress
+
+        line = format_progress(report, current)
+        if not self.tty:
+            log.info(line)
+            return
+        done = min(report.trials_total / report.budget, 1.0) if report.budget else 1.0
+        bar = "#" * int(done * 24) + "-" * (24 - int(done * 24))
+        click.echo(f"\r\x1b[2K[{bar}] {line}", err=True, nl=False)
+
+    def close(self):
+        if self.tty:
+            click.echo("", err=True)
+
+
+def _tune_table(report) -> str:
+    from .tuning import _fmt_sec
+
+    rows = []
+    for t in report.tasks:
+        rows.append([
+            t.task.name, f"{t.task.flops / 1e6:.2f}", t.task.weight, t.total_trials,
+            _fmt_sec(t.best_sec) if t.best_sec else "-",
+            f"{t.gflops:.1f}" if t.gflops else "-",
+            "yes" if t.tensor_core else "no", t.finished or "",
+        ])
+    return _table(rows, ["task", "MFLOP", "weight", "trials", "best", "GFLOP/s", "tensor core",
+                         "stopped"])
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "target_spec", required=True,
+              help="Preset name (see targets/, e.g. host) or a TVM target JSON object.")
+@db_option
+@click.option("--trials", type=int, default=1000, show_default=True,
+              help="Total trials over all tasks, counting those already in the database.")
+@click.option("--trials-per-task", type=int, default=None, help="Cap per task.")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="Wall-clock budget, e.g. 90s, 30m, 1h30m.")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Candidates built and measured per round.")
+@input_shape_option
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+@click.option("--rpc-tracker", default=None, metavar="HOST:PORT",
+              help="Measure on RPC servers registered at this tracker (builds stay local).")
+@click.option("--rpc-key", default=None, help="Device key the RPC servers registered with.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+def tune(model, target_spec, db_path, trials, trials_per_task, time_budget, batch_size,
+         input_shapes, precision, layout, rpc_tracker, rpc_key, as_json):
+    """Search kernel schedules for MODEL with MetaSchedule + XGBoost; store them in the database.
+
+    Trials go to the tasks where a faster kernel saves the most time; a task stops when it stops
+    improving. Re-running the same command resumes: trials already in the database count toward
+    --trials. Ctrl-C stops after the current batch. `tvmopt build` then uses the results.
+    """
+    from . import build as build_stage
+    from . import targets, tuning
+
+    options = tuning.TuneOptions(
+        trials=trials, trials_per_task=trials_per_task, batch_size=batch_size,
+        time_budget_s=tuning.parse_duration(time_budget) if time_budget else None,
+        rpc_tracker=rpc_tracker, rpc_key=rpc_key)
+    options.validate()
+    preset = targets.resolve(target_spec)
+    command = " ".join(["tvmopt", *map(_quote, sys.argv[1:])])
+    progress = _LiveProgress()
+    try:
+        report = tuning.tune(
+            model, preset, db_path=db_path, options=options, command=command,
+            build_options=build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout),
+            on_progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(_tune_table(report))
+        est = report.estimated_latency()
+        click.echo(
+            f"{report.trials_this_run} trials in {report.elapsed_s:.0f} s "
+            f"({report.trials_per_minute():.1f}/min; search {report.seconds['search']:.0f} s, "
+            f"build {report.seconds['build']:.0f} s, measure {report.seconds['measure']:.0f} s); "
+            f"{report.trials_total} of {report.budget} trials in the database for "
+            f"{report.target_key}" + (f"; estimated latency {tuning._fmt_sec(est)}" if est else ""))
+        click.echo(f"stopped: {report.stop_reason}")
+    if report.interrupted or (report.trials_total < report.budget and not all(
+            t.finished for t in report.tasks)):
+        click.echo(f"resume with: {command}", err=True)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
 @cli.command()
 @click.argument("library", type=click.Path(path_type=Path))
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path),

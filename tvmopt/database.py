@@ -109,14 +109,17 @@ def canonical_json(obj) -> str:
 
 
 def target_identity(target) -> tuple[str, str, str]:
-    """(sha256, readable key, canonical JSON) of a tvm Target, ignoring its host.
+    """(sha256, readable key, canonical JSON) of a tvm Target, ignoring its host and core count.
 
-    A kernel's schedule depends on the device it runs on, not on the CPU that launches it.
+    A kernel's schedule depends on the device it runs on, not on the CPU that launches it; and
+    MetaSchedule needs `num-cores` only to search CPU schedules, whose parallel loops run on any
+    number of cores, so a build (which has no such attribute) must find them.
     """
     from .targets import target_key
 
     exported = json.loads(str(target))
     exported.pop("host", None)
+    exported.pop("num-cores", None)
     text = canonical_json(exported)
     return _sha256(text), target_key(exported), text
 
@@ -363,6 +366,12 @@ class TuningStore:
             [workload_id, target_sha256, k],
         ).fetchall()
         return [StoredRecord(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+    def count_trials(self, workload_id: int, target_sha256: str) -> int:
+        """Candidates measured for a workload on a target, failures included."""
+        return sum(self.conn.execute(
+            f"SELECT count(*) FROM {table} WHERE workload_id = ? AND target_sha256 = ?",
+            [workload_id, target_sha256]).fetchone()[0] for table in ("records", "failures"))
 
     def count_records(self, target_sha256: str | None = None) -> int:
         if target_sha256 is None:
