@@ -86,3 +86,32 @@ def unsupported_ops(path: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
     return _save(graph, path)
+
+
+def tiny_conv(path: Path) -> Path:
+    """One small conv + bias + relu: a single real tuning task that builds and measures fast."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 14, 14])],
+        [_const(rng, "w", (16, 16, 3, 3), 0.2), _const(rng, "b", (16,))])
+    return _save(graph, path)
+
+
+def data_movement_only(path: Path) -> Path:
+    """Transpose and reshape: no kernel does arithmetic, so there is nothing to tune."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], name="transpose", perm=[1, 0]),
+        helper.make_node("Reshape", ["t", "shape"], ["y"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes, "data_movement",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [24])],
+        [numpy_helper.from_array(np.array([24], np.int64), "shape")])
+    return _save(graph, path)

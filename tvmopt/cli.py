@@ -322,6 +322,8 @@ def tune(model, target_spec, db_path, trials, trials_per_task, time_budget, batc
     if report.interrupted or (report.trials_total < report.budget and not all(
             t.finished for t in report.tasks)):
         click.echo(f"resume with: {command}", err=True)
+    if report.interrupted:
+        sys.exit(130)  # the shell's code for "stopped by Ctrl-C", after a clean stop
 
 
 def _quote(arg: str) -> str:

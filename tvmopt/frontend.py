@@ -292,5 +292,5 @@ def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
             f"TVM's ONNX importer failed: {_first_line(e)}; run `tvmopt inspect` on the model and "
             "report the op it names"
         ) from e
-    log.info("imported %d ONNX nodes into Relax", len(model.graph.node))
+    log.debug("imported %d ONNX nodes into Relax", len(model.graph.node))
     return mod

@@ -1,0 +1,225 @@
+"""`tvmopt tune` on the CPU with tiny budgets: records, resume, Ctrl-C, kill -9, RPC, bad input."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import models
+import tvmopt
+from conftest import assert_one_line_error
+from tvmopt import build, runtime, targets
+from tvmopt.database import open_database
+
+TVMOPT = [sys.executable, "-m", "tvmopt"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return models.tiny_conv(tmp_path_factory.mktemp("tune") / "tiny_conv.onnx")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, tiny):
+    """One 32-trial tune shared by the tests that read its results."""
+    db = tmp_path_factory.mktemp("tuned") / "team.db"
+    proc = subprocess.run([*TVMOPT, "tune", str(tiny), "--target", "host", "--trials", "32",
+                           "--batch-size", "16", "--db", str(db), "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return db, json.loads(proc.stdout), proc.stderr
+
+
+def _median_latency(lib, repeat=300):
+    model = tvmopt.load(lib)
+    x = runtime.random_inputs(model.inputs)
+    model(x)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def test_tune_stores_records_and_reports_tasks(tuned, tiny):
+    db, report, stderr = tuned
+    assert report["trials_total"] == report["trials_this_run"] == 32
+    (task,) = report["tasks"]
+    assert task["name"].startswith("fused_conv2d") and task["flops"] > 0 and task["weight"] == 1
+    assert task["best_sec"] > 0 and task["gflops"] > 0 and task["tensor_core"] is False
+    assert set(report["seconds"]) == {"search", "build", "measure", "database"}
+    assert "trials 16/32" in stderr and "ETA" in stderr  # progress lines when not a terminal
+    with open_database(db, readonly=True) as store:
+        (run,) = list(store.db["runs"].rows)
+        measured = store.count_records() + store.db["failures"].count
+        best = min(r["mean_sec"] for r in store.db["records"].rows)
+        devices = {r["device"] for r in store.db["records"].rows}
+    assert measured == 32 and run["trials"] == 32 and run["ended_at"]
+    assert "tvmopt tune" in run["command"] and run["model_sha256"]
+    assert best == pytest.approx(task["best_sec"])
+    assert devices and "" not in devices
+
+
+def test_tuned_build_is_faster_than_untuned(tuned, tiny, tmp_path):
+    db, _, _ = tuned
+    host = targets.resolve("host")
+    tuned_lib = build.build(tiny, host, tmp_path / "tuned.so", db_path=db)
+    untuned_lib = build.build(tiny, host, tmp_path / "untuned.so", db_path=tmp_path / "empty.db")
+    assert len(tuned_lib.tuned) == 1 and untuned_lib.tuned == []
+    model = tvmopt.load(tuned_lib.path)
+    x = runtime.random_inputs(model.inputs)
+    (m,) = runtime.compare(model(x), runtime.onnxruntime_outputs(tiny, x))
+    assert m.max_rel < 1e-4
+    assert _median_latency(tuned_lib.path) < _median_latency(untuned_lib.path)
+
+
+def test_rerun_resumes_and_warm_starts(tuned, tiny, invoke):
+    db, _, _ = tuned
+    result = invoke("tune", tiny, "--target", "host", "--trials", "32", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "already spent" in result.output
+    result = invoke("tune", tiny, "--target", "host", "--trials", "40", "--batch-size", "8",
+                    "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["trials_total"] == 40 and report["trials_this_run"] == 8
+    assert "warm start: cost model trained on" in result.output
+
+
+def _wait_for_progress(proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if line.startswith("tasks "):
+            return line
+    raise AssertionError("no progress line from tvmopt tune")
+
+
+def test_ctrl_c_stops_after_batch_and_prints_resume(tiny, tmp_path):
+    db = tmp_path / "int.db"
+    proc = subprocess.Popen([*TVMOPT, "tune", str(tiny), "--target", "host", "--trials", "500",
+                             "--batch-size", "8", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_progress(proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "stopped: interrupted" in out and "Traceback" not in err
+    assert f"resume with: tvmopt tune {tiny}" in err
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        measured = sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                       for t in ("records", "failures"))
+        (trials,) = conn.execute("SELECT trials FROM runs").fetchone()
+    assert measured == trials and measured % 8 == 0 and measured >= 8
+
+
+def test_kill_9_tuner_keeps_committed_records(tiny, tmp_path):
+    db = tmp_path / "killed.db"
+    proc = subprocess.Popen([*TVMOPT, "tune", str(tiny), "--target", "host", "--trials", "500",
+                             "--batch-size", "8", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = _wait_for_progress(proc)
+    committed = int(line.split("trials ")[1].split("/")[0])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open_database(db) as store:
+        assert store.count_records() + store.db["failures"].count >= committed
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A real TVM RPC tracker and two servers on 127.0.0.1, under key tvmopt-test."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                               "--port", str(port), "--port-end", str(port + 1)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        from tvm import rpc
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                tracker = rpc.connect_tracker("127.0.0.1", port)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "tracker did not start"
+                time.sleep(0.5)
+        for i in range(2):
+            server_port = _free_port()
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
+                 "--key", "tvmopt-test", "--host", "127.0.0.1", "--port", str(server_port),
+                 "--port-end", str(server_port + 1)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while tracker.summary()["queue_info"].get("tvmopt-test", {}).get("free", 0) < 2:
+            assert time.monotonic() < deadline, tracker.summary()
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_tune_through_rpc_tracker_and_two_servers(tiny, tmp_path, rpc_tracker, invoke):
+    db = tmp_path / "rpc.db"
+    result = invoke("tune", tiny, "--target", "host", "--trials", "16", "--batch-size", "8",
+                    "--db", db, "--rpc-tracker", rpc_tracker, "--rpc-key", "tvmopt-test", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tasks"][0]["best_sec"] > 0
+    with open_database(db, readonly=True) as store:
+        devices = {r["device"] for r in store.db["records"].rows}
+    assert devices == {f"rpc:tvmopt-test@{rpc_tracker}"}
+
+
+def test_time_budget_stops_the_run(tiny, tmp_path, invoke):
+    result = invoke("tune", tiny, "--target", "host", "--trials", "100000", "--batch-size", "8",
+                    "--time-budget", "30s", "--db", tmp_path / "t.db", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["stop_reason"].startswith("time budget reached")
+    assert 0 < report["trials_this_run"] < 100000
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_unreachable_tracker_fails_fast(tiny, invoke):
+    start = time.monotonic()
+    result = invoke("tune", tiny, "--target", "host", "--rpc-tracker", f"127.0.0.1:{_free_port()}",
+                    "--rpc-key", "gpu")
+    assert_one_line_error(result, "unreachable")
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--target", "tpu-v9"], "unknown target"),
+    (["--target", "host", "--trials", "0"], "--trials must be at least 1"),
+    (["--target", "host", "--time-budget", "soon"], "--time-budget"),
+    (["--target", "host", "--rpc-key", "gpu"], "go together"),
+    (["--target", "host", "--rpc-tracker", "nowhere", "--rpc-key", "gpu"], "HOST:PORT"),
+])
+def test_bad_tune_arguments(tiny, invoke, args, fragment):
+    assert_one_line_error(invoke("tune", tiny, *args), fragment)
+
+
+def test_model_without_tunable_task(tmp_path, invoke):
+    path = models.data_movement_only(tmp_path / "dm.onnx")
+    assert_one_line_error(invoke("tune", path, "--target", "host"), "no tunable task")
