@@ -124,6 +124,34 @@ def target_identity(target) -> tuple[str, str, str]:
     return _sha256(text), target_key(exported), text
 
 
+def record_to_json(record) -> list:
+    """TuningRecord -> JSON-able list, including traces that carry TVM objects.
+
+    Tensor-core traces pass IndexMaps as instruction inputs, which MetaSchedule's own Python
+    `as_json` rejects ("Not supported type"); TVM's C++ JSONDatabase writes them as their
+    `save_json` text, which is also what `TuningRecord.from_json` reads back. Do the same.
+    """
+    from tvm.s_tir.meta_schedule import _ffi_api
+
+    return _plain(_ffi_api.TuningRecordAsJSON(record))
+
+
+def _plain(obj):
+    import tvm
+    from tvm.tirx import FloatImm, IntImm
+    from tvm_ffi import Array, Map
+
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, IntImm | FloatImm):
+        return obj.value
+    if isinstance(obj, Array | list | tuple):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, Map | dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return tvm.ir.save_json(obj)
+
+
 def default_path() -> Path:
     return Path(os.environ.get("TVMOPT_DB") or DEFAULT_PATH)
 
@@ -538,8 +566,8 @@ class TuningStore:
                 counts["no_target"] += 1
                 continue
             workload_id = self.add_workload(record.workload.mod)
-            counts[self.add_record(workload_id, record.target, record.as_json(), device=None,
-                                   run_uid=source)] += 1
+            counts[self.add_record(workload_id, record.target, record_to_json(record),
+                                   device=None, run_uid=source)] += 1
         return counts
 
     def for_target(self, target, *, device: str | None = None, run_uid: str | None = None):
@@ -561,6 +589,7 @@ def _user() -> str:
 
 def _make_target_database_class():
     """Defined lazily: importing MetaSchedule costs a second, and most commands never need it."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401 - tensor-core traces name these intrinsics
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
@@ -584,7 +613,7 @@ def _make_target_database_class():
         def commit_tuning_record(self, record) -> None:
             workload_id = self.store.add_workload(record.workload.mod)
             self.store.add_record(
-                workload_id, record.target or self.target, record.as_json(),
+                workload_id, record.target or self.target, record_to_json(record),
                 device=self.device, run_uid=self.run_uid)
 
         def _records(self, workload, workload_id: int, target_sha256: str, k: int):

@@ -30,42 +30,49 @@ class PipelineOptions:
 class GraphPass:
     name: str
     summary: str
-    make: Callable[[], list[tvm.ir.transform.Pass]]
+    make: Callable[[tvm.target.Target], list[tvm.ir.transform.Pass]]
     applies: Callable[[PipelineOptions], bool] = lambda opts: True
 
 
-def _nhwc_passes():
+def _nhwc_passes(target):
     return [
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         relax.transform.FoldConstant(),  # transpose the constant weights once, at build time
     ]
 
 
+def _accumulator_dtype(target) -> str:
+    # TVM 0.27's tensor-core schedules fail to build an fp32 accumulator whose fused epilogue
+    # casts back to fp16 ("tvm_access_ptr element type must match"), so GPUs accumulate in fp16.
+    return "float16" if target.kind.name in ("cuda", "rocm") else "float32"
+
+
 PIPELINE: tuple[GraphPass, ...] = (
     GraphPass(
         "fold-batchnorm",
         "fold inference batch-norm into the preceding conv weights, decompose the rest",
-        lambda: [
+        lambda target: [
             relax.transform.FoldBatchnormToConv2D(),
             relax.transform.DecomposeOpsForInference(),
         ],
     ),
     GraphPass("fold-constant", "evaluate everything that depends only on weights",
-              lambda: [relax.transform.FoldConstant()]),
+              lambda target: [relax.transform.FoldConstant()]),
     GraphPass("dead-code-elimination", "drop bindings and functions nothing uses",
-              lambda: [relax.transform.DeadCodeElimination()]),
+              lambda target: [relax.transform.DeadCodeElimination()]),
     GraphPass("layout-nhwc", "convert conv2d to NHWC/OHWI (--layout NHWC)", _nhwc_passes,
               lambda opts: opts.layout == "NHWC"),
     GraphPass(
         "mixed-precision-fp16",
-        "run conv/matmul and elementwise ops in fp16, accumulate in fp32 (--precision fp16)",
-        lambda: [relax.transform.ToMixedPrecision(out_dtype="float32")],
+        "run conv/matmul and elementwise ops in fp16 (--precision fp16); accumulate in fp32 on "
+        "CPUs, in fp16 on GPUs",
+        lambda target: [relax.transform.ToMixedPrecision(out_dtype=_accumulator_dtype(target))],
         lambda opts: opts.precision == "fp16",
     ),
     GraphPass(
         "legalize",
         "lower Relax ops to TIR kernels",
-        lambda: [
+        lambda target: [
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
@@ -74,7 +81,7 @@ PIPELINE: tuple[GraphPass, ...] = (
     GraphPass(
         "fuse",
         "fuse elementwise/injective ops into their producers: fewer, larger kernels",
-        lambda: [relax.transform.FuseOps(), relax.transform.FuseTIR()],
+        lambda target: [relax.transform.FuseOps(), relax.transform.FuseTIR()],
     ),
 )
 
@@ -103,7 +110,7 @@ def run_pipeline(
         for gp in PIPELINE:
             if (only is not None and gp.name not in only) or not gp.applies(options):
                 continue
-            mod = tvm.transform.Sequential(gp.make(), name=gp.name)(mod)
+            mod = tvm.transform.Sequential(gp.make(target), name=gp.name)(mod)
             log.debug("pass %s done", gp.name)
     return mod
 

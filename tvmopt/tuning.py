@@ -316,6 +316,7 @@ def search_target(target):
 
 def space_generator(target, precision: str):
     """Tensor-core rules for fp16 on CUDA; TVM's per-target defaults (vectorize/parallel on CPU)."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401 - registers the wmma/mma intrinsics the rules name
     from tvm.s_tir import meta_schedule as ms
 
     if target.kind.name == "cuda" and precision == "fp16":
@@ -520,10 +521,13 @@ class Tuner:
                         break
                     progress = self._pick(report)
                     n = self._batch_size(report, progress)
-                    ctx = contexts.get(progress.task.name)
+                    if progress.task.name not in contexts:
+                        contexts[progress.task.name] = self._context(progress, database,
+                                                                     cost_model, n)
+                    ctx = contexts[progress.task.name]
                     if ctx is None:
-                        ctx = contexts[progress.task.name] = self._context(progress, database,
-                                                                            cost_model, n)
+                        progress.finished = "no schedule space"
+                        continue
                     self._round(report, progress, ctx, n, builder, runner, database, cost_model)
                     report.elapsed_s = time.perf_counter() - start
                     report.eta_s = self._eta(report)
@@ -533,8 +537,9 @@ class Tuner:
             builder.shutdown()
             self.store.end_run(report.run_uid, report.trials_this_run)
             for ctx in contexts.values():
-                with contextlib.suppress(Exception):
-                    ctx.post_tuning()
+                if ctx is not None:
+                    with contextlib.suppress(Exception):
+                        ctx.post_tuning()
         return report
 
     def _should_stop(self, report: TuneReport, interrupted: bool) -> str | None:
@@ -581,22 +586,35 @@ class Tuner:
         return max(n, 1)
 
     def _context(self, progress: TaskProgress, database, cost_model, n: int):
+        """A pre-tuned TuneContext, or None when no schedule space can be generated."""
         from tvm.s_tir import meta_schedule as ms
 
         opts = self.options
         cap = opts.trials_per_task or opts.trials
-        ctx = ms.TuneContext(
-            mod=progress.task.mod, target=self.target,
-            space_generator=space_generator(self.target, self.precision),
-            search_strategy=ms.search_strategy.EvolutionarySearch(),
-            task_name=progress.task.name, rand_state=opts.seed + len(progress.task.name),
-            num_threads=opts.workers or os.cpu_count() or 1,
-            logger=_SEARCH_LOG,
-        )
-        ctx.pre_tuning(max_trials=max(cap - progress.prior_trials, n), num_trials_per_iter=n,
-                       design_spaces=ctx.generate_design_space(), database=database,
-                       cost_model=cost_model)
-        return ctx
+        # Design-space generation samples, and TVM 0.27's tensor-core rules sometimes sample an
+        # invalid compute-at ("not a stage pipeline"): retry with other seeds, then fall back to
+        # the target's default rules.
+        generators = [space_generator(self.target, self.precision)] * 4 + [
+            space_generator(self.target, "fp32")]
+        for attempt, generator in enumerate(generators):
+            ctx = ms.TuneContext(
+                mod=progress.task.mod, target=self.target, space_generator=generator,
+                search_strategy=ms.search_strategy.EvolutionarySearch(),
+                task_name=progress.task.name, rand_state=opts.seed + 7919 * attempt,
+                num_threads=opts.workers or os.cpu_count() or 1, logger=_SEARCH_LOG,
+            )
+            try:
+                spaces = ctx.generate_design_space()
+            except Exception as e:  # noqa: BLE001 - TVM raises ScheduleError and others here
+                log.debug("design space for %s failed (attempt %d): %s", progress.task.name,
+                          attempt + 1, str(e).splitlines()[0] if str(e) else e)
+                continue
+            ctx.pre_tuning(max_trials=max(cap - progress.prior_trials, n), num_trials_per_iter=n,
+                           design_spaces=spaces, database=database, cost_model=cost_model)
+            return ctx
+        log.warning("task %s: MetaSchedule could not generate a schedule space; it keeps TVM's "
+                    "default schedule", progress.task.name)
+        return None
 
     def _round(self, report, progress, ctx, n, builder, runner, database, cost_model) -> None:
         from tvm.s_tir import meta_schedule as ms
@@ -627,6 +645,7 @@ class Tuner:
         for b in built:
             if b.artifact_path:
                 shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        self.store.add_workload(progress.task.mod, name=progress.task.name)
         workload = ms.database.Workload(progress.task.mod)
         for c, r in zip(candidates, results):
             database.commit_tuning_record(ms.database.TuningRecord(
