@@ -272,7 +272,7 @@ def _tune_table(report) -> str:
 @click.option("--trials-per-task", type=int, default=None, help="Cap per task.")
 @click.option("--time-budget", default=None, metavar="DURATION",
               help="Wall-clock budget, e.g. 90s, 30m, 1h30m.")
-@click.option("--batch-size", type=int, default=32, show_default=True,
+@click.option("--batch-size", type=int, default=64, show_default=True,
               help="Candidates built and measured per round.")
 @input_shape_option
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)

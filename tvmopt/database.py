@@ -587,9 +587,25 @@ def _user() -> str:
         return "unknown"
 
 
+def _record_from_row(row: StoredRecord, workload):
+    from tvm.s_tir import meta_schedule as ms
+
+    obj = [json.loads(row.trace_json), row.run_secs, json.loads(row.target_json),
+           json.loads(row.args_info_json) if row.args_info_json else None]
+    try:
+        return ms.database.TuningRecord.from_json(obj, workload)
+    except ValueError as e:
+        if "is not registered" not in str(e):
+            raise
+        # Tensor-core traces name intrinsics that only this import registers; it takes seconds,
+        # so it is paid only by builds that meet such a record.
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+
+        return ms.database.TuningRecord.from_json(obj, workload)
+
+
 def _make_target_database_class():
     """Defined lazily: importing MetaSchedule costs a second, and most commands never need it."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401 - tensor-core traces name these intrinsics
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
@@ -617,13 +633,8 @@ def _make_target_database_class():
                 device=self.device, run_uid=self.run_uid)
 
         def _records(self, workload, workload_id: int, target_sha256: str, k: int):
-            return [
-                ms.database.TuningRecord.from_json(
-                    [json.loads(r.trace_json), r.run_secs, json.loads(r.target_json),
-                     json.loads(r.args_info_json) if r.args_info_json else None],
-                    workload)
-                for r in self.store.best_records(workload_id, target_sha256, k)
-            ]
+            return [_record_from_row(r, workload)
+                    for r in self.store.best_records(workload_id, target_sha256, k)]
 
         def get_top_k(self, workload, top_k: int):
             workload_id = self.store.find_workload(workload.mod)

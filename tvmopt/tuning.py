@@ -81,7 +81,7 @@ class TuneOptions:
     trials: int = 1000  # total over all tasks, counting trials already in the database
     trials_per_task: int | None = None
     time_budget_s: float | None = None
-    batch_size: int = 32  # candidates built and measured per round
+    batch_size: int = 64  # candidates built and measured per round
     patience: int = 3  # rounds without a 1% gain before a task stops
     rpc_tracker: str | None = None  # HOST:PORT
     rpc_key: str | None = None
@@ -253,13 +253,18 @@ class PersistentBuilder:
         self._pool = None
         self._batches = 0
 
-    def _executor(self):
+    def start(self) -> None:
+        """Start the workers and their TVM import now, so it overlaps the first search."""
         from tvm.support.popen_pool import PopenPoolExecutor
 
+        self.shutdown()
+        self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec)
+        self._batches = 0
+        self._warmup = [self._pool.submit(_import_builder) for _ in range(self.max_workers)]
+
+    def _executor(self):
         if self._pool is None or self._batches >= self.recycle_every:
-            self.shutdown()
-            self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec)
-            self._batches = 0
+            self.start()
         self._batches += 1
         return self._pool
 
@@ -269,7 +274,8 @@ class PersistentBuilder:
         from tvm.support.popen_pool import StatusKind
 
         results = []
-        jobs = [(None, None, b.mod, b.target, None) for b in build_inputs]
+        jobs = [(build_cpu_candidate if b.target.kind.name == "llvm" else None, None, b.mod,
+                 b.target, None) for b in build_inputs]
         for outcome in self._executor().map_with_error_catching(lambda x: _worker_func(*x), jobs):
             if outcome.status == StatusKind.COMPLETE:
                 results.append(BuilderResult(outcome.value, None))
@@ -283,6 +289,24 @@ class PersistentBuilder:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+
+def _import_builder() -> None:
+    """Runs in a build worker: the imports its first build would otherwise pay for."""
+    import tvm.s_tir.meta_schedule.builder.local_builder  # noqa: F401
+    import tvm.s_tir.transform  # noqa: F401
+
+
+def build_cpu_candidate(mod, target, _params):
+    """MetaSchedule's default_build without its `import tvm.s_tir.tensor_intrin`.
+
+    That import registers every tensor intrinsic (CUDA's alone take 10 s) and costs 15 s in each
+    fresh worker; a CPU candidate arrives already tensorized and does not need the registry.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
 def make_runner(target, options: TuneOptions):
@@ -333,6 +357,11 @@ def uses_tensor_cores(trace_json: str) -> bool:
 
 
 # --- the tuner ---------------------------------------------------------------------------------
+
+
+# MetaSchedule's defaults (population 512, 4 genetic iterations) spend most of a small-batch round
+# in search; benchmarks/tuning_speed.py compares these settings with them at equal trials.
+SEARCH_SETTINGS = {"population_size": 512, "genetic_num_iters": 4}
 
 
 class _StopAfterBatch:
@@ -488,6 +517,7 @@ class Tuner:
         runner, device = make_runner(self.target, opts)
         workers = opts.workers or os.cpu_count() or 1
         builder = PersistentBuilder(max_workers=workers)
+        builder.start()
         report = TuneReport(target_identity(self.target)[1], [TaskProgress(t) for t in self.tasks],
                             budget=opts.trials)
         database = self.store.for_target(self.target, device=device)
@@ -599,7 +629,7 @@ class Tuner:
         for attempt, generator in enumerate(generators):
             ctx = ms.TuneContext(
                 mod=progress.task.mod, target=self.target, space_generator=generator,
-                search_strategy=ms.search_strategy.EvolutionarySearch(),
+                search_strategy=ms.search_strategy.EvolutionarySearch(**SEARCH_SETTINGS),
                 task_name=progress.task.name, rand_state=opts.seed + 7919 * attempt,
                 num_threads=opts.workers or os.cpu_count() or 1, logger=_SEARCH_LOG,
             )

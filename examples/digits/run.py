@@ -2,12 +2,14 @@
 
 1. Train a small MLP on scikit-learn's digits data set (it ships with scikit-learn: no download).
 2. Export it to ONNX with a dynamic batch axis.
-3. `tvmopt build` it for this CPU, in fp32 and fp16, with the team database in tuning_logs/.
-4. Run the test set through ONNX Runtime and both builds: accuracy and latency.
+3. `tvmopt tune` it for this CPU (a small budget: a few minutes on 2 cores; re-running resumes,
+   and once the budget is spent it is skipped) into the team database in tuning_logs/.
+4. `tvmopt build` it in fp32 (tuned, and untuned for comparison) and fp16.
+5. Run the test set through ONNX Runtime and every build: accuracy and latency.
 
-Exits non-zero if the fp32 build's accuracy differs from ONNX Runtime's.
+Exits non-zero if the fp32 builds' accuracy differs from ONNX Runtime's.
 
-    python examples/digits/run.py [--target host] [--db tuning_logs/tvmopt.db]
+    python examples/digits/run.py [--target host] [--db tuning_logs/tvmopt.db] [--trials 256]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 import tvmopt
-from tvmopt import build, targets
+from tvmopt import build, targets, tuning
 
 HERE = Path(__file__).resolve().parent
 TEST_SIZE = 450
@@ -84,6 +87,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="host")
     parser.add_argument("--db", default=None, help="tuning database [default: tuning_logs/tvmopt.db]")
+    parser.add_argument("--trials", type=int, default=256, help="tuning budget (0: skip tuning)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="  %(message)s")
     sys.stdout.reconfigure(line_buffering=True)  # keep prints in order with the build's log lines
@@ -98,25 +102,38 @@ def main() -> int:
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     runs = {"onnxruntime": lambda x: session.run(None, {"pixels": x})[0]}
     preset = targets.resolve(args.target)
-    for precision in ("fp32", "fp16"):
-        out = HERE / f"digits_mlp_{precision}.so"
-        result = build.build(model_path, preset, out, db_path=args.db, options=build.BuildOptions(
-            input_shapes={"pixels": x_test.shape}, precision=precision))
-        print(f"tvmopt build --target {args.target} --precision {precision} -> {out.name}: "
-              f"{len(result.tuned)} of {len(result.tasks)} tasks tuned")
-        compiled = tvmopt.load(out)
-        runs[f"tvmopt {precision}"] = lambda x, m=compiled: m({"pixels": x})["probabilities"]
+    shapes = {"pixels": x_test.shape}
+    if args.trials:
+        report = tuning.tune(model_path, preset, db_path=args.db,
+                             build_options=build.BuildOptions(input_shapes=shapes),
+                             options=tuning.TuneOptions(trials=args.trials))
+        print(f"tvmopt tune --trials {args.trials}: {report.trials_this_run} trials this run, "
+              f"{report.trials_total} in the database ({report.stop_reason})")
+    with tempfile.TemporaryDirectory() as empty:
+        builds = [("untuned fp32", "fp32", Path(empty) / "empty.db"), ("fp32", "fp32", args.db),
+                  ("fp16", "fp16", args.db)]
+        for label, precision, db in builds:
+            out = HERE / f"digits_mlp_{label.replace(' ', '_')}.so"
+            result = build.build(model_path, preset, out, db_path=db, options=build.BuildOptions(
+                input_shapes=shapes, precision=precision))
+            print(f"tvmopt build --target {args.target} --precision {precision} -> {out.name}: "
+                  f"{len(result.tuned)} of {len(result.tasks)} tasks tuned")
+            compiled = tvmopt.load(out)
+            runs[f"tvmopt {label}"] = lambda x, m=compiled: m({"pixels": x})["probabilities"]
 
-    print(f"\n{'runtime':<16}{'accuracy':>10}{'latency (ms, batch ' + str(len(x_test)) + ')':>28}")
-    accuracy = {}
+    print(f"\n{'runtime':<22}{'accuracy':>10}{'latency (ms, batch ' + str(len(x_test)) + ')':>28}")
+    accuracy, latency = {}, {}
     for name, fn in runs.items():
         predictions = fn(x_test).argmax(axis=1)
         accuracy[name] = float((predictions == y_test).mean())
-        print(f"{name:<16}{accuracy[name]:>10.4f}{median_ms(lambda: fn(x_test)):>28.3f}")
-    if accuracy["tvmopt fp32"] != accuracy["onnxruntime"]:
+        latency[name] = median_ms(lambda: fn(x_test))
+        print(f"{name:<22}{accuracy[name]:>10.4f}{latency[name]:>28.3f}")
+    if {accuracy["tvmopt fp32"], accuracy["tvmopt untuned fp32"]} != {accuracy["onnxruntime"]}:
         print("FAIL: tvmopt fp32 accuracy differs from ONNX Runtime", file=sys.stderr)
         return 1
-    print("\ntvmopt fp32 accuracy equals ONNX Runtime's; fp16 differs by "
+    print(f"\ntuned vs untuned fp32: {latency['tvmopt untuned fp32']:.3f} ms -> "
+          f"{latency['tvmopt fp32']:.3f} ms ({latency['tvmopt untuned fp32'] / latency['tvmopt fp32']:.1f}x)")
+    print("tvmopt fp32 accuracy equals ONNX Runtime's; fp16 differs by "
           f"{accuracy['tvmopt fp16'] - accuracy['onnxruntime']:+.4f}")
     return 0
 
