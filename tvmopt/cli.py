@@ -128,10 +128,7 @@ def inspect(path, target_spec, input_shapes, as_json):
         return
     click.echo(f"model     {path}  (opset {info['opset']}, {info['producer'] or 'unknown producer'})")
     click.echo(f"sha256    {info['sha256']}")
-    for kind in ("inputs", "outputs"):
-        click.echo(f"{kind}:")
-        for t in info[kind]:
-            click.echo(f"  {t['name']}: {_shape(t['shape'])} {t['dtype']}")
+    _echo_tensors(info)
     if info["dynamic_dims"]:
         click.echo("dynamic dims: " + ", ".join(info["dynamic_dims"])
                    + "  (fix them with --input-shape NAME=DIMS)")
@@ -148,6 +145,14 @@ def inspect(path, target_spec, input_shapes, as_json):
         click.echo(_table(rows, ["task", "weight", "MFLOP/call"]))
 
 
+def _echo_tensors(described: dict) -> None:
+    """The inputs and outputs of a model description or an artifact manifest."""
+    for kind in ("inputs", "outputs"):
+        click.echo(f"{kind}:")
+        for t in described[kind]:
+            click.echo(f"  {t['name']}: {_shape(t['shape'])} {t['dtype']}")
+
+
 def _inspect_tasks(path, target_spec, input_shapes):
     from . import build, targets, tuning
 
@@ -162,10 +167,7 @@ def _print_manifest(path, m):
     click.echo(f"model     {m['model']}  sha256 {m['model_sha256']}")
     click.echo(f"target    {m['target_key']}  (preset {m['preset']}, {m['elf_machine']} ELF)")
     click.echo(f"precision {m['precision']}  layout {m['layout']}")
-    for kind in ("inputs", "outputs"):
-        click.echo(f"{kind}:")
-        for t in m[kind]:
-            click.echo(f"  {t['name']}: {_shape(t['shape'])} {t['dtype']}")
+    _echo_tensors(m)
     click.echo(f"tuned     {len(m['tuned_tasks'])} of {m['tasks']} tasks "
                f"(database digest {m['database_digest']})")
 
