@@ -216,16 +216,17 @@ def check_tracker(address: str, key: str, timeout_s: float = 5.0) -> dict:
                           "with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port "
                           f"{port}` or fix --rpc-tracker") from None
     summary = rpc.connect_tracker(host, int(port)).summary()
-    queue = summary.get("queue_info", {}).get(key)
-    free = int(queue.get("free", 0)) if queue else 0
-    pending = int(queue.get("pending", 0)) if queue else 0
-    if not queue or free + pending == 0 and not any(
-            s.get("key", "").split(":")[-1] == key for s in summary.get("server_info", [])):
+    if _key_missing(summary, key):
         known = ", ".join(sorted(summary.get("queue_info", {}))) or "none"
         raise TvmoptError(f"no RPC server is registered under key {key!r} at {address} (keys: "
                           f"{known}); start one with `python -m tvm.exec.rpc_server --tracker "
                           f"{address} --key {key}`")
     return summary
+
+
+def _key_missing(summary: dict, key: str) -> bool:
+    queue = summary.get("queue_info", {}).get(key)
+    return not queue or int(queue.get("free", 0)) + int(queue.get("pending", 0)) == 0
 
 
 def _evaluator_config(target):
@@ -487,15 +488,14 @@ class Tuner:
         from .database import target_identity
 
         tsha = target_identity(self.target)[0]
+        database = self.store.for_target(self.target)
         trained = 0
         for workload_id in self.store.workload_ids_for_target(tsha)[:200]:
-            rows = self.store.best_records(workload_id, tsha, 64)
             mod = self.store.load_workload_mod(workload_id)
             try:
                 ctx = ms.TuneContext(mod=mod, target=self.target, space_generator=None,
                                      search_strategy=None, num_threads=1)
-                database = self.store.for_target(self.target)
-                records = database.get_top_k(ms.database.Workload(mod), len(rows))
+                records = database.get_top_k(ms.database.Workload(mod), 64)
                 candidates = [r.as_measure_candidate() for r in records]
                 results = [ms.runner.RunnerResult([float(s) for s in r.run_secs], None)
                            for r in records]
