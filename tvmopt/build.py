@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import frontend, passes, tuning
 from .database import open_database, target_identity
-from .errors import TvmoptError
+from .errors import TvmoptError, first_line
 from .targets import Preset
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def build(model_path, preset: Preset, out_path, *, db_path=None,
             except Exception as e:  # the compiler driver reports through assorted exceptions
                 partial.unlink(missing_ok=True)
                 raise TvmoptError(f"linking with {preset.cc} failed: "
-                                  f"{frontend._first_line(e)}") from e
+                                  f"{first_line(e)}") from e
             os.replace(partial, out_path)  # never leave a half-written library at OUT.so
     return BuildResult(out_path, manifest, tasks, tuned, seconds)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import TvmoptError
+from .errors import TvmoptError, first_line
 
 log = logging.getLogger("tvmopt")
 
@@ -78,9 +78,8 @@ class _Group(click.Group):
         except Exception as e:  # a bug in tvmopt or TVM: still one line unless asked
             if os.environ.get("TVMOPT_DEBUG"):
                 raise
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise click.ClickException(
-                f"internal error: {type(e).__name__}: {first[:300]} "
+                f"internal error: {type(e).__name__}: {first_line(e)} "
                 "(set TVMOPT_DEBUG=1 for the traceback and report it)") from None
 
 

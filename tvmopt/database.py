@@ -30,7 +30,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .errors import TvmoptError
+from .errors import TvmoptError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -558,7 +558,7 @@ class TuningStore:
                 .get_all_tuning_records()
         except Exception as e:  # TVM's parser raises assorted types for malformed lines
             raise TvmoptError(f"{directory}: TVM cannot read these database files "
-                              f"({str(e).strip().splitlines()[0][:200]})") from None
+                              f"({first_line(e, 200)})") from None
         source = "import:" + _sha256("".join(_sha256(p.read_text()) for p in paths))[:16]
         counts = {"added": 0, "duplicate": 0, "failure": 0, "no_target": 0}
         for record in records:

@@ -6,3 +6,9 @@ class TvmoptError(Exception):
 
     The CLI prints the message on one line and exits non-zero, without a traceback.
     """
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (TVM's run to pages), for one-line errors."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:limit]

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import TvmoptError
+from .errors import TvmoptError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError) as e:
         raise TvmoptError(
-            f"{path}: not a readable ONNX model ({_first_line(e)}); the file may be truncated "
+            f"{path}: not a readable ONNX model ({first_line(e)}); the file may be truncated "
             "or not ONNX at all: re-export it"
         ) from None
     # protobuf happily parses many non-ONNX byte strings into an empty message.
@@ -125,14 +125,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise TvmoptError(
-            f"{path}: the ONNX checker rejects this model ({_first_line(e)}); re-export it"
+            f"{path}: the ONNX checker rejects this model ({first_line(e)}); re-export it"
         ) from None
     return model
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
 
 
 def _value_info_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
@@ -289,7 +284,7 @@ def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
         )
     except Exception as e:  # TVM raises many types; the user needs the node, not the stack
         raise TvmoptError(
-            f"TVM's ONNX importer failed: {_first_line(e)}; run `tvmopt inspect` on the model and "
+            f"TVM's ONNX importer failed: {first_line(e)}; run `tvmopt inspect` on the model and "
             "report the op it names"
         ) from e
     log.debug("imported %d ONNX nodes into Relax", len(model.graph.node))

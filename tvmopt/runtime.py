@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TvmoptError
+from .errors import TvmoptError, first_line
 from .frontend import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def load(path: str | Path) -> Model:
         lib = tvm.runtime.load_module(str(path.resolve()))
         vm = relax.VirtualMachine(lib, device)
     except Exception as e:  # noqa: BLE001 - the loader reports through assorted exceptions
-        raise TvmoptError(f"{path}: cannot be loaded ({str(e).splitlines()[0] if str(e) else e}); "
+        raise TvmoptError(f"{path}: cannot be loaded ({first_line(e)}); "
                           "rebuild it with this tvmopt version") from None
     return Model(
         path, manifest,

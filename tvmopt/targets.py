@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TvmoptError
+from .errors import TvmoptError, first_line
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Installed wheels carry the presets inside the package; a source checkout has them at the top.
@@ -40,7 +40,7 @@ class Preset:
             return tvm.target.Target(self.target)
         except Exception as e:  # TVM validates attributes in C++ and raises assorted types
             raise TvmoptError(
-                f"target {self.name!r} is not a valid TVM target ({str(e).splitlines()[0]}); "
+                f"target {self.name!r} is not a valid TVM target ({first_line(e)}); "
                 f"fix {self.source or 'the target JSON'}"
             ) from None
 
@@ -108,7 +108,7 @@ def _read_preset(name: str, path: Path) -> Preset:
         raise TvmoptError(f"target preset {path}: field 'description' must be a string")
     if data.get("detect") == "host":
         target = detect_host_target()
-        family = "arm" if target["mtriple"].startswith("aarch64") else "x86"
+        family = _family_of(target)
     elif data.get("family") not in _FAMILIES:
         raise TvmoptError(
             f"target preset {path}: 'family' must be one of {', '.join(_FAMILIES)}"
@@ -130,6 +130,12 @@ def _read_preset(name: str, path: Path) -> Preset:
         env=data.get("env", {}),
         source=str(path),
     )
+
+
+def _family_of(target: dict) -> str:
+    if target["kind"] in ("cuda", "rocm"):
+        return target["kind"]
+    return "arm" if str(target.get("mtriple", "")).startswith("aarch64") else "x86"
 
 
 def detect_host_target() -> dict:
@@ -155,9 +161,7 @@ def resolve(spec: str) -> Preset:
                               'object such as {"kind": "llvm", "mcpu": "skylake-avx512"}') from None
         if not isinstance(target, dict) or "kind" not in target:
             raise TvmoptError('--target JSON must be an object with a "kind"')
-        family = {"cuda": "cuda", "rocm": "rocm"}.get(target["kind"]) or (
-            "arm" if str(target.get("mtriple", "")).startswith("aarch64") else "x86"
-        )
+        family = _family_of(target)
         preset = Preset("custom", "target given as JSON", family, target, source="--target")
         preset.tvm_target()  # validate now, with a clear error
         return preset

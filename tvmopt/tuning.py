@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TvmoptError
+from .errors import TvmoptError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,7 @@ class Tuner:
 
     # -- setup ------------------------------------------------------------------------------
 
-    def _prior_state(self, progress: TaskProgress, database) -> None:
+    def _prior_state(self, progress: TaskProgress) -> None:
         """Trials already in the database for this task and target count toward the budget."""
         from .database import target_identity
 
@@ -514,22 +514,21 @@ class Tuner:
         from .database import target_identity
 
         opts = self.options
-        runner, device = make_runner(self.target, opts)
-        workers = opts.workers or os.cpu_count() or 1
-        builder = PersistentBuilder(max_workers=workers)
-        builder.start()
         report = TuneReport(target_identity(self.target)[1], [TaskProgress(t) for t in self.tasks],
                             budget=opts.trials)
-        database = self.store.for_target(self.target, device=device)
         for p in report.tasks:
-            self._prior_state(p, database)
-        remaining = opts.trials - report.trials_total
-        if remaining <= 0:
+            self._prior_state(p)
+        if report.trials_total >= opts.trials:
             report.stop_reason = (f"the budget of {opts.trials} trials is already spent "
                                   f"({report.trials_total} in the database)")
             for p in report.tasks:
                 p.finished = p.finished or "budget"
             return report
+        # Only now start the measuring and building processes: a spent budget needs neither.
+        runner, device = make_runner(self.target, opts)
+        workers = opts.workers or os.cpu_count() or 1
+        builder = PersistentBuilder(max_workers=workers)
+        builder.start()
         cost_model = ms.cost_model.XGBModel(num_tuning_cores=workers, adaptive_training=True)
         warm = self._warm_start(cost_model)
         if warm:
@@ -637,7 +636,7 @@ class Tuner:
                 spaces = ctx.generate_design_space()
             except Exception as e:  # noqa: BLE001 - TVM raises ScheduleError and others here
                 log.debug("design space for %s failed (attempt %d): %s", progress.task.name,
-                          attempt + 1, str(e).splitlines()[0] if str(e) else e)
+                          attempt + 1, first_line(e))
                 continue
             ctx.pre_tuning(max_trials=max(cap - progress.prior_trials, n), num_trials_per_iter=n,
                            design_spaces=spaces, database=database, cost_model=cost_model)
