@@ -166,6 +166,8 @@ def _print_manifest(path, m):
     click.echo(f"model     {m['model']}  sha256 {m['model_sha256']}")
     click.echo(f"target    {m['target_key']}  (preset {m['preset']}, {m['elf_machine']} ELF)")
     click.echo(f"precision {m['precision']}  layout {m['layout']}")
+    if "amdgpu_code_objects" in m:
+        click.echo(f"device    AMDGPU code object(s) for {', '.join(m['amdgpu_code_objects']) or 'none'}")
     _echo_tensors(m)
     click.echo(f"tuned     {len(m['tuned_tasks'])} of {m['tasks']} tasks "
                f"(database digest {m['database_digest']})")
@@ -367,6 +369,37 @@ def run(library, inputs_npz, input_files, out):
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, **outputs)
         click.echo(f"saved {len(outputs)} output(s) to {out}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def targets(ctx, as_json):
+    """List the target presets (targets/*.json and $TVMOPT_TARGETS_PATH)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import targets as presets
+
+    rows = presets.listing()
+    if as_json:
+        _echo_json(rows)
+        return
+    click.echo(_table([[r["name"], r["family"], r["target"], r["description"]] for r in rows],
+                      ["preset", "family", "target", "description"]))
+
+
+@targets.command("show")
+@click.argument("name")
+def targets_show(name):
+    """Print one preset as tvmopt resolves it here (family names pick this machine's device)."""
+    from . import targets as presets
+
+    preset = presets.resolve(name)
+    data = preset.as_dict()
+    if preset.name != name:
+        data["resolved_from"] = name
+    data["tvm_target"] = json.loads(str(preset.tvm_target()))
+    _echo_json(data)
 
 
 @cli.group()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,38 @@ def read_manifest(path: str | Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TvmoptError(f"{path}: the tvmopt manifest is damaged; rebuild the library") from None
     manifest["elf_machine"] = machine
+    if manifest.get("family") == "rocm":
+        manifest["amdgpu_code_objects"] = amdgpu_code_objects(path)
     return manifest
+
+
+_EM_AMDGPU = 224
+_AMDHSA_TARGET = re.compile(rb"amdgcn-amd-amdhsa-[a-z]*-(gfx[0-9a-f]+)")
+
+
+def amdgpu_code_objects(path: str | Path) -> list[str]:
+    """The gfx arch of every AMDGPU code object (an ELF inside the library's device blob).
+
+    A ROCm artifact cannot be run without an AMD GPU; this is the check that it holds device code
+    for the arch it claims.
+    """
+    data = Path(path).read_bytes()
+    archs = []
+    start = data.find(b"\x7fELF", 1)
+    while start > 0:
+        try:
+            machine, = struct.unpack_from("<H", data, start + 18)
+            shoff, = struct.unpack_from("<Q", data, start + 40)
+            shentsize, shnum = struct.unpack_from("<HH", data, start + 58)
+        except struct.error:
+            break
+        if machine == _EM_AMDGPU:
+            end = start + shoff + shentsize * shnum
+            # The code object's HSA metadata note names its target, e.g. amdgcn-amd-amdhsa--gfx90a.
+            match = _AMDHSA_TARGET.search(data, start, end)
+            archs.append(match.group(1).decode() if match else "unknown")
+        start = data.find(b"\x7fELF", start + 4)
+    return archs
 
 
 def _host_machine() -> str:
@@ -84,7 +116,8 @@ def _device_for(manifest: dict, path: Path):
     if kind == "rocm":
         if not tvm.rocm(0).exist:
             raise TvmoptError(f"{path}: built for {key} and needs an AMD GPU with ROCm; none was "
-                              "found")
+                              "found (the apache-tvm wheel has no ROCm runtime: use a TVM built "
+                              "with USE_ROCM)")
         return tvm.rocm(0)
     return tvm.cpu(0)
 

@@ -2,13 +2,16 @@
 
 A preset file holds the TVM target dict (with its host), the C++ compiler that links the final
 library (a cross compiler for other architectures) and a one-line description. Adding a target
-means adding a file. `host` is the one preset that is filled in at run time: LLVM's `mcpu=native`
-silently falls back to `generic` in the TVM wheel, so the CPU is detected here and named explicitly.
+means adding a file. Some presets are filled in at run time (`"detect"`): `host` names this
+machine's CPU explicitly (LLVM's `mcpu=native` silently falls back to `generic` in the TVM wheel), and
+the family names `cuda`, `rocm`, `x86` and `arm` pick the preset for the device present here, or the
+preset named by their `"default"` when there is none.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from dataclasses import dataclass, field
@@ -16,11 +19,14 @@ from pathlib import Path
 
 from .errors import TvmoptError, first_line
 
+log = logging.getLogger(__name__)
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Installed wheels carry the presets inside the package; a source checkout has them at the top.
 _BUILTIN_DIRS = (_PACKAGE_DIR / "presets", _PACKAGE_DIR.parent / "targets")
 _FAMILIES = ("x86", "arm", "cuda", "rocm")
-_PRESET_FIELDS = {"description", "family", "target", "cc", "detect", "env"}
+_PRESET_FIELDS = {"description", "family", "target", "cc", "detect", "default", "env"}
+_DETECTORS = ("host", *_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,12 @@ def _read_preset(name: str, path: Path) -> Preset:
         )
     if not isinstance(data.get("description"), str):
         raise TvmoptError(f"target preset {path}: field 'description' must be a string")
-    if data.get("detect") == "host":
+    detect = data.get("detect")
+    if detect is not None and detect not in _DETECTORS:
+        raise TvmoptError(f"target preset {path}: 'detect' must be one of {', '.join(_DETECTORS)}")
+    if detect in _FAMILIES:
+        return _detect_family(name, path, detect, data.get("default"))
+    if detect == "host":
         target = detect_host_target()
         family = _family_of(target)
     elif data.get("family") not in _FAMILIES:
@@ -136,6 +147,66 @@ def _family_of(target: dict) -> str:
     if target["kind"] in ("cuda", "rocm"):
         return target["kind"]
     return "arm" if str(target.get("mtriple", "")).startswith("aarch64") else "x86"
+
+
+def _detect_family(alias: str, path: Path, family: str, default) -> Preset:
+    """The preset of `family` matching this machine's device, else the preset named by `default`."""
+    if not isinstance(default, str) or not default:
+        raise TvmoptError(f"target preset {path}: a family preset needs a 'default' preset name")
+    found = _local_device_preset(family)
+    if found is not None:
+        log.info("target %s: using %s (%s found on this machine)", alias, found.name, found.key)
+        return found
+    if default == alias:
+        raise TvmoptError(f"target preset {path}: 'default' must name another preset")
+    preset = resolve(default)
+    log.info("target %s: no %s device here, using the default %s", alias, family, preset.name)
+    return preset
+
+
+def _local_device_preset(family: str) -> Preset | None:
+    if family in ("x86", "arm"):
+        host = detect_host_target()
+        return resolve("host") if _family_of(host) == family else None
+    arch = local_cuda_arch() if family == "cuda" else local_rocm_arch()
+    if arch is None:
+        return None
+    attr = "arch" if family == "cuda" else "mcpu"
+    for name, path in _preset_files().items():
+        try:
+            data = json.loads(path.read_text())
+            device_arch = str(data["target"][attr]) if data.get("family") == family else ""
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a broken preset file is reported when it is asked for by name
+        # sm_90a is sm_90 plus arch-specific instructions: it is the preset for an sm_90 GPU.
+        if device_arch == arch or (family == "cuda" and device_arch == arch + "a"):
+            return _read_preset(name, path)
+    # A GPU newer than every preset: TVM fills in the rest of the target from the device.
+    host = {"kind": "llvm", "mtriple": detect_host_target()["mtriple"]}
+    return Preset(f"{family}-{arch}", f"this machine's {arch}", family,
+                  {"kind": family, attr: arch, "host": host}, source="detected")
+
+
+def local_cuda_arch() -> str | None:
+    """`sm_XY` of GPU 0, or None without a GPU (or without the CUDA driver)."""
+    import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        return None
+    return "sm_" + dev.compute_version.replace(".", "")
+
+
+def local_rocm_arch() -> str | None:
+    """gfx name of the first AMD GPU from the kernel driver's topology (the TVM wheel has no ROCm runtime)."""
+    for props in sorted(Path("/sys/class/kfd/kfd/topology/nodes").glob("*/properties")):
+        for line in props.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "gfx_target_version" and value.strip() not in ("", "0"):
+                version = int(value)
+                major, minor, step = version // 10000, version // 100 % 100, version % 100
+                return f"gfx{major}{minor}{step:x}"
+    return None
 
 
 def detect_host_target() -> dict:
@@ -178,3 +249,24 @@ def resolve(spec: str) -> Preset:
 
 def load_all() -> list[Preset]:
     return [resolve(name) for name in available()]
+
+
+def listing() -> list[dict]:
+    """Every preset as name/family/target/description, without running device detection."""
+    rows = []
+    for name, path in sorted(_preset_files().items()):
+        try:
+            data = json.loads(path.read_text())
+            if data.get("detect") in _FAMILIES:
+                family, key = data["detect"], f"detected, else {data.get('default')}"
+            elif data.get("detect") == "host":
+                target = detect_host_target()
+                family, key = _family_of(target), target_key(target)
+            else:
+                family, key = data["family"], target_key(data["target"])
+            description = data["description"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            family, key, description = "?", "?", f"unreadable preset {path} ({first_line(e)})"
+        rows.append({"name": name, "family": family, "target": key,
+                     "description": description, "file": str(path)})
+    return rows
