@@ -15,7 +15,7 @@ import pytest
 import models
 import tvmopt
 from conftest import assert_one_line_error
-from tvmopt import build, runtime, targets
+from tvmopt import build, plot, runtime, targets
 from tvmopt.database import open_database
 
 TVMOPT = [sys.executable, "-m", "tvmopt"]
@@ -79,6 +79,37 @@ def test_tuned_build_is_faster_than_untuned(tuned, tiny, tmp_path):
     (m,) = runtime.compare(model(x), runtime.onnxruntime_outputs(tiny, x))
     assert m.max_rel < 1e-4
     assert _median_latency(tuned_lib.path) < _median_latency(untuned_lib.path)
+
+
+def test_profile_marks_the_tuned_kernel(tuned, tiny, tmp_path, invoke):
+    db, report, _ = tuned
+    lib = build.build(tiny, targets.resolve("host"), tmp_path / "tuned.so", db_path=db).path
+    result = invoke("profile", lib, "--json", "--repeat", "5")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["kernels"]
+    (task,) = report["tasks"]
+    tuned_rows = [r for r in rows if r["tuned"]]
+    assert tuned_rows and all(r["task"] == task["name"] for r in tuned_rows)
+
+
+def test_db_plot_draws_the_tuning_curves(tuned, tmp_path, invoke):
+    db, report, _ = tuned
+    with open_database(db, readonly=True) as store:
+        (key,) = [s["target_key"] for s in store.stats()]
+        tasks, model = plot.tuning_curves(store, key)
+    (curve,) = tasks
+    (task,) = report["tasks"]
+    assert curve.label == f"{task['name']} (x{task['weight']})"  # weight from the tune run
+    assert curve.trials[-1] == 32  # failed trials count as trials too
+    assert curve.best_ms == sorted(curve.best_ms, reverse=True)  # best-so-far never rises
+    assert curve.best_ms[-1] == pytest.approx(task["best_sec"] * 1e3)
+    assert model.best_ms[-1] == pytest.approx(task["weight"] * task["best_sec"] * 1e3)
+    out = tmp_path / "curve.png"
+    result = invoke("db", "plot", "--db", db, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_one_line_error(invoke("db", "plot", "--db", db, "-o", out, "--target", "cuda-sm80"),
+                          "no records for cuda-sm80")
 
 
 def test_rerun_resumes_and_warm_starts(tuned, tiny, invoke):

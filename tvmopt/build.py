@@ -33,6 +33,7 @@ class BuildOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     precision: str = "fp32"
     layout: str = "NCHW"
+    cuda_graph: bool = False  # capture the model's static regions as CUDA graphs (CUDA only)
 
 
 @dataclass
@@ -63,7 +64,7 @@ def prepare(model_path, preset: Preset, options: BuildOptions = BuildOptions()):
     return model, inputs, mod
 
 
-def _lower_with_database(mod, target, database):
+def _lower_with_database(mod, target, database, *, cuda_graph: bool = False):
     """Apply tuned schedules, give the rest TVM's defaults, and compile to a VM executable."""
     import importlib
 
@@ -90,7 +91,9 @@ def _lower_with_database(mod, target, database):
             backend_pipeline.dataflow_lower_passes(target) + backend_pipeline.finalize_passes(target)
         )(mod)
 
-    with target, database, tvm.transform.PassContext(opt_level=3):
+    # RewriteCUDAGraph (in the CUDA finalize passes) acts only when this is set.
+    config = {"relax.backend.use_cuda_graph": True} if cuda_graph else {}
+    with target, database, tvm.transform.PassContext(opt_level=3, config=config):
         return tvm.compile(mod, target, relax_pipeline=pipeline)
 
 
@@ -109,6 +112,8 @@ def build(model_path, preset: Preset, out_path, *, db_path=None,
           options: BuildOptions = BuildOptions()) -> BuildResult:
     """ONNX file in, deployable `.so` out, using the database's tuned schedules for this target."""
     out_path = Path(out_path)
+    if options.cuda_graph and preset.family != "cuda":
+        raise TvmoptError(f"--cuda-graph needs a CUDA target; {preset.name} is {preset.family}")
     linker = _linker(preset.cc)  # a missing compiler fails now, not after minutes of compiling
     with _toolchain(preset):
         return _build(model_path, preset, out_path, db_path, options, linker)
@@ -122,13 +127,14 @@ def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResul
         model, inputs, mod = prepare(model_path, preset, options)
         target = preset.tvm_target()
         tasks = tuning.extract_tasks(mod, target)
+        kernels = tuning.kernel_tasks(mod, tasks)
     with open_database(db_path) as store, _stage(seconds, "compile", 2, 3):
         database = store.for_target(target)
         tuned = [t.name for t in tasks if database.has_workload(t.mod)
                  and database.query_tuning_record(t.mod, target, t.name) is not None]
         log.info("%d of %d tasks tuned (database %s); untuned tasks use TVM's default schedules",
                  len(tuned), len(tasks), store.path)
-        executable = _lower_with_database(mod, target, database)
+        executable = _lower_with_database(mod, target, database, cuda_graph=options.cuda_graph)
         digest = store.digest()
     tsha, tkey, _ = target_identity(target)
     manifest = {
@@ -149,6 +155,8 @@ def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResul
         "database_digest": digest,
         "tasks": len(tasks),
         "tuned_tasks": tuned,
+        "kernels": kernels,
+        "cuda_graph": options.cuda_graph,
     }
     with _stage(seconds, "link", 3, 3):
         out_path.parent.mkdir(parents=True, exist_ok=True)

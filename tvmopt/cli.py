@@ -198,12 +198,15 @@ def _build_help() -> str:
               help="Run the result and ONNX Runtime on the same random inputs; fail above tolerance.")
 @click.option("--tolerance", type=float, default=None,
               help="Max relative error for --check [default: 1e-4 for fp32, 1e-2 for fp16].")
-def build(model, target_spec, out, db_path, input_shapes, precision, layout, check, tolerance):
+@click.option("--cuda-graph", is_flag=True,
+              help="CUDA only: replay the model's static regions as CUDA graphs (fewer launches).")
+def build(model, target_spec, out, db_path, input_shapes, precision, layout, check, tolerance,
+          cuda_graph):
     from . import build as build_stage
     from . import targets
 
     preset = targets.resolve(target_spec)
-    options = build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout)
+    options = build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout, cuda_graph)
     result = build_stage.build(model, preset, out, db_path=db_path, options=options)
     total = sum(result.seconds.values())
     click.echo(f"built {result.path} for {preset.key} ({precision}) in {total:.1f} s: "
@@ -226,6 +229,71 @@ def _check(model_path, lib_path, tolerance):
         raise TvmoptError(f"--check failed: max relative error {worst:.3g} exceeds {tolerance:g} "
                           "versus ONNX Runtime")
     click.echo(f"check passed: max relative error {worst:.3g} <= {tolerance:g} versus ONNX Runtime")
+
+
+@cli.command()
+@click.argument("library", type=click.Path(path_type=Path))
+@click.option("--batch", type=int, default=None,
+              help="Samples per inference; must match the artifact [default: its batch].")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls first.")
+@click.option("--iterations", type=int, default=None,
+              help="Timed calls [default: 200, unless --duration].")
+@click.option("--duration", "duration_s", type=float, default=None, metavar="SECONDS",
+              help="Time calls for this long instead of a fixed count.")
+@click.option("--cuda-graph/--no-cuda-graph", default=None,
+              help="Require that the artifact was built with (or without) CUDA graphs "
+                   "[default: as built].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench(library, batch, warmup, iterations, duration_s, cuda_graph, as_json):
+    """Latency percentiles, throughput, copy times and memory of a built .so, like trtexec.
+
+    Compute is timed per call on the device (CUDA events on a GPU) with inputs already there;
+    host-to-device and device-to-host copies are timed apart. A warning is printed when the
+    run is unstable (coefficient of variation above 10%) or too short for tail percentiles.
+    """
+    from . import bench as bench_stage
+
+    report = bench_stage.bench(library, bench_stage.BenchOptions(
+        batch, warmup, iterations, duration_s, cuda_graph))
+    for warning in report.warnings:
+        log.warning("warning: %s", warning)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    lat = report.latency_ms
+    click.echo(f"artifact   {report.artifact}  ({report.target_key} on {report.device})")
+    click.echo(f"runs       {report.iterations} timed after {report.warmup} warmup, batch "
+               f"{report.batch}, CUDA graph {'on' if report.cuda_graph else 'off'}")
+    click.echo(f"latency    min {lat.min:.4f}  mean {lat.mean:.4f}  p50 {lat.p50:.4f}  p90 "
+               f"{lat.p90:.4f}  p95 {lat.p95:.4f}  p99 {lat.p99:.4f}  max {lat.max:.4f} ms "
+               f"(CV {lat.cv:.1%})")
+    click.echo(f"throughput {report.inferences_per_s:.1f} inferences/s, "
+               f"{report.samples_per_s:.1f} samples/s")
+    if report.h2d_ms is not None:
+        click.echo(f"copies     host->device {report.h2d_ms:.4f} ms, device->host "
+                   f"{report.d2h_ms:.4f} ms; end to end (p50) {report.end_to_end_ms:.4f} ms")
+    if report.peak_memory_bytes is not None:
+        click.echo(f"memory     {report.peak_memory_bytes / 2**20:.1f} MiB ({report.memory_measure})")
+
+
+@cli.command()
+@click.argument("library", type=click.Path(path_type=Path))
+@click.option("--repeat", type=int, default=20, show_default=True, help="Timed repeats.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profile(library, repeat, as_json):
+    """Time per kernel of a built .so, slowest first, with its tuning task and whether it was tuned."""
+    from . import bench as bench_stage
+
+    if repeat < 1:
+        raise TvmoptError("--repeat must be at least 1")
+    latency_us, rows = bench_stage.profile(library, repeat=repeat)
+    if as_json:
+        _echo_json({"latency_us": latency_us, "kernels": [r.as_dict() for r in rows]})
+        return
+    table = [[r.kernel, r.task or "-", {True: "yes", False: "no", None: "-"}[r.tuned], r.calls,
+              f"{r.mean_us:.2f}", f"{r.total_us:.2f}", f"{r.share:.1%}"] for r in rows]
+    click.echo(_table(table, ["kernel", "task", "tuned", "calls", "us/call", "us total", "share"]))
+    click.echo(f"model latency {latency_us:.2f} us (median of {repeat})")
 
 
 class _LiveProgress:
@@ -512,6 +580,22 @@ def db_import(directory, db_path):
     click.echo(f"imported from {directory}: {counts['added']} records added, "
                f"{counts['duplicate']} already present, {counts['failure']} failed candidates, "
                f"{counts['no_target']} without a target skipped")
+
+
+@db.command("plot")
+@db_option
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Image to write (PNG, SVG or PDF, from the suffix).")
+@click.option("--target", "target", default=None,
+              help="Target key (as `db stats` shows) or preset [default: the only one].")
+def db_plot(db_path, out, target):
+    """Best latency against trials, per task and for the model (needs matplotlib)."""
+    from .plot import choose_target, plot_tuning
+
+    with _open_db(db_path, readonly=True) as store:
+        key = choose_target(store, target)
+        n = plot_tuning(store, key, out)
+    click.echo(f"wrote {out}: {n} task curves and the model estimate for {key}")
 
 
 def _load_npz(path: Path) -> dict:

@@ -96,6 +96,19 @@ def m001_initial(db: sqlite_utils.Database):
         )""")
 
 
+@migrations()
+def m002_run_tasks(db: sqlite_utils.Database):
+    # The model's tasks and weights per tune run: what turns per-task bests into a model estimate.
+    db.execute("""
+        CREATE TABLE run_tasks (
+            run_uid TEXT NOT NULL,
+            ir_sha256 TEXT NOT NULL,          -- the workload, by its merge-stable key
+            task TEXT,
+            weight INTEGER NOT NULL,          -- calls per inference
+            PRIMARY KEY (run_uid, ir_sha256)
+        )""")
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -423,6 +436,35 @@ class TuningStore:
             )
         return uid
 
+    def set_run_tasks(self, uid: str, tasks) -> None:
+        """Record the tasks (objects with .mod, .name, .weight) that a tune run is working on."""
+        rows = [[uid, self.workload_identity(t.mod), t.name, t.weight] for t in tasks]
+        with self.write():
+            self.conn.executemany("INSERT OR REPLACE INTO run_tasks (run_uid, ir_sha256, task, weight) "
+                                  "VALUES (?, ?, ?, ?)", rows)
+
+    def tuning_history(self, target_key: str) -> tuple[list[dict], list[tuple[str, float | None]]]:
+        """For one target: its workloads (name, weight from the latest tune run that named them)
+        and every trial in the order it was measured, as (ir_sha256, seconds or None if failed)."""
+        trials = self.conn.execute(
+            "SELECT w.ir_sha256, t.sec FROM ("
+            "  SELECT workload_id, mean_sec AS sec, created_at, 0 AS failed, id FROM records"
+            "  WHERE target_key = ?"
+            "  UNION ALL SELECT workload_id, NULL, created_at, 1, id FROM failures"
+            "  WHERE target_key = ?) t JOIN workloads w ON w.id = t.workload_id "
+            "ORDER BY t.created_at, t.failed, t.id", [target_key, target_key]).fetchall()
+        names = dict(self.conn.execute("SELECT ir_sha256, name FROM workloads").fetchall())
+        weights = {}
+        for sha, task, weight in self.conn.execute(  # later runs override earlier ones
+                "SELECT rt.ir_sha256, rt.task, rt.weight FROM run_tasks rt JOIN runs r "
+                "ON r.uid = rt.run_uid WHERE r.target_key = ? ORDER BY r.started_at", [target_key]):
+            names[sha], weights[sha] = names.get(sha) or task, weight
+        seen = list(dict.fromkeys(sha for sha, _ in trials))
+        workloads = [{"ir_sha256": sha, "name": names.get(sha) or sha[:12],
+                      "weight": weights.get(sha)} for sha in seen]
+        return workloads, [(sha, sec if sec is None or sec < FAILED_RUN_SEC else None)
+                           for sha, sec in trials]
+
     def end_run(self, uid: str, trials: int) -> None:
         with self.write():
             self.conn.execute("UPDATE runs SET trials = ?, ended_at = ? WHERE uid = ?",
@@ -492,6 +534,12 @@ class TuningStore:
                 added["runs"] += self.conn.execute(
                     f"INSERT OR IGNORE INTO runs ({run_cols}) VALUES ({', '.join('?' * 9)})",
                     row).rowcount
+            has_run_tasks = other.conn.execute(  # absent from files written before schema m002
+                "SELECT 1 FROM sqlite_master WHERE name = 'run_tasks'").fetchone()
+            for row in other.conn.execute("SELECT run_uid, ir_sha256, task, weight FROM run_tasks"
+                                          if has_run_tasks else "SELECT 1 WHERE 0"):
+                self.conn.execute("INSERT OR IGNORE INTO run_tasks (run_uid, ir_sha256, task, weight) "
+                                  "VALUES (?, ?, ?, ?)", row)
             rec_cols = [c for c in _RECORD_COLUMNS if c != "workload_id"]
             for row in other.conn.execute(f"SELECT workload_id, {', '.join(rec_cols)} FROM records"):
                 added["records"] += self.conn.execute(

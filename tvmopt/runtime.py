@@ -98,7 +98,7 @@ def _host_machine() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
-def _device_for(manifest: dict, path: Path):
+def device_for(manifest: dict, path: Path):
     """The TVM device to run on, or a clear error when this machine cannot run the artifact."""
     import tvm
 
@@ -132,6 +132,7 @@ class Model:
     outputs: list[TensorSpec]
     _vm: object
     device: object
+    _lib: object  # the loaded library, kept for fresh VMs and for its kernels
 
     def __call__(self, inputs: dict[str, np.ndarray] | None = None, /, **kwargs) -> dict[str, np.ndarray]:
         import tvm
@@ -143,7 +144,7 @@ class Model:
             raise TvmoptError(f"unknown input(s) {', '.join(sorted(extra))}; the model's inputs are: "
                               + ", ".join(s.name for s in self.inputs))
         result = self._vm["main"](*args)
-        flat = _flatten(result)
+        flat = flatten_outputs(result)
         return {spec.name: t.numpy() for spec, t in zip(self.outputs, flat)}
 
     def time(self, inputs: dict[str, np.ndarray], *, number: int = 10, repeat: int = 30,
@@ -163,6 +164,18 @@ class Model:
                                         repeat=repeat)
         return [float(x) for x in timer("main").results]
 
+    def fresh_vm(self):
+        """A second VM on the same library (e.g. to instrument without touching this one)."""
+        from tvm import relax
+
+        return relax.VirtualMachine(self._lib, self.device)
+
+    def kernel_library(self):
+        """The module holding the compiled kernels, callable one by one by name."""
+        for module in self._lib.imports:
+            return module
+        raise TvmoptError(f"{self.path}: holds no kernel library; rebuild it with `tvmopt build`")
+
     def _validate(self, spec: TensorSpec, given: dict) -> np.ndarray:
         if spec.name not in given:
             raise TvmoptError(f"missing input {spec.name!r} ({_fmt(spec)}); the model's inputs are: "
@@ -178,14 +191,14 @@ class Model:
         return np.ascontiguousarray(arr)
 
 
-def _flatten(result):
+def flatten_outputs(result):
     import tvm
 
     if isinstance(result, tvm.runtime.Tensor):
         return [result]
     out = []
     for item in result:
-        out += _flatten(item)
+        out += flatten_outputs(item)
     return out
 
 
@@ -204,7 +217,7 @@ def load(path: str | Path) -> Model:
 
     path = Path(path)
     manifest = read_manifest(path)
-    device = _device_for(manifest, path)
+    device = device_for(manifest, path)
     try:
         lib = tvm.runtime.load_module(str(path.resolve()))
         vm = relax.VirtualMachine(lib, device)
@@ -215,7 +228,7 @@ def load(path: str | Path) -> Model:
         path, manifest,
         [TensorSpec.from_dict(d) for d in manifest["inputs"]],
         [TensorSpec.from_dict(d) for d in manifest["outputs"]],
-        vm, device,
+        vm, device, lib,
     )
 
 

@@ -59,6 +59,24 @@ def extract_tasks(mod, target) -> list[Task]:
     return tasks
 
 
+def kernel_tasks(mod, tasks: list[Task]) -> dict[str, str]:
+    """{kernel function name: its task's name}; kernels with one structure share one task."""
+    import tvm
+    import tvm_ffi
+
+    out = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        # MetaSchedule's workload form: the kernel alone, named main.
+        workload = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        for task in tasks:
+            if tvm_ffi.structural_equal(workload, task.mod):
+                out[gv.name_hint] = task.name
+                break
+    return out
+
+
 # --- options ---------------------------------------------------------------------------------
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
@@ -536,6 +554,7 @@ class Tuner:
                      warm, report.target_key)
         report.run_uid = self.store.begin_run(model_sha256=self.model_sha256, command=self.command,
                                               target_key=report.target_key)
+        self.store.set_run_tasks(report.run_uid, [p.task for p in report.tasks])
         database = self.store.for_target(self.target, device=device, run_uid=report.run_uid)
         contexts: dict[str, object] = {}
         start = time.perf_counter()

@@ -1,0 +1,279 @@
+"""One model, the same inputs, every runtime in one process: tvmopt against its peers.
+
+    python benchmarks/compare.py MODEL.onnx [--device cpu|cuda] [--db PATH]
+    python benchmarks/compare.py --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \\
+        --device cuda --precision fp16 --layout NHWC --db gpu.db
+
+Rows: tvmopt untuned (TVM's default schedules) and tuned (records from --db; `--tune-trials N`
+tunes first), ONNX Runtime (CUDA when onnxruntime-gpu is installed, else CPU) and, with
+`--torch MODULE:FACTORY` (or FILE.py:FACTORY), PyTorch eager and `torch.compile` on the very module
+the ONNX file is exported from. Each row is timed per call after warmup, with its inputs already
+on the device: tvmopt by TVM's time evaluator (CUDA events on a GPU), PyTorch on a GPU by CUDA
+events, everything else by a steady clock after synchronising. Every row's outputs are checked
+against ONNX Runtime fp32. Prints a table of p50 latency and ratios and writes JSON (device,
+versions, date) to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load_factory(spec: str):
+    """`package.module:fn` or `path/to/file.py:fn` -> fn."""
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        sys.exit(f"--torch {spec!r}: expected MODULE:FACTORY or FILE.py:FACTORY")
+    if where.endswith(".py"):
+        module_spec = importlib.util.spec_from_file_location(Path(where).stem, where)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, name)
+
+
+def export_torch(net, example, path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings():  # the TorchScript exporter warns that it is the legacy one
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (example,), str(path), input_names=["input"], output_names=["output"],
+                          opset_version=17, dynamo=False)
+
+
+def p50_ms(samples_s: list[float]) -> float:
+    return statistics.median(samples_s) * 1e3
+
+
+def time_calls(fn, *, sync=lambda: None, warmup: int, iterations: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def time_cuda_events(fn, *, warmup: int, iterations: int) -> list[float]:
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(iterations):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return samples
+
+
+def max_rel(got: np.ndarray, ref: np.ndarray) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path) -> list[dict]:
+    from tvmopt import bench, build, runtime, targets, tuning
+
+    preset = targets.resolve("cuda" if args.device == "cuda" else "host")
+    options = build.BuildOptions(input_shapes={}, precision=args.precision, layout=args.layout)
+    if args.tune_trials:
+        tuning.tune(model_path, preset, db_path=args.db, build_options=options,
+                    options=tuning.TuneOptions(trials=args.tune_trials))
+    rows = []
+    for label, db in (("tvmopt untuned", tmp / "empty.db"), ("tvmopt tuned", args.db)):
+        result = build.build(model_path, preset, tmp / f"{label.split()[1]}.so", db_path=db,
+                             options=options)
+        report = bench.bench(result.path, bench.BenchOptions(warmup=args.warmup,
+                                                             iterations=args.iterations))
+        model = runtime.load(result.path)
+        outputs = model(inputs)
+        rows.append({
+            "runtime": label, "p50_ms": report.latency_ms.p50, "p90_ms": report.latency_ms.p90,
+            "max_rel_err": max(max_rel(outputs[k], reference[k]) for k in reference),
+            "detail": f"{preset.name}, {args.precision}, {len(result.tuned)}/{len(result.tasks)} "
+                      f"tasks tuned, CV {report.latency_ms.cv:.1%}",
+        })
+    return rows
+
+
+def onnxruntime_row(args, model_path: Path, inputs: dict, reference: dict) -> dict:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if args.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(model_path), providers=providers)
+    used = session.get_providers()[0]
+    if used == "CUDAExecutionProvider":  # inputs on the GPU, as the other GPU rows have them
+        binding = session.io_binding()
+        for name, value in inputs.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+        for out in session.get_outputs():
+            binding.bind_output(out.name, "cuda")
+        run = lambda: session.run_with_iobinding(binding)  # noqa: E731
+    else:
+        run = lambda: session.run(None, inputs)  # noqa: E731
+    samples = time_calls(run, warmup=args.warmup, iterations=args.iterations)
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    return {"runtime": f"ONNX Runtime ({used.replace('ExecutionProvider', '')})",
+            "p50_ms": p50_ms(samples), "p90_ms": float(np.percentile(samples, 90)) * 1e3,
+            "max_rel_err": max(max_rel(outputs[k], reference[k]) for k in reference),
+            "detail": f"onnxruntime {ort.__version__}"}
+
+
+def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
+    import torch
+
+    device = torch.device(args.device)
+    dtype = torch.float16 if args.precision == "fp16" else torch.float32
+    net = net.to(device=device, dtype=dtype)
+    memory_format = torch.channels_last if args.layout == "NHWC" else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    (value,) = inputs.values()
+    x = torch.from_numpy(value).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    (ref,) = reference.values()
+    rows = []
+    compile_mode = "max-autotune-no-cudagraphs" if args.device == "cuda" else "default"
+    for label, fn in (("PyTorch eager", net), ("torch.compile", None)):
+        compile_s = None
+        if fn is None:
+            fn = torch.compile(net, mode=compile_mode)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                fn(x)
+            compile_s = time.perf_counter() - start
+        with torch.inference_mode():
+            call = lambda: fn(x)  # noqa: E731
+            if args.device == "cuda":
+                samples = time_cuda_events(call, warmup=args.warmup, iterations=args.iterations)
+            else:
+                samples = time_calls(call, warmup=args.warmup, iterations=args.iterations)
+            out = fn(x).float().cpu().numpy()
+        detail = f"torch {torch.__version__}, {args.precision}, {args.layout}"
+        if compile_s is not None:
+            detail += f", mode={compile_mode}, first call (compile) {compile_s:.1f} s"
+        rows.append({"runtime": label, "p50_ms": p50_ms(samples),
+                     "p90_ms": float(np.percentile(samples, 90)) * 1e3,
+                     "max_rel_err": max_rel(out, ref), "detail": detail})
+    return rows
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import tvm
+
+        return str(tvm.cuda(0).device_name)
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("tvmopt", "apache-tvm", "onnxruntime", "onnxruntime-gpu", "torch", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", type=Path, help="ONNX model (or give --torch)")
+    parser.add_argument("--torch", dest="torch_factory", metavar="MODULE:FACTORY",
+                        help="PyTorch module factory; the ONNX file is exported from it")
+    parser.add_argument("--input-shape", default=None, metavar="DIMS",
+                        help="input shape for --torch, e.g. 1x3x224x224")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--db", type=Path, default=None, help="tuning database for the tuned row")
+    parser.add_argument("--tune-trials", type=int, default=0, help="tune into --db first")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("-o", "--output", type=Path, default=None, help="JSON path")
+    args = parser.parse_args(argv)
+    if args.model is None and args.torch_factory is None:
+        parser.error("give MODEL.onnx or --torch MODULE:FACTORY")
+
+    from tvmopt import runtime
+    from tvmopt.frontend import load_model, resolve_inputs
+
+    with tempfile.TemporaryDirectory(prefix="tvmopt-compare-") as tmp:
+        tmp = Path(tmp)
+        net = None
+        if args.torch_factory:
+            import torch
+
+            torch.manual_seed(0)
+            net = load_factory(args.torch_factory)().eval()
+            if not args.input_shape:
+                parser.error("--torch needs --input-shape")
+            shape = tuple(int(d) for d in args.input_shape.split("x"))
+            if args.model is None:
+                args.model = tmp / "model.onnx"
+                export_torch(net, torch.randn(*shape), args.model)
+        specs = resolve_inputs(load_model(args.model), {})
+        inputs = runtime.random_inputs(specs, seed=0)
+        reference = runtime.onnxruntime_outputs(args.model, inputs)
+        rows = tvmopt_rows(args, args.model, inputs, reference, tmp)
+        rows.append(onnxruntime_row(args, args.model, inputs, reference))
+        if net is not None:
+            rows += torch_rows(args, net, inputs, reference)
+
+    baseline = next(r for r in rows if r["runtime"].startswith("ONNX Runtime"))["p50_ms"]
+    for row in rows:
+        row["speedup_vs_onnxruntime"] = baseline / row["p50_ms"]
+    result = {
+        "model": args.torch_factory or args.model.name, "device": device_name(args.device),
+        "precision": args.precision, "layout": args.layout, "iterations": args.iterations,
+        "date": datetime.date.today().isoformat(), "versions": versions(),
+        "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "rows": rows,
+    }
+    name_w = max(len(r["runtime"]) for r in rows)
+    print(f"{result['model']} on {result['device']} ({args.precision}, {args.layout})")
+    print(f"{'runtime':<{name_w}}  {'p50 ms':>9}  {'p90 ms':>9}  {'vs ORT':>7}  {'max rel err':>11}  detail")
+    for r in rows:
+        print(f"{r['runtime']:<{name_w}}  {r['p50_ms']:9.4f}  {r['p90_ms']:9.4f}  "
+              f"{r['speedup_vs_onnxruntime']:6.2f}x  {r['max_rel_err']:11.2e}  {r['detail']}")
+    out = args.output or RESULTS / (
+        f"compare_{Path(str(result['model'])).stem.replace(':', '_').replace('.', '_')}"
+        f"_{args.device}_{args.precision}_{result['date']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

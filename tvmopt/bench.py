@@ -1,0 +1,292 @@
+"""Measure a built artifact: latency distribution and throughput (`bench`), time per kernel (`profile`).
+
+Compute time is taken by TVM's time evaluator, which times each call on the device (CUDA events on
+a GPU, a steady clock after synchronising on a CPU), with inputs already on the device. Copies
+between host and device are timed apart from compute, each bracketed by device synchronisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import runtime
+from .errors import TvmoptError
+
+log = logging.getLogger(__name__)
+
+NOISY_CV = 0.10  # coefficient of variation above which a run is flagged as unstable
+MIN_ITERATIONS = 20  # below this, tail percentiles are not meaningful
+DEFAULT_ITERATIONS = 200
+_CHUNK = 20  # timed calls per time-evaluator batch when running for a duration
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batch: int | None = None  # checked against the artifact's batch; defaults to it
+    warmup: int = 10
+    iterations: int | None = None  # default DEFAULT_ITERATIONS unless duration_s is given
+    duration_s: float | None = None
+    cuda_graph: bool | None = None  # None: whatever the artifact was built with
+
+
+@dataclass
+class LatencyStats:
+    min: float
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+    std: float
+    cv: float
+
+
+@dataclass
+class BenchReport:
+    artifact: str
+    target_key: str
+    device: str
+    batch: int
+    warmup: int
+    iterations: int
+    cuda_graph: bool
+    latency_ms: LatencyStats
+    inferences_per_s: float
+    samples_per_s: float
+    h2d_ms: float | None  # None where inputs already live in host memory (CPU targets)
+    d2h_ms: float | None
+    end_to_end_ms: float  # p50 compute + copies
+    peak_memory_bytes: int | None
+    memory_measure: str
+    timer: str
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(latencies_s: list[float]) -> LatencyStats:
+    """Percentiles (linear interpolation) and spread of per-call latencies, in milliseconds."""
+    ms = np.asarray(latencies_s, dtype=np.float64) * 1e3
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    p = np.percentile(ms, [50, 90, 95, 99])
+    return LatencyStats(float(ms.min()), mean, *(float(x) for x in p), float(ms.max()), std,
+                        std / mean if mean > 0 else 0.0)
+
+
+def stability_warnings(stats: LatencyStats, iterations: int) -> list[str]:
+    warnings = []
+    if stats.cv > NOISY_CV:
+        warnings.append(
+            f"latency is unstable: coefficient of variation {stats.cv:.0%} (> {NOISY_CV:.0%}); "
+            "close other programs, pin the clocks, or raise --warmup and --iterations")
+    if iterations < MIN_ITERATIONS:
+        warnings.append(f"only {iterations} iterations: p95/p99 are not meaningful; use at least "
+                        f"{MIN_ITERATIONS}")
+    return warnings
+
+
+def artifact_batch(model: runtime.Model) -> int:
+    """Samples per inference: the leading dim of the first input with one (1 for scalar inputs)."""
+    for spec in model.inputs:
+        if len(spec.shape):
+            return int(spec.shape[0])
+    return 1
+
+
+def _device_name(device) -> str:
+    if device.dlpack_device_type() == 1:  # kDLCPU
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+        return platform.processor() or platform.machine()
+    return str(device.device_name)
+
+
+def _is_host(device) -> bool:
+    return device.dlpack_device_type() == 1
+
+
+def _check_options(model: runtime.Model, options: BenchOptions) -> tuple[int, bool]:
+    batch = artifact_batch(model)
+    if options.batch is not None and options.batch != batch:
+        first = model.inputs[0]
+        raise TvmoptError(
+            f"{model.path} was built for batch {batch}; to measure batch {options.batch} rebuild "
+            f"with --input-shape {first.name}={'x'.join(str(d) for d in (options.batch, *first.shape[1:]))}")
+    built_with = bool(model.manifest.get("cuda_graph", False))
+    if options.cuda_graph is not None and options.cuda_graph != built_with:
+        if model.manifest["target"]["kind"] != "cuda":
+            raise TvmoptError("--cuda-graph applies to CUDA artifacts only; "
+                              f"{model.path} is for {model.manifest['target_key']}")
+        flag = "--cuda-graph" if options.cuda_graph else "no --cuda-graph"
+        raise TvmoptError(f"{model.path} was built {'with' if built_with else 'without'} CUDA "
+                          f"graphs; rebuild it with `tvmopt build ... {flag}` to measure that")
+    if options.iterations is not None and options.duration_s is not None:
+        raise TvmoptError("give --iterations or --duration, not both")
+    if (options.iterations is not None and options.iterations < 1) or options.warmup < 0 or (
+            options.duration_s is not None and options.duration_s <= 0):
+        raise TvmoptError("--iterations and --duration must be positive, --warmup not negative")
+    return batch, built_with
+
+
+def _timed_calls(model: runtime.Model, options: BenchOptions) -> list[float]:
+    """Seconds per call, one figure per call, timed on the device."""
+    vm, device = model._vm, model.device
+    for _ in range(options.warmup):
+        vm.invoke_stateful("main")
+    device.sync()
+    if options.duration_s is None:
+        count = options.iterations or DEFAULT_ITERATIONS
+        return [float(x) for x in vm.time_evaluator("invoke_stateful", device, number=1,
+                                                    repeat=count)("main").results]
+    timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=_CHUNK)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + options.duration_s
+    while time.perf_counter() < deadline:
+        latencies += [float(x) for x in timer("main").results]
+    return latencies
+
+
+def _median_wall(fn, device, repeat: int) -> float:
+    """Median seconds of `fn`, each run bracketed by device synchronisation."""
+    samples = []
+    for _ in range(repeat):
+        device.sync()
+        start = time.perf_counter()
+        fn()
+        device.sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _free_device_memory(device) -> int | None:
+    try:
+        return int(device.available_global_memory)
+    except Exception:  # noqa: BLE001 - not every device API reports it
+        return None
+
+
+def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int = 0) -> BenchReport:
+    """Load an artifact and measure it on random inputs of its input specs."""
+    import tvm
+
+    manifest = runtime.read_manifest(path)
+    device = runtime.device_for(manifest, Path(path))
+    free_before = None if _is_host(device) else _free_device_memory(device)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = runtime.load(path)
+    batch, cuda_graph = _check_options(model, options)
+
+    host_inputs = runtime.random_inputs(model.inputs, seed=seed)
+    args = [tvm.runtime.tensor(host_inputs[s.name], device) for s in model.inputs]
+    model._vm.set_input("main", *args)
+    latencies = _timed_calls(model, options)
+    stats = summarize(latencies)
+
+    h2d = d2h = None
+    if not _is_host(device):
+        copies = min(max(len(latencies), 5), 50)
+        h2d = _median_wall(lambda: [tvm.runtime.tensor(host_inputs[s.name], device)
+                                    for s in model.inputs], device, copies) * 1e3
+        outputs = runtime.flatten_outputs(model._vm.get_outputs("main"))
+        d2h = _median_wall(lambda: [t.numpy() for t in outputs], device, copies) * 1e3
+
+    if _is_host(device):
+        grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+        peak, measure = grown_kib * 1024, "growth of the process's peak RSS while loading and running"
+    else:
+        free_after = _free_device_memory(device)
+        if free_before is None or free_after is None:
+            peak, measure = None, "not reported by this device"
+        else:
+            peak = free_before - free_after
+            measure = "device memory in use after the run minus before loading (cudaMemGetInfo)"
+
+    return BenchReport(
+        artifact=str(path), target_key=manifest["target_key"], device=_device_name(device),
+        batch=batch, warmup=options.warmup, iterations=len(latencies), cuda_graph=cuda_graph,
+        latency_ms=stats,
+        inferences_per_s=1e3 / stats.mean, samples_per_s=batch * 1e3 / stats.mean,
+        h2d_ms=h2d, d2h_ms=d2h, end_to_end_ms=stats.p50 + (h2d or 0.0) + (d2h or 0.0),
+        peak_memory_bytes=peak, memory_measure=measure,
+        timer="TVM time evaluator, one call per sample"
+              + (" (CUDA events)" if device.dlpack_device_type() == 2 else ""),
+        warnings=stability_warnings(stats, len(latencies)),
+    )
+
+
+# --- profile ---------------------------------------------------------------------------------
+
+@dataclass
+class KernelRow:
+    kernel: str  # the compiled function's name
+    task: str | None  # the tuning task it belongs to (kernels of one shape share a task)
+    tuned: bool | None  # None for time outside kernels
+    calls: int
+    mean_us: float  # per call
+    total_us: float  # per inference
+    share: float  # of the model's measured latency
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def profile(path: str | Path, *, repeat: int = 20, seed: int = 0) -> tuple[float, list[KernelRow]]:
+    """(model latency in µs, one row per kernel, slowest first, plus the time outside kernels).
+
+    The VM's instrument hook records every kernel call of one inference with its arguments; each
+    distinct call is then timed alone on the device by the time evaluator.
+    """
+    import tvm
+
+    model = runtime.load(path)
+    inputs = runtime.random_inputs(model.inputs, seed=seed)
+    args = [tvm.runtime.tensor(inputs[s.name], model.device) for s in model.inputs]
+    latency_us = statistics.median(model.time(inputs, number=5, repeat=repeat)) * 1e6
+
+    calls: list[tuple[str, list]] = []
+
+    def record(_func, symbol, before, _ret, *call_args):
+        if before and not str(symbol).startswith("vm.builtin."):
+            calls.append((str(symbol), list(call_args)))
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call
+
+    vm = model.fresh_vm()
+    vm.set_instrument(record)
+    vm["main"](*args)
+
+    kernels = model.manifest.get("kernels", {})
+    tuned_tasks = set(model.manifest.get("tuned_tasks", []))
+    library = model.kernel_library()
+    per_kernel: dict[str, list[float]] = {}
+    timed: dict[tuple, float] = {}
+    for symbol, call_args in calls:
+        key = (symbol, tuple(tuple(a.shape) if hasattr(a, "shape") else repr(a) for a in call_args))
+        if key not in timed:
+            timer = library.time_evaluator(symbol, model.device, number=10, repeat=max(3, repeat // 4))
+            timed[key] = statistics.median(timer(*call_args).results) * 1e6
+        per_kernel.setdefault(symbol, []).append(timed[key])
+
+    rows = []
+    for symbol, times in per_kernel.items():
+        task = kernels.get(symbol)
+        total = sum(times)
+        rows.append(KernelRow(symbol, task, task in tuned_tasks if task else False, len(times),
+                              total / len(times), total, total / latency_us))
+    rows.sort(key=lambda r: -r.total_us)
+    outside = latency_us - sum(r.total_us for r in rows)
+    if outside > 0:
+        rows.append(KernelRow("(outside kernels: VM, allocation, copies)", None, None, 1, outside,
+                              outside, outside / latency_us))
+    return latency_us, rows
