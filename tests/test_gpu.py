@@ -1,9 +1,12 @@
 """On an NVIDIA GPU (marked `gpu`, skipped elsewhere): the `cuda` family resolves to this GPU's
 preset and its artifacts run and match ONNX Runtime."""
 
+import json
+
 import pytest
 
 import models
+from conftest import assert_one_line_error
 import tvmopt
 from tvmopt import build, runtime, targets
 
@@ -34,3 +37,37 @@ def test_cuda_fp16_artifact_is_close_to_onnxruntime(tmp_path, conv_model):
     inputs = runtime.random_inputs(model.inputs, seed=6)
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(conv_model, inputs))
     assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
+
+
+@pytest.fixture(scope="module")
+def cuda_lib(tmp_path_factory, conv_model):
+    return build.build(conv_model, targets.resolve("cuda"),
+                       tmp_path_factory.mktemp("gpu") / "conv.so").path
+
+
+def test_bench_on_the_gpu_times_copies_and_memory(invoke, cuda_lib):
+    result = invoke("bench", cuda_lib, "--json", "--iterations", "50")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])
+    assert "CUDA events" in report["timer"] and report["device"]
+    assert report["h2d_ms"] > 0 and report["d2h_ms"] > 0
+    assert report["end_to_end_ms"] == pytest.approx(
+        report["latency_ms"]["p50"] + report["h2d_ms"] + report["d2h_ms"])
+    assert report["peak_memory_bytes"] > 0
+
+
+def test_profile_on_the_gpu_times_each_kernel(invoke, cuda_lib):
+    result = invoke("profile", cuda_lib, "--json", "--repeat", "5")
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json.loads(result.output)["kernels"] if r["tuned"] is not None]
+    assert rows and all(r["task"] and r["mean_us"] > 0 for r in rows)
+
+
+def test_cuda_graph_artifact_matches_and_bench_checks_the_mode(invoke, tmp_path, conv_model):
+    lib = tmp_path / "graph.so"
+    result = invoke("build", conv_model, "--target", "cuda", "-o", lib, "--cuda-graph", "--check")
+    assert result.exit_code == 0, result.output
+    assert runtime.read_manifest(lib)["cuda_graph"] is True
+    report = invoke("bench", lib, "--cuda-graph", "--iterations", "30")
+    assert report.exit_code == 0 and "CUDA graph on" in report.output
+    assert_one_line_error(invoke("bench", lib, "--no-cuda-graph"), "built with CUDA graphs")
