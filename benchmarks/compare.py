@@ -3,6 +3,8 @@
     python benchmarks/compare.py MODEL.onnx [--device cpu|cuda] [--db PATH]
     python benchmarks/compare.py --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \\
         --device cuda --precision fp16 --layout NHWC --db gpu.db
+    python benchmarks/compare.py --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \\
+        --export resnet18.onnx     # the same model as a file, e.g. to tune it first
 
 Rows: tvmopt untuned (TVM's default schedules) and tuned (records from --db; `--tune-trials N`
 tunes first), ONNX Runtime (CUDA when onnxruntime-gpu is installed, else CPU) and, with
@@ -220,6 +222,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--export", type=Path, default=None, metavar="PATH",
+                        help="only export the --torch module (seeded, so a later run with the "
+                             "same factory has the same weights) to PATH and exit")
     parser.add_argument("-o", "--output", type=Path, default=None, help="JSON path")
     args = parser.parse_args(argv)
     if args.model is None and args.torch_factory is None:
@@ -239,6 +244,10 @@ def main(argv=None) -> dict:
             if not args.input_shape:
                 parser.error("--torch needs --input-shape")
             shape = tuple(int(d) for d in args.input_shape.split("x"))
+            if args.export is not None:
+                export_torch(net, torch.randn(*shape), args.export)
+                print(f"exported {args.export} (torch {torch.__version__})")
+                return {}
             if args.model is None:
                 args.model = tmp / "model.onnx"
                 export_torch(net, torch.randn(*shape), args.model)

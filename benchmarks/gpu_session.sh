@@ -2,7 +2,7 @@
 # The GPU host's measurements for benchmarks/results/, in two calls that each fit the host's
 # 10-minute limit (the host keeps /root/work between calls while it stays warm):
 #
-#   bash benchmarks/gpu_session.sh tests-and-tune "$OUT"   # gpu-marked tests, export, 5-min tune
+#   bash benchmarks/gpu_session.sh tests-and-tune "$OUT"   # gpu-marked tests, export, 4-min tune
 #   bash benchmarks/gpu_session.sh compare "$OUT"          # compare.py, bench, profile, the db
 #
 # Run from the repository root with tvmopt importable (PYTHONPATH=/root/site:$PWD on the host).
@@ -15,16 +15,16 @@ db=$work/gpu.db
 mkdir -p "$work" "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv"
 tuned=(--target cuda --precision fp16 --layout NHWC)
+resnet=(--torch torchvision.models:resnet18 --input-shape 1x3x224x224)  # seeded: same weights
 case "$phase" in
   tests-and-tune)
     python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tail -30 > "$out/gpu_tests.txt"
-    python3 benchmarks/gpu_tune_report.py export --model "$model" > "$out/export.txt" 2>&1
-    python3 -m tvmopt tune "$model" "${tuned[@]}" --db "$db" --trials 3000 --time-budget 5m \
+    python3 benchmarks/compare.py "${resnet[@]}" --export "$model" > "$out/export.txt" 2>&1
+    python3 -m tvmopt tune "$model" "${tuned[@]}" --db "$db" --trials 3000 --time-budget 4m \
       --json > "$out/tune.json" 2> "$out/tune.log"
     ;;
   compare)
-    python3 benchmarks/compare.py --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \
-      --device cuda --precision fp16 --layout NHWC --db "$db" -o "$out/compare.json" \
+    python3 benchmarks/compare.py "$model" "${resnet[@]}" --device cuda --precision fp16 --layout NHWC --db "$db" -o "$out/compare.json" \
       > "$out/compare.txt" 2> "$out/compare.log"
     python3 -m tvmopt build "$model" "${tuned[@]}" --db "$db" -o "$work/tuned.so" 2> "$out/build.log"
     python3 -m tvmopt build "$model" "${tuned[@]}" --db "$db" -o "$work/tuned_graph.so" \
