@@ -33,8 +33,11 @@ case "$phase" in
     python3 -m tvmopt bench "$work/tuned_graph.so" --duration 10 --json > "$out/bench_graph.json" 2>&1
     python3 -m tvmopt bench "$work/tuned.so" --iterations 5 --warmup 0 > "$out/bench_tiny.txt" 2>&1
     python3 -m tvmopt profile "$work/tuned.so" > "$out/profile.txt" 2>&1
-    cp "$db" "$out/gpu.db"
+    cp "$db" "$work/gpu.db.copy"
     ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
+# The host returns few files: pack everything into one archive.
+tar -czf "$work/$phase.tgz" -C "$out" . $( [ "$phase" = compare ] && echo -C "$work" gpu.db.copy )
+rm -rf "${out:?}"/* && mv "$work/$phase.tgz" "$out/"
 ls -la "$out"

@@ -11,6 +11,7 @@ import collections
 import hashlib
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +263,50 @@ def _fmt_shape(shape) -> str:
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
+_C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@contextmanager
+def _identifier_input_names(model: onnx.ModelProto):
+    """Graph inputs renamed to C identifiers while importing: {original name: imported name}.
+
+    TVM names kernel parameters after the Relax variables, hence after graph inputs, and its CUDA
+    source then fails to compile for names such as `gpu_0/data_0`. Inputs are passed by position,
+    so the artifact keeps the ONNX names. The model is restored afterwards.
+    """
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}  # old exporters list weights as inputs too
+    used = {i.name for i in graph.input} | {o for n in graph.node for o in n.output} | weights
+    names = {}
+    for inp in graph.input:
+        new = inp.name
+        if new not in weights and not _C_IDENTIFIER.fullmatch(new):
+            new = "input_" + re.sub(r"\W", "_", new)
+            while new in used:
+                new += "_"
+            used.add(new)
+        names[inp.name] = new
+    renamed = {old: new for old, new in names.items() if old != new}
+    _rename_values(graph, renamed)
+    try:
+        yield names
+    finally:
+        _rename_values(graph, {new: old for old, new in renamed.items()})
+
+
+def _rename_values(graph, renamed: dict[str, str]) -> None:
+    if not renamed:
+        return
+    for inp in graph.input:
+        inp.name = renamed.get(inp.name, inp.name)
+    for out in graph.output:
+        out.name = renamed.get(out.name, out.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+
+
 def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
     """Import into Relax with weights bound as constants, so the built library is self-contained."""
     from tvm.relax.frontend.onnx import from_onnx
@@ -275,13 +320,14 @@ def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
             "export or run `tvmopt inspect` for the full list"
         )
     try:
-        mod = from_onnx(
-            model,
-            shape_dict={t.name: list(t.shape) for t in inputs},
-            dtype_dict={t.name: t.dtype for t in inputs},
-            opset=model_opset(model),
-            keep_params_in_input=False,
-        )
+        with _identifier_input_names(model) as names:
+            mod = from_onnx(
+                model,
+                shape_dict={names[t.name]: list(t.shape) for t in inputs},
+                dtype_dict={names[t.name]: t.dtype for t in inputs},
+                opset=model_opset(model),
+                keep_params_in_input=False,
+            )
     except Exception as e:  # TVM raises many types; the user needs the node, not the stack
         raise TvmoptError(
             f"TVM's ONNX importer failed: {first_line(e)}; run `tvmopt inspect` on the model and "
