@@ -66,7 +66,7 @@ def report(args) -> dict:
     out["tuned_ms"] = latencies["tuned"] * 1e3
     out["speedup"] = latencies["untuned"] / latencies["tuned"]
 
-    _, _, mod = build.prepare(args.model, preset, options)
+    mod = build.prepare(args.model, preset, options).mod
     target = preset.tvm_target()
     tsha = target_identity(target)[0]
     with open_database(args.db, readonly=True) as store:

@@ -70,7 +70,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     model = conv_model(tmp / "conv.onnx", args.channels, args.size)
     preset = targets.resolve("host")
-    _, _, mod = build.prepare(model, preset)
+    mod = build.prepare(model, preset).mod
     target = tuning.search_target(preset.tvm_target())
     print(f"task: conv2d 3x3 {args.channels}->{args.channels} on {args.size}x{args.size}, "
           f"{args.trials} trials, target {preset.key}")

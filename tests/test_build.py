@@ -76,7 +76,7 @@ def test_tuned_records_are_applied_for_their_target_only(tmp_path, conv_model):
 
     host = targets.resolve("host")
     other = targets.resolve("x86-generic")
-    _, _, mod = build.prepare(conv_model, host)
+    mod = build.prepare(conv_model, host).mod
     task = build.tuning.extract_tasks(mod, host.tvm_target())[0]
     db_path = tmp_path / "team.db"
     with open_database(db_path) as store:

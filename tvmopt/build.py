@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import frontend, passes, tuning
+from . import frontend, normalize, passes, tuning
 from .database import open_database, target_identity
 from .errors import TvmoptError, first_line
 from .targets import Preset
@@ -54,14 +54,28 @@ def _stage(seconds: dict, name: str, step: int, total: int):
     log.info("[%d/%d] %s done in %.1f s", step, total, name, seconds[name])
 
 
-def prepare(model_path, preset: Preset, options: BuildOptions = BuildOptions()):
-    """Import and run the graph pipeline: (onnx model, resolved inputs, fused Relax module)."""
+@dataclass
+class Prepared:
+    """A model made ready to compile: the ONNX graph, its fixed inputs, the fused Relax module."""
+
+    model: object  # the ONNX ModelProto as imported (after normalisation)
+    inputs: list[frontend.TensorSpec]
+    mod: object
+    normalization: list[normalize.Change]
+    imported: frontend.Imported
+
+
+def prepare(model_path, preset: Preset, options: BuildOptions = BuildOptions()) -> Prepared:
+    """Load, normalise, import and run the graph pipeline."""
     model = frontend.load_model(model_path)
     inputs = frontend.resolve_inputs(model, options.input_shapes)
-    mod = frontend.to_relax(model, inputs)
+    model, changes = normalize.normalize(model, inputs)
+    imported = frontend.import_model(model, inputs)
     target = preset.tvm_target()
-    mod = passes.run_pipeline(mod, target, passes.PipelineOptions(options.precision, options.layout))
-    return model, inputs, mod
+    with imported.explain_failures("the graph passes"):
+        mod = passes.run_pipeline(imported.mod, target,
+                                  passes.PipelineOptions(options.precision, options.layout))
+    return Prepared(model, inputs, mod, changes, imported)
 
 
 def _lower_with_database(mod, target, database, *, cuda_graph: bool = False):
@@ -124,7 +138,8 @@ def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResul
 
     seconds: dict[str, float] = {}
     with _stage(seconds, "import + graph passes", 1, 3):
-        model, inputs, mod = prepare(model_path, preset, options)
+        prepared = prepare(model_path, preset, options)
+        model, inputs, mod = prepared.model, prepared.inputs, prepared.mod
         target = preset.tvm_target()
         tasks = tuning.extract_tasks(mod, target)
         kernels = tuning.kernel_tasks(mod, tasks)
@@ -134,7 +149,9 @@ def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResul
                  and database.query_tuning_record(t.mod, target, t.name) is not None]
         log.info("%d of %d tasks tuned (database %s); untuned tasks use TVM's default schedules",
                  len(tuned), len(tasks), store.path)
-        executable = _lower_with_database(mod, target, database, cuda_graph=options.cuda_graph)
+        with prepared.imported.explain_failures("compilation"):
+            executable = _lower_with_database(mod, target, database,
+                                              cuda_graph=options.cuda_graph)
         digest = store.digest()
     tsha, tkey, _ = target_identity(target)
     manifest = {
@@ -142,7 +159,8 @@ def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResul
         "tvmopt_version": _version(),
         "tvm_version": tvm.__version__,
         "model": Path(model_path).name,
-        "model_sha256": frontend.file_sha256(model_path),
+        "model_sha256": frontend.model_sha256(model_path),
+        "normalization": [str(c) for c in prepared.normalization],
         "target": json.loads(str(target)),
         "target_key": tkey,
         "target_sha256": tsha,

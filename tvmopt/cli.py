@@ -104,8 +104,9 @@ def inspect(path, target_spec, input_shapes, as_json):
     """Describe an ONNX model (or the manifest of a built .so).
 
     For a model: inputs and outputs (symbolic dims by name), opset, op histogram, ops the
-    importer does not support (all of them, with node names) and, with --target, the tuning
-    tasks with their FLOPs and weights.
+    importer does not support (all of them, with node names), external data files, what tvmopt
+    changes in the graph before import (with --input-shape: as the build would) and, with
+    --target, the tuning tasks with their FLOPs and weights.
     """
     from . import frontend
 
@@ -120,6 +121,7 @@ def inspect(path, target_spec, input_shapes, as_json):
         return
     model = frontend.load_model(path)
     info = frontend.describe(model, path).as_dict()
+    info["normalization"] = _normalization(model, _parse_shapes(input_shapes))
     if target_spec:
         info["target"], info["tasks"] = _inspect_tasks(path, target_spec, input_shapes)
     if as_json:
@@ -138,10 +140,27 @@ def inspect(path, target_spec, input_shapes, as_json):
             click.echo(f"  {u['op_type']} (node {u['node']})")
     else:
         click.echo("unsupported ops: none")
+    if info["external_data"]:
+        click.echo("external data: " + ", ".join(info["external_data"]))
+    click.echo("before import: " + ("no changes needed" if not info["normalization"] else
+                                    f"{len(info['normalization'])} changes"))
+    for change in info["normalization"]:
+        click.echo(f"  {change['step']}: {change['detail']}")
     if target_spec:
         click.echo(f"tuning tasks for {info['target']} ({len(info['tasks'])}):")
         rows = [[t["name"], t["weight"], f"{t['flops'] / 1e6:.2f}"] for t in info["tasks"]]
         click.echo(_table(rows, ["task", "weight", "MFLOP/call"]))
+
+
+def _normalization(model, shapes: dict) -> list[dict]:
+    """What `build` would change in the graph before import (dynamic dims stay symbolic here
+    unless --input-shape fixes them)."""
+    from . import frontend, normalize
+
+    specs = frontend.graph_inputs(model)
+    if shapes or all(s.is_static for s in specs):
+        specs = frontend.resolve_inputs(model, shapes)
+    return [c.as_dict() for c in normalize.normalize(model, specs)[1]]
 
 
 def _echo_tensors(described: dict) -> None:
@@ -156,7 +175,7 @@ def _inspect_tasks(path, target_spec, input_shapes):
     from . import build, targets, tuning
 
     preset = targets.resolve(target_spec)
-    _, _, mod = build.prepare(path, preset, build.BuildOptions(_parse_shapes(input_shapes)))
+    mod = build.prepare(path, preset, build.BuildOptions(_parse_shapes(input_shapes))).mod
     tasks = tuning.extract_tasks(mod, preset.tvm_target())
     return preset.key, [t.as_dict() for t in tasks]
 

@@ -77,6 +77,7 @@ class ModelInfo:
     outputs: list[TensorSpec]
     op_histogram: dict[str, int]
     unsupported: list[UnsupportedNode] = field(default_factory=list)
+    external_data: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -91,6 +92,7 @@ class ModelInfo:
             ),
             "op_histogram": self.op_histogram,
             "unsupported_ops": [{"node": u.node, "op_type": u.op_type} for u in self.unsupported],
+            "external_data": self.external_data,
         }
 
 
@@ -102,32 +104,72 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read and validate an ONNX file; every way it can be unusable becomes a TvmoptError."""
+def model_sha256(path: str | Path) -> str:
+    """The .onnx file's hash, extended by its external data files: weights are part of a model."""
     path = Path(path)
-    if not path.exists():
-        raise TvmoptError(f"{path}: no such file; pass the path of an .onnx model")
-    if not path.is_file():
-        raise TvmoptError(f"{path}: is not a file; pass the path of an .onnx model")
+    files = external_data_files(_load_graph_only(path), path)
+    if not files:
+        return file_sha256(path)
+    h = hashlib.sha256(file_sha256(path).encode())
+    for f in files:
+        h.update(f"{f.name}:{file_sha256(f)}".encode())
+    return h.hexdigest()
+
+
+def external_data_files(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """The files, beside the model, that hold its external tensors (in first-use order)."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    locations = [ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)]
+    return [path.parent / loc for loc in dict.fromkeys(locations)]
+
+
+def _load_graph_only(path: Path) -> onnx.ModelProto:
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=False)
     except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError) as e:
         raise TvmoptError(
             f"{path}: not a readable ONNX model ({first_line(e)}); the file may be truncated "
             "or not ONNX at all: re-export it"
         ) from None
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read and validate an ONNX file, with its external data from beside it; every way it can be
+    unusable becomes a TvmoptError."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    path = Path(path)
+    if not path.exists():
+        raise TvmoptError(f"{path}: no such file; pass the path of an .onnx model")
+    if not path.is_file():
+        raise TvmoptError(f"{path}: is not a file; pass the path of an .onnx model")
+    model = _load_graph_only(path)
     # protobuf happily parses many non-ONNX byte strings into an empty message.
     if not model.graph.node or model.ir_version == 0 or not model.graph.output:
         raise TvmoptError(
             f"{path}: not an ONNX model (no graph found); re-export it with torch.onnx.export "
             "or a similar exporter"
         )
+    data_files = external_data_files(model, path)
+    missing = [f for f in data_files if not f.is_file()]
+    if missing:
+        raise TvmoptError(f"{path}: its weights are in {missing[0].name}, which is not beside it "
+                          f"in {path.parent}; copy that file next to the model")
     try:
-        onnx.checker.check_model(model)
+        # The checker reads external data itself when given the path.
+        onnx.checker.check_model(str(path) if data_files else model)
     except onnx.checker.ValidationError as e:
         raise TvmoptError(
             f"{path}: the ONNX checker rejects this model ({first_line(e)}); re-export it"
         ) from None
+    if data_files:
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as e:
+            raise TvmoptError(f"{path}: cannot read its external data ({first_line(e)}); "
+                              "re-export the model") from None
+        log.info("loaded external data from %s", ", ".join(f.name for f in data_files))
     return model
 
 
@@ -190,13 +232,14 @@ def describe(model: onnx.ModelProto, path: str | Path) -> ModelInfo:
     hist = collections.Counter(n.op_type for n in _all_nodes(model.graph))
     return ModelInfo(
         path=str(path),
-        sha256=file_sha256(path),
+        sha256=model_sha256(path),
         opset=model_opset(model),
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=graph_inputs(model),
         outputs=graph_outputs(model),
         op_histogram=dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
         unsupported=unsupported_nodes(model),
+        external_data=[f.name for f in external_data_files(_load_graph_only(Path(path)), Path(path))],
     )
 
 
@@ -307,8 +350,34 @@ def _rename_values(graph, renamed: dict[str, str]) -> None:
                 node.input[i] = renamed[name]
 
 
+@dataclass
+class Imported:
+    mod: object  # the Relax IRModule
+    # "'/Add' (Add)": the first ONNX node whose output shape TVM could not work out statically;
+    # where a later TVM stage fails, this is usually why.
+    shape_lost_at: str | None = None
+
+    @contextmanager
+    def explain_failures(self, stage: str):
+        """Turn a TVM failure in `stage` into one line that points at the ONNX graph."""
+        try:
+            yield
+        except TvmoptError:
+            raise
+        except Exception as e:  # TVM raises assorted types from C++ and Python
+            hint = (f"the first ONNX node whose output shape TVM could not determine is "
+                    f"{self.shape_lost_at}: check the shapes feeding it" if self.shape_lost_at
+                    else "run with TVMOPT_DEBUG=1 and report it")
+            raise TvmoptError(f"TVM failed in {stage} ({first_line(e)}); {hint}") from e
+
+
 def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
     """Import into Relax with weights bound as constants, so the built library is self-contained."""
+    return import_model(model, inputs).mod
+
+
+def import_model(model: onnx.ModelProto, inputs: list[TensorSpec]) -> Imported:
+    """`to_relax`, also naming the ONNX node where an import failed or a shape became unknown."""
     from tvm.relax.frontend.onnx import from_onnx
 
     missing = unsupported_nodes(model)
@@ -319,8 +388,8 @@ def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
             f"the ONNX importer has no converter for: {listed}{more}; replace these ops before "
             "export or run `tvmopt inspect` for the full list"
         )
-    try:
-        with _identifier_input_names(model) as names:
+    with _identifier_input_names(model) as names, _NodeTracker() as tracker:
+        try:
             mod = from_onnx(
                 model,
                 shape_dict={names[t.name]: list(t.shape) for t in inputs},
@@ -328,10 +397,49 @@ def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
                 opset=model_opset(model),
                 keep_params_in_input=False,
             )
-    except Exception as e:  # TVM raises many types; the user needs the node, not the stack
-        raise TvmoptError(
-            f"TVM's ONNX importer failed: {first_line(e)}; run `tvmopt inspect` on the model and "
-            "report the op it names"
-        ) from e
+        except Exception as e:  # TVM raises many types; the user needs the node, not the stack
+            where = f" at node {tracker.current}" if tracker.current else ""
+            raise TvmoptError(
+                f"TVM's ONNX importer failed{where}: {first_line(e)}; run `tvmopt inspect` on the "
+                "model and report the op it names"
+            ) from e
     log.debug("imported %d ONNX nodes into Relax", len(model.graph.node))
-    return mod
+    return Imported(mod, tracker.shape_lost_at)
+
+
+class _NodeTracker:
+    """Wraps the importer's per-node conversion to know which ONNX node is being converted and
+    the first whose result has no static shape. TVM keeps no link from Relax back to ONNX."""
+
+    def __enter__(self):
+        from tvm.relax.frontend.onnx import onnx_frontend
+
+        self.current: str | None = None
+        self.shape_lost_at: str | None = None
+        self._cls = onnx_frontend.ONNXGraphImporter
+        self._original = original = self._cls._convert_operator
+        tracker = self
+
+        def convert(importer, op_name, inputs, attrs, opset):
+            tracker.current = f"{attrs.get('tvm_custom', {}).get('name') or '?'!r} ({op_name})"
+            out = original(importer, op_name, inputs, attrs, opset)
+            if tracker.shape_lost_at is None and _has_unknown_shape(out):
+                tracker.shape_lost_at = tracker.current
+            return out
+
+        self._cls._convert_operator = convert
+        return self
+
+    def __exit__(self, *exc):
+        self._cls._convert_operator = self._original
+        return False
+
+
+def _has_unknown_shape(value) -> bool:
+    from tvm import relax
+
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        ty = getattr(item, "ty", None)
+        if isinstance(ty, relax.TensorType) and ty.shape is None:
+            return True
+    return False

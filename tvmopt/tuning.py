@@ -736,15 +736,15 @@ def tune(model_path, preset, *, db_path=None, build_options=None, options: TuneO
     """Tune a model for a preset's target; records go into the tuning database."""
     from . import build
     from .database import open_database
-    from .frontend import file_sha256
+    from .frontend import model_sha256
 
     options.validate()
     build_options = build_options or build.BuildOptions()
-    _, _, mod = build.prepare(model_path, preset, build_options)
+    mod = build.prepare(model_path, preset, build_options).mod
     target = search_target(preset.tvm_target())
     tasks = extract_tasks(mod, target)
     with open_database(db_path) as store, build._env(preset.env):
         tuner = Tuner(tasks, target, build_options.precision, store, options,
-                      model_sha256=file_sha256(model_path), command=command,
+                      model_sha256=model_sha256(model_path), command=command,
                       on_progress=on_progress)
         return tuner.run()

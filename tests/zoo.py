@@ -1,0 +1,645 @@
+"""A coverage zoo of small real-world-style ONNX models, built here without downloads.
+
+Each builder is `NAME(path: Path, **kw) -> Path`: it writes one ONNX file (plus its external data
+file where the model has one) and returns the path of the .onnx file. `ZOO` maps a name to
+`(builder, metadata)`; `metadata["input_shapes"]` fixes every dynamic dimension (pass it as
+`BuildOptions(input_shapes=...)`), `metadata["dynamic"]` names the symbolic dims of the export.
+
+The CNN families and the transformers are exported from PyTorch (`torch==2.13.0`, CPU wheel);
+the opset-21 model is written with `onnx.helper`. Two exporters are covered, as users bring both:
+- "legacy": the TorchScript exporter (`dynamo=False`, `dynamic_axes=`): any opset 7..23, about
+  0.01-0.1 s per model; the classic Shape -> Gather -> Unsqueeze -> Concat -> Reshape patterns.
+- "dynamo": the torch.export exporter (the default since torch 2.9; needs `onnxscript`): opset 18+
+  only (it silently writes opset 18 when asked for less), IR version 10, ~0.6 s per model and
+  ~2 s for the first export of a process; needs example sizes >= 2 on dynamic axes (a size of 1
+  is specialised to a constant).
+
+All models are deterministic (torch.manual_seed / fixed numpy seeds) and small (each builds with
+TVM on 2 CPU cores in seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import convert_model_to_external_data
+
+IR_VERSION = 9  # every ONNX Runtime release since 1.15 reads it
+BATCH = 2       # example sizes used for export (>= 2: dynamo specialises a size of 1)
+SEQ = 16
+IMAGE = (3, 32, 32)
+VOCAB = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# export helpers
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _export(module, args: tuple, path: Path, *, input_names, output_names, dynamic_axes,
+            opset: int = 17, exporter: str = "legacy") -> onnx.ModelProto:
+    """torch.onnx.export with either exporter; returns the in-memory model (not yet saved)."""
+    torch = _torch()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    tmp = path.with_name(path.stem + ".export.onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+        elif exporter == "dynamo":
+            # The dynamo exporter prints progress lines to stdout and logs a warning per missing
+            # torchvision op; keep test output clean.
+            logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+            level = logger.level
+            logger.setLevel(logging.ERROR)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    torch.onnx.export(module, args, str(tmp), dynamo=True, opset_version=opset,
+                                      input_names=input_names, output_names=output_names,
+                                      dynamic_axes=dynamic_axes, external_data=False)
+            finally:
+                logger.setLevel(level)
+        else:
+            raise ValueError(f"exporter must be 'legacy' or 'dynamo', not {exporter!r}")
+    model = onnx.load(str(tmp))
+    tmp.unlink()
+    return model
+
+
+def _save(model: onnx.ModelProto, path: Path, *, external_data: bool = False,
+          keep_int64_inline: bool = True) -> Path:
+    path = Path(path)
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    model.producer_name = model.producer_name or "tvmopt-tests"
+    # The dynamo exporter annotates every node with FX provenance whose symbol names change from
+    # run to run; drop it so that a model's bytes (and its sha256) are reproducible.
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.checker.check_model(model)
+    if external_data:
+        location = path.name + ".data"
+        (path.parent / location).unlink(missing_ok=True)  # onnx refuses to overwrite it
+        # Every tensor external (size_threshold=0) except int64 ones: those are shapes and axes
+        # (the dynamo exporter makes Unsqueeze axes initializers), and ONNX Runtime 1.31 refuses
+        # to load a model whose shape-inference inputs are external ("Cannot parse data from
+        # external tensors. Please load external data into raw data for tensor").
+        convert_model_to_external_data(model, all_tensors_to_one_file=True, location=location,
+                                       size_threshold=0)
+        for tensor in model.graph.initializer:
+            if tensor.data_type == TensorProto.INT64 and keep_int64_inline:
+                tensor.data_location = TensorProto.DEFAULT
+                del tensor.external_data[:]
+        onnx.save_model(model, str(path))
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _randomize_bn(module) -> None:
+    """Non-trivial batch-norm statistics (PyTorch's defaults make BN an identity)."""
+    torch = _torch()
+    g = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _export_cnn(net, path, *, opset=17, exporter="legacy", batch="batch") -> Path:
+    torch = _torch()
+    _randomize_bn(net)
+    x = torch.randn(BATCH, *IMAGE)
+    dyn = {"input": {0: batch}, "logits": {0: batch}} if batch else None
+    model = _export(net, (x,), path, input_names=["input"], output_names=["logits"],
+                    dynamic_axes=dyn, opset=opset, exporter=exporter)
+    return _save(model, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# CNN families (all: input "input" N x 3 x 32 x 32 float32, output "logits" N x 10)
+
+
+def _conv_bn(cin, cout, k=3, stride=1, groups=1, act="relu"):
+    nn = _torch().nn
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout)]
+    if act == "relu":
+        layers.append(nn.ReLU(inplace=True))
+    elif act == "relu6":
+        layers.append(nn.ReLU6(inplace=True))
+    elif act == "hardswish":
+        layers.append(nn.Hardswish())
+    return nn.Sequential(*layers)
+
+
+def resnet(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """ResNet-style: basic blocks with identity and 1x1-conv (strided) shortcuts, max pool."""
+    torch = _torch()
+    nn = torch.nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = _conv_bn(cin, cout, 3, stride)
+            self.conv2 = _conv_bn(cout, cout, 3, 1, act=None)
+            self.down = (_conv_bn(cin, cout, 1, stride, act=None)
+                         if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.conv2(self.conv1(x)) + self.down(x))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = _conv_bn(3, 16, 3, 1)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+            self.layers = nn.Sequential(BasicBlock(16, 16, 1), BasicBlock(16, 32, 2))
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.layers(self.pool(self.stem(x)))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    torch.manual_seed(0)
+    return _export_cnn(ResNet(), path, opset=opset, exporter=exporter)
+
+
+def mobilenet_v2(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """MobileNetV2-style inverted residuals: 1x1 expand, 3x3 depthwise, 1x1 project, ReLU6."""
+    torch = _torch()
+    nn = torch.nn
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, cout, stride, expand):
+            super().__init__()
+            hidden = cin * expand
+            self.use_res = stride == 1 and cin == cout
+            self.block = nn.Sequential(
+                _conv_bn(cin, hidden, 1, act="relu6"),
+                _conv_bn(hidden, hidden, 3, stride, groups=hidden, act="relu6"),
+                _conv_bn(hidden, cout, 1, act=None),
+            )
+
+        def forward(self, x):
+            return x + self.block(x) if self.use_res else self.block(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                _conv_bn(3, 16, 3, 2, act="relu6"),
+                InvertedResidual(16, 16, 1, 2),
+                InvertedResidual(16, 24, 2, 4),
+                InvertedResidual(24, 24, 1, 4),
+                _conv_bn(24, 32, 1, act="relu6"),
+            )
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, 10))
+
+        def forward(self, x):
+            x = self.features(x).mean([2, 3])  # ReduceMean, as torchvision's MobileNetV2
+            return self.classifier(x)
+
+    torch.manual_seed(0)
+    return _export_cnn(MobileNetV2(), path, opset=opset, exporter=exporter)
+
+
+def se_net(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """Squeeze-excitation (SE-ResNet / MobileNetV3 style): pool -> view(b, c) -> FC -> ReLU -> FC
+    -> Hardsigmoid/Sigmoid -> scale; Hardswish activations; the view uses x.size() arithmetic."""
+    torch = _torch()
+    nn = torch.nn
+
+    class SqueezeExcite(nn.Module):
+        def __init__(self, c, reduction=4, gate="sigmoid"):
+            super().__init__()
+            self.fc1 = nn.Linear(c, c // reduction)
+            self.fc2 = nn.Linear(c // reduction, c)
+            self.gate = nn.Sigmoid() if gate == "sigmoid" else nn.Hardsigmoid()
+
+        def forward(self, x):
+            b, c, _, _ = x.size()
+            s = nn.functional.adaptive_avg_pool2d(x, 1).view(b, c)
+            s = self.gate(self.fc2(torch.relu(self.fc1(s)))).view(b, c, 1, 1)
+            return x * s
+
+    class SENet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = _conv_bn(3, 16, 3, 2, act="hardswish")
+            self.conv1 = _conv_bn(16, 16, 3, 1)
+            self.se1 = SqueezeExcite(16, gate="sigmoid")
+            self.conv2 = _conv_bn(16, 32, 3, 2, act="hardswish")
+            self.se2 = SqueezeExcite(32, gate="hard")
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = torch.relu(x + self.se1(self.conv1(x)))
+            x = self.se2(self.conv2(x))
+            return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    torch.manual_seed(0)
+    return _export_cnn(SENet(), path, opset=opset, exporter=exporter)
+
+
+def shufflenet(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """ShuffleNetV2-style: chunk (Split), branch convs, concat, channel shuffle via
+    view/transpose/view built from x.size() (Shape/Gather/Div/Concat/Reshape/Transpose)."""
+    torch = _torch()
+    nn = torch.nn
+
+    def channel_shuffle(x, groups: int):
+        b, c, h, w = x.size()
+        x = x.view(b, groups, c // groups, h, w)
+        x = torch.transpose(x, 1, 2).contiguous()
+        return x.view(b, -1, h, w)
+
+    class ShuffleUnit(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.stride = stride
+            branch = cout // 2
+            if stride > 1:
+                self.branch1 = nn.Sequential(
+                    _conv_bn(cin, cin, 3, stride, groups=cin, act=None),
+                    _conv_bn(cin, branch, 1))
+            src = cin if stride > 1 else branch
+            self.branch2 = nn.Sequential(
+                _conv_bn(src, branch, 1),
+                _conv_bn(branch, branch, 3, stride, groups=branch, act=None),
+                _conv_bn(branch, branch, 1))
+
+        def forward(self, x):
+            if self.stride == 1:
+                x1, x2 = x.chunk(2, dim=1)
+                out = torch.cat((x1, self.branch2(x2)), dim=1)
+            else:
+                out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+            return channel_shuffle(out, 2)
+
+    class ShuffleNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = _conv_bn(3, 16, 3, 1)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+            self.stages = nn.Sequential(ShuffleUnit(16, 32, 2), ShuffleUnit(32, 32, 1))
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.stages(self.pool(self.stem(x)))
+            return self.fc(x.mean([2, 3]))
+
+    torch.manual_seed(0)
+    return _export_cnn(ShuffleNet(), path, opset=opset, exporter=exporter)
+
+
+def densenet(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """DenseNet-style: BN-ReLU-Conv dense layers concatenating all previous features, a
+    transition (1x1 conv + AvgPool), growth rate 8."""
+    torch = _torch()
+    nn = torch.nn
+
+    class DenseLayer(nn.Module):
+        def __init__(self, cin, growth):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, 2 * growth, 1, bias=False),
+                nn.BatchNorm2d(2 * growth), nn.ReLU(inplace=True),
+                nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False))
+
+        def forward(self, features):
+            return self.body(torch.cat(features, 1))
+
+    class DenseBlock(nn.Module):
+        def __init__(self, cin, growth, n):
+            super().__init__()
+            self.layers = nn.ModuleList(DenseLayer(cin + i * growth, growth) for i in range(n))
+
+        def forward(self, x):
+            features = [x]
+            for layer in self.layers:
+                features.append(layer(features))
+            return torch.cat(features, 1)
+
+    class DenseNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+            self.block1 = DenseBlock(16, 8, 3)  # -> 40 channels
+            self.trans = nn.Sequential(nn.BatchNorm2d(40), nn.ReLU(inplace=True),
+                                       nn.Conv2d(40, 20, 1, bias=False), nn.AvgPool2d(2, 2))
+            self.block2 = DenseBlock(20, 8, 2)  # -> 36 channels
+            self.norm = nn.BatchNorm2d(36)
+            self.fc = nn.Linear(36, 10)
+
+        def forward(self, x):
+            x = self.block2(self.trans(self.block1(self.stem(x))))
+            x = torch.relu(self.norm(x))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, (1, 1)), 1))
+
+    torch.manual_seed(0)
+    return _export_cnn(DenseNet(), path, opset=opset, exporter=exporter)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+
+
+def _attention_module(hidden, heads):
+    torch = _torch()
+    nn = torch.nn
+
+    class SelfAttention(nn.Module):
+        """HF-style: q/k/v Linear, heads split with view(b, s, h, d) from x.size()."""
+
+        def __init__(self):
+            super().__init__()
+            self.heads, self.dim = heads, hidden // heads
+            self.q, self.k, self.v = (nn.Linear(hidden, hidden) for _ in range(3))
+            self.o = nn.Linear(hidden, hidden)
+
+        def split(self, x):
+            b, s = x.size(0), x.size(1)
+            return x.view(b, s, self.heads, self.dim).transpose(1, 2)
+
+        def forward(self, x, bias):
+            b, s = x.size(0), x.size(1)
+            q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+            scores = torch.matmul(q, k.transpose(-1, -2)) / (self.dim ** 0.5) + bias
+            ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+            return self.o(ctx.transpose(1, 2).contiguous().view(b, s, self.heads * self.dim))
+
+    return SelfAttention()
+
+
+def bert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
+                 hidden: int = 32, heads: int = 4, layers: int = 2) -> Path:
+    """BERT-style encoder: int64 input_ids + attention_mask (batch x seq, both dynamic), word +
+    position (arange of the sequence length) + token-type embeddings, post-LN layers with GELU
+    (erf), extended attention mask, outputs last_hidden_state and a tanh pooler."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = _attention_module(hidden, heads)
+            self.ln1 = nn.LayerNorm(hidden, eps=1e-12)
+            self.ff1 = nn.Linear(hidden, 4 * hidden)
+            self.ff2 = nn.Linear(4 * hidden, hidden)
+            self.ln2 = nn.LayerNorm(hidden, eps=1e-12)
+
+        def forward(self, x, bias):
+            x = self.ln1(x + self.attn(x, bias))
+            return self.ln2(x + self.ff2(nn.functional.gelu(self.ff1(x))))
+
+    class Bert(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word = nn.Embedding(VOCAB, hidden)
+            self.pos = nn.Embedding(128, hidden)
+            self.token_type = nn.Embedding(2, hidden)
+            self.ln = nn.LayerNorm(hidden, eps=1e-12)
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+            self.pool = nn.Linear(hidden, hidden)
+
+        def forward(self, input_ids, attention_mask):
+            seq = input_ids.size(1)
+            pos = torch.arange(seq, dtype=torch.long, device=input_ids.device).unsqueeze(0)
+            types = torch.zeros_like(input_ids)
+            x = self.ln(self.word(input_ids) + self.pos(pos) + self.token_type(types))
+            # (1 - mask) * -10000, with any non-zero mask value counting as "attend"
+            keep = (attention_mask > 0).to(x.dtype)[:, None, None, :]
+            bias = (1.0 - keep) * -10000.0
+            for layer in self.layers:
+                x = layer(x, bias)
+            return x, torch.tanh(self.pool(x[:, 0]))
+
+    torch.manual_seed(0)
+    net = Bert()
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    model = _export(net, (ids, mask), path, input_names=["input_ids", "attention_mask"],
+                    output_names=["last_hidden_state", "pooler_output"],
+                    dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                  "last_hidden_state": axes, "pooler_output": {0: "batch"}},
+                    opset=opset, exporter=exporter)
+    return _save(model, path)
+
+
+def gpt_decoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden: int = 64,
+                heads: int = 4, layers: int = 2, external_data: bool = True) -> Path:
+    """GPT-2-style decoder: pre-LN blocks, tanh-GELU, causal mask built from the sequence length
+    (Shape/Gather/Range/Unsqueeze/Less/Where), head split via view from x.size() (Concat +
+    Reshape), LM head tied to the token embedding. Saved with all weights in one external file
+    `<name>.onnx.data` (size_threshold=0)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1 = nn.LayerNorm(hidden)
+            self.attn = _attention_module(hidden, heads)
+            self.ln2 = nn.LayerNorm(hidden)
+            self.fc = nn.Linear(hidden, 4 * hidden)
+            self.proj = nn.Linear(4 * hidden, hidden)
+
+        def forward(self, x, bias):
+            x = x + self.attn(self.ln1(x), bias)
+            return x + self.proj(nn.functional.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(VOCAB, hidden)
+            self.wpe = nn.Embedding(128, hidden)
+            self.blocks = nn.ModuleList(Block() for _ in range(layers))
+            self.ln_f = nn.LayerNorm(hidden)
+            self.head = nn.Linear(hidden, VOCAB, bias=False)
+            self.head.weight = self.wte.weight  # tied: one initializer, Gather + MatMul users
+
+        def forward(self, input_ids):
+            seq = input_ids.shape[1]
+            pos = torch.arange(0, seq, dtype=torch.long, device=input_ids.device)
+            x = self.wte(input_ids) + self.wpe(pos)[None]
+            i = torch.arange(seq, device=input_ids.device)
+            causal = i[None, :] > i[:, None]  # True above the diagonal: future tokens
+            bias = torch.where(causal, torch.tensor(-1e4), torch.tensor(0.0))[None, None]
+            for block in self.blocks:
+                x = block(x, bias)
+            return self.head(self.ln_f(x))
+
+    torch.manual_seed(0)
+    net = GPT()
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    model = _export(net, (ids,), path, input_names=["input_ids"], output_names=["logits"],
+                    dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                  "logits": {0: "batch", 1: "sequence"}},
+                    opset=opset, exporter=exporter)
+    return _save(model, path, external_data=external_data)
+
+
+# ---------------------------------------------------------------------------------------------
+# written with onnx.helper
+
+
+def helper_opset21(path: Path, *, opset: int = 21, batch="batch", seq="sequence") -> Path:
+    """A transformer block written by hand at opset 21, in the idioms of opset >= 18 exports:
+    Reshape targets from Shape(start=, end=) + Concat, Gelu (opset 20), LayerNormalization,
+    Split with a `num_outputs` attribute (opset 18), ReduceMean with axes as an input (opset 18),
+    Softmax, Trilu causal mask, dynamic batch and sequence axes."""
+    rng = np.random.default_rng(21)
+    h, heads = 32, 4
+    d = h // heads
+
+    def w(name, shape, scale=0.2):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32),
+                                       name)
+
+    def i64(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [
+        w("ln_g", (h,)), w("ln_b", (h,)), w("qkv_w", (h, 3 * h)), w("qkv_b", (3 * h,)),
+        w("o_w", (h, h)), w("fc_w", (h, 4 * h)), w("fc_b", (4 * h,)), w("proj_w", (4 * h, h)),
+        i64("heads_dims", [heads, d]), i64("minus1", [-1]), i64("axis_last", [-1]),
+        numpy_helper.from_array(np.array(1.0 / np.sqrt(d), np.float32), "scale"),
+        numpy_helper.from_array(np.array([-1e4], np.float32), "neg"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("Shape", ["x"], ["bs"], name="shape_bs", start=0, end=2),        # [batch, seq]
+        n("Concat", ["bs", "heads_dims"], ["split_shape"], name="cat_split", axis=0),
+        n("Concat", ["bs", "minus1"], ["merge_shape"], name="cat_merge", axis=0),
+        n("LayerNormalization", ["x", "ln_g", "ln_b"], ["xn"], name="ln", axis=-1,
+          epsilon=1e-5),
+        n("MatMul", ["xn", "qkv_w"], ["qkv0"], name="qkv_mm"),
+        n("Add", ["qkv0", "qkv_b"], ["qkv"], name="qkv_add"),
+        n("Split", ["qkv"], ["q0", "k0", "v0"], name="split_qkv", axis=-1, num_outputs=3),
+        *[n("Reshape", [f"{t}0", "split_shape"], [f"{t}1"], name=f"reshape_{t}")
+          for t in "qkv"],
+        n("Transpose", ["q1"], ["q"], name="tq", perm=[0, 2, 1, 3]),
+        n("Transpose", ["k1"], ["kt"], name="tk", perm=[0, 2, 3, 1]),
+        n("Transpose", ["v1"], ["v"], name="tv", perm=[0, 2, 1, 3]),
+        n("MatMul", ["q", "kt"], ["s0"], name="scores"),
+        n("Mul", ["s0", "scale"], ["s1"], name="scale_scores"),
+        # causal mask: Trilu(upper, k=1) of a seq x seq block of -1e4
+        n("Shape", ["x"], ["seq1"], name="shape_seq", start=1, end=2),
+        n("Concat", ["seq1", "seq1"], ["ss"], name="cat_ss", axis=0),
+        n("Expand", ["neg", "ss"], ["negs"], name="expand_neg"),
+        n("Trilu", ["negs", "one"], ["mask"], name="trilu", upper=1),
+        n("Add", ["s1", "mask"], ["s2"], name="add_mask"),
+        n("Softmax", ["s2"], ["p"], name="softmax", axis=-1),
+        n("MatMul", ["p", "v"], ["c0"], name="ctx"),
+        n("Transpose", ["c0"], ["c1"], name="tctx", perm=[0, 2, 1, 3]),
+        n("Reshape", ["c1", "merge_shape"], ["c2"], name="merge_heads"),
+        n("MatMul", ["c2", "o_w"], ["a"], name="o_proj"),
+        n("Add", ["x", "a"], ["r1"], name="res1"),
+        n("MatMul", ["r1", "fc_w"], ["f0"], name="fc"),
+        n("Add", ["f0", "fc_b"], ["f1"], name="fc_bias"),
+        n("Gelu", ["f1"], ["f2"], name="gelu", approximate="none"),
+        n("MatMul", ["f2", "proj_w"], ["f3"], name="proj"),
+        n("Add", ["r1", "f3"], ["y"], name="res2"),
+        n("ReduceMean", ["y", "axis_last"], ["y_mean"], name="reduce_mean", keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "helper_opset21",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, h])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, h]),
+         helper.make_tensor_value_info("y_mean", TensorProto.FLOAT, [batch, seq])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="tvmopt-tests")
+    model.ir_version = 10  # opset 21 needs IR >= 10
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path))
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the zoo
+
+
+def _variant(fn, **fixed):
+    def build(path: Path, **kw) -> Path:
+        return fn(path, **{**fixed, **kw})
+
+    build.__name__ = fn.__name__
+    build.__doc__ = fn.__doc__
+    return build
+
+
+_IMAGE_SHAPE = {"input": (BATCH, *IMAGE)}
+_TOKENS = {"input_ids": (BATCH, SEQ), "attention_mask": (BATCH, SEQ)}
+
+
+def _meta(family, input_shapes, exporter, opset, *, dynamic=("batch",), external_data=False,
+          **extra):
+    return {"family": family, "input_shapes": dict(input_shapes), "exporter": exporter,
+            "opset": opset, "dynamic": tuple(dynamic), "external_data": external_data, **extra}
+
+
+ZOO: dict[str, tuple] = {
+    "resnet": (resnet, _meta("residual", _IMAGE_SHAPE, "legacy", 17)),
+    "mobilenet_v2": (mobilenet_v2, _meta("depthwise-separable", _IMAGE_SHAPE, "legacy", 17)),
+    "se_net": (se_net, _meta("squeeze-excitation", _IMAGE_SHAPE, "legacy", 17)),
+    "shufflenet": (shufflenet, _meta("channel-shuffle", _IMAGE_SHAPE, "legacy", 17)),
+    "densenet": (densenet, _meta("dense-concat", _IMAGE_SHAPE, "legacy", 17)),
+    "bert_encoder": (bert_encoder, _meta("transformer-encoder", _TOKENS, "legacy", 17,
+                                         dynamic=("batch", "sequence"))),
+    "gpt_decoder": (gpt_decoder, _meta("transformer-decoder", {"input_ids": (BATCH, SEQ)},
+                                       "legacy", 17, dynamic=("batch", "sequence"),
+                                       external_data=True)),
+    # the same families through the torch.export-based exporter (torch's default since 2.9)
+    "resnet_dynamo": (_variant(resnet, exporter="dynamo", opset=18),
+                      _meta("residual", _IMAGE_SHAPE, "dynamo", 18)),
+    "shufflenet_dynamo": (_variant(shufflenet, exporter="dynamo", opset=18),
+                          _meta("channel-shuffle", _IMAGE_SHAPE, "dynamo", 18)),
+    "bert_encoder_dynamo": (_variant(bert_encoder, exporter="dynamo", opset=18),
+                            _meta("transformer-encoder", _TOKENS, "dynamo", 18,
+                                  dynamic=("batch", "sequence"))),
+    "gpt_decoder_dynamo": (_variant(gpt_decoder, exporter="dynamo", opset=18),
+                           _meta("transformer-decoder", {"input_ids": (BATCH, SEQ)}, "dynamo",
+                                 18, dynamic=("batch", "sequence"), external_data=True)),
+    # old and new opsets
+    "bert_encoder_opset11": (_variant(bert_encoder, opset=11),
+                             _meta("transformer-encoder", _TOKENS, "legacy", 11,
+                                   dynamic=("batch", "sequence"))),
+    "mobilenet_v2_opset11": (_variant(mobilenet_v2, opset=11),
+                             _meta("depthwise-separable", _IMAGE_SHAPE, "legacy", 11)),
+    "helper_opset21": (helper_opset21, _meta("transformer-block", {"x": (BATCH, SEQ, 32)},
+                                             "onnx.helper", 21,
+                                             dynamic=("batch", "sequence"))),
+}
+
+
+def build_all(directory: Path, names=None) -> dict[str, Path]:
+    """Write every (or the named) zoo model into `directory`: {name: path}."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return {name: ZOO[name][0](directory / f"{name}.onnx") for name in (names or ZOO)}
