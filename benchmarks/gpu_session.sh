@@ -3,11 +3,12 @@
 # 10-minute limit (the host keeps /root/work between calls while it stays warm):
 #
 #   bash benchmarks/gpu_session.sh tests-and-tune "$OUT"   # gpu-marked tests, export, 4-min tune
+#   bash benchmarks/gpu_session.sh tune "$OUT"             # 8 more minutes of tuning (resumes)
 #   bash benchmarks/gpu_session.sh compare "$OUT"          # compare.py, bench, profile, the db
 #
 # Run from the repository root with tvmopt importable (PYTHONPATH=/root/site:$PWD on the host).
 set -uo pipefail
-phase=${1:?usage: gpu_session.sh tests-and-tune|compare OUT}
+phase=${1:?usage: gpu_session.sh tests-and-tune|tune|compare OUT}
 out=${2:?usage: gpu_session.sh PHASE OUT}
 work=/root/work
 model=$work/resnet18.onnx
@@ -22,6 +23,10 @@ case "$phase" in
     python3 benchmarks/compare.py "${resnet[@]}" --export "$model" > "$out/export.txt" 2>&1
     python3 -m tvmopt tune "$model" "${tuned[@]}" --db "$db" --trials 3000 --time-budget 4m \
       --json > "$out/tune.json" 2> "$out/tune.log"
+    ;;
+  tune)
+    python3 -m tvmopt tune "$model" "${tuned[@]}" --db "$db" --trials 3000 --time-budget 8m \
+      --json > "$out/tune2.json" 2> "$out/tune2.log"
     ;;
   compare)
     python3 benchmarks/compare.py "$model" "${resnet[@]}" --device cuda --precision fp16 --layout NHWC --db "$db" -o "$out/compare.json" \

@@ -30,16 +30,18 @@ def _integrity(path) -> str:
 
 def test_schema_created_by_migrations(tmp_path):
     with open_database(tmp_path / "t.db") as store:
-        cols = {t: set(store.db[t].columns_dict) for t in ("workloads", "records", "runs", "failures")}
+        cols = {t: set(store.db[t].columns_dict)
+                for t in ("workloads", "records", "runs", "failures", "run_tasks")}
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
-    assert applied == ["m001_initial"]
+    assert applied == ["m001_initial", "m002_run_tasks"]
+    assert {"run_uid", "ir_sha256", "task", "weight"} <= cols["run_tasks"]
     assert {"ir_sha256", "shash", "ir_json"} <= cols["workloads"]
     assert {"target_json", "target_key", "trace_json", "run_secs_json", "args_info_json", "device",
             "tvm_version", "created_at", "run_uid"} <= cols["records"]
     assert {"host", "user", "model_sha256", "command", "trials", "started_at", "ended_at"} <= cols["runs"]
     # reopening applies nothing twice
     with open_database(tmp_path / "t.db") as store:
-        assert store.db["_sqlite_migrations"].count == 1
+        assert store.db["_sqlite_migrations"].count == 2
 
 
 def test_lookup_is_target_aware(tmp_path):
@@ -104,6 +106,7 @@ def test_kill_9_mid_run_loses_nothing_committed(tmp_path):
         committed = int(proc.stdout.readline())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
     assert committed >= 50
     with open_database(path) as store:  # opens for writing, as the next tuner would
         assert store.count_records() >= committed

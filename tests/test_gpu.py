@@ -72,3 +72,17 @@ def test_cuda_graph_artifact_matches_and_bench_checks_the_mode(invoke, tmp_path,
     report = invoke("bench", lib, "--cuda-graph", "--iterations", "30")
     assert report.exit_code == 0 and "CUDA graph on" in report.output
     assert_one_line_error(invoke("bench", lib, "--no-cuda-graph"), "built with CUDA graphs")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "bert_encoder", "gpt_decoder"])
+def test_zoo_models_run_on_the_gpu_in_fp16(tmp_path, name):
+    import zoo
+
+    builder, meta = zoo.ZOO[name]
+    path = builder(tmp_path / f"{name}.onnx")
+    options = build.BuildOptions(input_shapes=meta["input_shapes"], precision="fp16")
+    model = tvmopt.load(build.build(path, targets.resolve("cuda"), tmp_path / "m.so",
+                                    options=options).path)
+    inputs = runtime.random_inputs(model.inputs, seed=8)
+    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches

@@ -34,6 +34,7 @@ class BuildOptions:
     precision: str = "fp32"
     layout: str = "NCHW"
     cuda_graph: bool = False  # capture the model's static regions as CUDA graphs (CUDA only)
+    normalize: bool = True  # clean the ONNX graph up before import (tvmopt.normalize)
 
 
 @dataclass
@@ -69,7 +70,7 @@ def prepare(model_path, preset: Preset, options: BuildOptions = BuildOptions()) 
     """Load, normalise, import and run the graph pipeline."""
     model = frontend.load_model(model_path)
     inputs = frontend.resolve_inputs(model, options.input_shapes)
-    model, changes = normalize.normalize(model, inputs)
+    model, changes = normalize.normalize(model, inputs) if options.normalize else (model, [])
     imported = frontend.import_model(model, inputs)
     target = preset.tvm_target()
     with imported.explain_failures("the graph passes"):

@@ -219,13 +219,16 @@ def _build_help() -> str:
               help="Max relative error for --check [default: 1e-4 for fp32, 1e-2 for fp16].")
 @click.option("--cuda-graph", is_flag=True,
               help="CUDA only: replay the model's static regions as CUDA graphs (fewer launches).")
+@click.option("--no-normalize", "raw", is_flag=True,
+              help="Import the ONNX graph as it is, without tvmopt's clean-up (see inspect).")
 def build(model, target_spec, out, db_path, input_shapes, precision, layout, check, tolerance,
-          cuda_graph):
+          cuda_graph, raw):
     from . import build as build_stage
     from . import targets
 
     preset = targets.resolve(target_spec)
-    options = build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout, cuda_graph)
+    options = build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout, cuda_graph,
+                                       normalize=not raw)
     result = build_stage.build(model, preset, out, db_path=db_path, options=options)
     total = sum(result.seconds.values())
     click.echo(f"built {result.path} for {preset.key} ({precision}) in {total:.1f} s: "
@@ -371,8 +374,10 @@ def _tune_table(report) -> str:
               help="Measure on RPC servers registered at this tracker (builds stay local).")
 @click.option("--rpc-key", default=None, help="Device key the RPC servers registered with.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+@click.option("--no-normalize", "raw", is_flag=True,
+              help="Import the ONNX graph as it is (use the same choice for build).")
 def tune(model, target_spec, db_path, trials, trials_per_task, time_budget, batch_size,
-         input_shapes, precision, layout, rpc_tracker, rpc_key, as_json):
+         input_shapes, precision, layout, rpc_tracker, rpc_key, as_json, raw):
     """Search kernel schedules for MODEL with MetaSchedule + XGBoost; store them in the database.
 
     Trials go to the tasks where a faster kernel saves the most time; a task stops when it stops
@@ -393,7 +398,8 @@ def tune(model, target_spec, db_path, trials, trials_per_task, time_budget, batc
     try:
         report = tuning.tune(
             model, preset, db_path=db_path, options=options, command=command,
-            build_options=build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout),
+            build_options=build_stage.BuildOptions(_parse_shapes(input_shapes), precision, layout,
+                                                   normalize=not raw),
             on_progress=progress)
     finally:
         progress.close()

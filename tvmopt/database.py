@@ -332,8 +332,12 @@ class TuningStore:
         import tvm_ffi
 
         ir_sha = self.workload_identity(mod)
-        row = self.conn.execute("SELECT id FROM workloads WHERE ir_sha256 = ?", [ir_sha]).fetchone()
+        row = self.conn.execute("SELECT id, name FROM workloads WHERE ir_sha256 = ?",
+                                [ir_sha]).fetchone()
         if row:
+            if name and not row[1]:  # MetaSchedule commits workloads without a task name
+                with self.write():
+                    self.conn.execute("UPDATE workloads SET name = ? WHERE id = ?", [name, row[0]])
             return row[0]
         with self.write():
             self.conn.execute(

@@ -52,7 +52,7 @@ def normalize(model: onnx.ModelProto, inputs: list[TensorSpec]) -> tuple[onnx.Mo
     changes: list[Change] = []
     _fix_input_dims(model, inputs, changes)
     model = _convert_opset(model, changes)
-    model = _fold_constants(model, changes)
+    model = _fold_constants(model, {t.name for t in inputs}, changes)
     model = _infer_shapes(model, changes)
     _spell_out_clamps(model, changes)
     for change in changes:
@@ -110,7 +110,7 @@ def _convert_opset(model, changes: list[Change]):
     return converted
 
 
-def _fold_constants(model, changes: list[Change]):
+def _fold_constants(model, real_inputs: set[str], changes: list[Change]):
     """ONNX Runtime's basic optimizer: constant folding (shape arithmetic included once the input
     dims are fixed) and redundant-node removal, producing only standard ONNX ops."""
     import onnxruntime as ort
@@ -152,6 +152,15 @@ def _fold_constants(model, changes: list[Change]):
     keep = [o for o in folded.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
     del folded.opset_import[:]
     folded.opset_import.extend(keep)
+    # Old exporters list weights as graph inputs too; ORT may fold a weight away but keep its input
+    # entry, which TVM would then expect as an argument. Keep the real inputs only.
+    consumed = {name for node in folded.graph.node for name in node.input}
+    weights = {t.name for t in folded.graph.initializer}
+    graph_inputs = [vi for vi in folded.graph.input
+                    if vi.name in real_inputs or (vi.name in consumed and vi.name not in weights)]
+    del folded.graph.input[:]
+    folded.graph.input.extend(graph_inputs)
+    folded.ir_version = max(folded.ir_version, 4)  # IR 4 lets weights be initializers only
     return folded
 
 

@@ -20,7 +20,8 @@ class Curve:
 
 
 def tuning_curves(store: TuningStore, target_key: str) -> tuple[list[Curve], Curve | None]:
-    """Per-task curves and the model curve (sum of weight x task best, once every task has one)."""
+    """Per-task curves and the model curve: the sum of weight x task best, where a task not yet
+    reached by the search counts at its first measured latency (its starting point)."""
     workloads, trials = store.tuning_history(target_key)
     if not trials:
         raise TvmoptError(f"no tuning records for {target_key} in {store.path}")
@@ -28,6 +29,10 @@ def tuning_curves(store: TuningStore, target_key: str) -> tuple[list[Curve], Cur
     per_task = {sha: Curve(f"{w['name']} (x{w['weight'] or 1})", [], []) for sha, w in info.items()}
     best: dict[str, float] = {}
     counts = dict.fromkeys(info, 0)
+    first: dict[str, float] = {}
+    for sha, sec in trials:
+        if sec is not None:
+            first.setdefault(sha, sec)
     model = Curve("model: sum of weight x task best", [], [])
     for i, (sha, sec) in enumerate(trials, start=1):
         counts[sha] += 1
@@ -36,10 +41,10 @@ def tuning_curves(store: TuningStore, target_key: str) -> tuple[list[Curve], Cur
         if sha in best:
             per_task[sha].trials.append(counts[sha])
             per_task[sha].best_ms.append(best[sha] * 1e3)
-        if len(best) == len(info):
-            model.trials.append(i)
-            model.best_ms.append(sum((info[s]["weight"] or 1) * b for s, b in best.items()) * 1e3)
-    return list(per_task.values()), (model if model.trials else None)
+        model.trials.append(i)
+        model.best_ms.append(sum((info[s]["weight"] or 1) * best.get(s, start)
+                                 for s, start in first.items()) * 1e3)
+    return list(per_task.values()), (model if first else None)
 
 
 def choose_target(store: TuningStore, wanted: str | None) -> str:
@@ -76,6 +81,8 @@ def plot_tuning(store: TuningStore, target_key: str, out: Path) -> int:
         ax_model.plot(model.trials, model.best_ms, drawstyle="steps-post")
     ax_model.set(title=f"model estimate, {target_key}", xlabel="trials (all tasks)",
                  ylabel="sum of weight x best kernel latency (ms)")
+    ax_model.annotate("tasks not searched yet count at their first measurement",
+                      (0.01, 0.01), xycoords="axes fraction", fontsize="x-small", alpha=0.7)
     for curve in tasks:
         ax_tasks.plot(curve.trials, curve.best_ms, drawstyle="steps-post", label=curve.label)
     ax_tasks.set(title="best latency per task", xlabel="trials of that task", ylabel="ms",
