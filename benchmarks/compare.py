@@ -100,6 +100,7 @@ def max_rel(got: np.ndarray, ref: np.ndarray) -> float:
 
 def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path) -> list[dict]:
     from tvmopt import bench, build, runtime, targets, tuning
+    from tvmopt.database import default_path
 
     preset = targets.resolve("cuda" if args.device == "cuda" else "host")
     options = build.BuildOptions(input_shapes={}, precision=args.precision, layout=args.layout)
@@ -118,7 +119,7 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
             "runtime": label, "p50_ms": report.latency_ms.p50, "p90_ms": report.latency_ms.p90,
             "max_rel_err": max(max_rel(outputs[k], reference[k]) for k in reference),
             "detail": f"{preset.name}, {args.precision}, {len(result.tuned)}/{len(result.tasks)} "
-                      f"tasks tuned, CV {report.latency_ms.cv:.1%}",
+                      f"tasks tuned from {db or default_path()}, CV {report.latency_ms.cv:.1%}",
         })
     return rows
 
@@ -275,9 +276,10 @@ def main(argv=None) -> dict:
     for r in rows:
         print(f"{r['runtime']:<{name_w}}  {r['p50_ms']:9.4f}  {r['p90_ms']:9.4f}  "
               f"{r['speedup_vs_onnxruntime']:6.2f}x  {r['max_rel_err']:11.2e}  {r['detail']}")
+    model_name = (args.torch_factory.rpartition(":")[2] if args.torch_factory
+                  else args.model.stem)
     out = args.output or RESULTS / (
-        f"compare_{Path(str(result['model'])).stem.replace(':', '_').replace('.', '_')}"
-        f"_{args.device}_{args.precision}_{result['date']}.json")
+        f"compare_{model_name}_{args.device}_{args.precision}_{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import assert_one_line_error
-from tvmopt import bench, build, targets
+from tvmopt import bench, build, runtime, targets
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_percentiles_interpolate_like_numpy():
 
 def test_bench_for_a_duration(invoke, conv_lib):
     report = _bench_json(invoke, conv_lib, "--duration", "0.3")
-    assert report["iterations"] >= 20  # whole batches of timed calls until the time is up
+    # Batches of timed calls until the time is up: well over one batch of a sub-ms model.
+    assert report["iterations"] > bench._CHUNK and report["iterations"] % bench._CHUNK == 0
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -83,6 +84,15 @@ def test_bench_of_a_missing_or_foreign_file(invoke, tmp_path):
 def test_cuda_graph_build_needs_a_cuda_target(invoke, conv_model, tmp_path):
     result = invoke("build", conv_model, "--target", "host", "-o", tmp_path / "m.so", "--cuda-graph")
     assert_one_line_error(result, "--cuda-graph needs a CUDA target")
+
+
+def test_cuda_graph_build_captures_through_the_vm_builtin(invoke, conv_model, tmp_path):
+    capture = b"vm.builtin.cuda_graph.run_or_capture"  # what RewriteCUDAGraph makes the VM call
+    for flag, expected in ((["--cuda-graph"], True), ([], False)):
+        lib = tmp_path / f"graph{len(flag)}.so"
+        assert invoke("build", conv_model, "--target", "cuda-sm90a", "-o", lib, *flag).exit_code == 0
+        assert (capture in lib.read_bytes()) is expected
+        assert runtime.read_manifest(lib)["cuda_graph"] is expected
 
 
 def test_profile_rows_name_kernels_tasks_and_shares(invoke, conv_lib):

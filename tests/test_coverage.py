@@ -101,6 +101,23 @@ def test_big_models_are_folded_through_files(zoo_models, monkeypatch):
     assert mod["main"] is not None
 
 
+def test_a_big_model_left_unfolded_keeps_its_weights(tmp_path, monkeypatch):
+    import numpy as np
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+        [onnx.numpy_helper.from_array(weight, "w")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    monkeypatch.setattr(normalize, "INLINE_LIMIT", 0)  # through files, where nothing folds
+    normalized, changes = normalize.normalize(model, frontend.graph_inputs(model))
+    assert "fold-constants" not in {c.step for c in changes}
+    (w,) = normalized.graph.initializer
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(w), weight)  # still in memory
+
+
 def test_external_data_is_read_from_beside_the_model(zoo_models, tmp_path, invoke):
     src = zoo_models["gpt_decoder"]
     moved = tmp_path / "elsewhere" / "gpt.onnx"

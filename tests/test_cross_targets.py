@@ -40,6 +40,7 @@ def test_cpu_libraries_hold_no_amdgpu_code(tmp_path, conv_model):
 
 
 def test_missing_rocm_bitcode_names_the_package(tmp_path, monkeypatch, conv_model, invoke):
+    monkeypatch.setattr(build, "_find_lld", lambda: "ld.lld-19")  # whether or not it is installed
     monkeypatch.setenv("ROCM_PATH", str(tmp_path))  # a ROCm root without device libraries
     result = invoke("build", conv_model, "--target", "rocm-gfx942", "-o", tmp_path / "o.so")
     assert_one_line_error(result, "ocml.bc", "apt-get install rocm-device-libs")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -110,6 +111,22 @@ def test_db_plot_draws_the_tuning_curves(tuned, tmp_path, invoke):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert_one_line_error(invoke("db", "plot", "--db", db, "-o", out, "--target", "cuda-sm80"),
                           "no records for cuda-sm80")
+
+
+def test_db_plot_and_merge_read_a_file_from_before_run_tasks(tuned, tmp_path, invoke):
+    db, report, _ = tuned
+    old = tmp_path / "old.db"
+    shutil.copy(db, old)
+    with sqlite3.connect(old) as conn:  # as schema m001 wrote it
+        conn.execute("DROP TABLE run_tasks")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm002_run_tasks'")
+    with open_database(old, readonly=True) as store:
+        (key,) = [s["target_key"] for s in store.stats()]
+        (curve,), _ = plot.tuning_curves(store, key)
+    assert curve.trials[-1] == 32 and curve.label.endswith("(x1)")  # no weights recorded
+    assert invoke("db", "plot", "--db", old, "-o", tmp_path / "old.png").exit_code == 0
+    result = invoke("db", "merge", old, "--db", tmp_path / "new.db")
+    assert result.exit_code == 0, result.output
 
 
 def test_rerun_resumes_and_warm_starts(tuned, tiny, invoke):

@@ -96,12 +96,14 @@ def stability_warnings(stats: LatencyStats, iterations: int) -> list[str]:
     return warnings
 
 
+def _batched_input(model: runtime.Model):
+    """The first input with a leading dim, whose size counts the samples per inference."""
+    return next((spec for spec in model.inputs if len(spec.shape)), None)
+
+
 def artifact_batch(model: runtime.Model) -> int:
-    """Samples per inference: the leading dim of the first input with one (1 for scalar inputs)."""
-    for spec in model.inputs:
-        if len(spec.shape):
-            return int(spec.shape[0])
-    return 1
+    spec = _batched_input(model)
+    return int(spec.shape[0]) if spec is not None else 1
 
 
 def _device_name(device) -> str:
@@ -120,10 +122,12 @@ def _is_host(device) -> bool:
 def _check_options(model: runtime.Model, options: BenchOptions) -> tuple[int, bool]:
     batch = artifact_batch(model)
     if options.batch is not None and options.batch != batch:
-        first = model.inputs[0]
-        raise TvmoptError(
-            f"{model.path} was built for batch {batch}; to measure batch {options.batch} rebuild "
-            f"with --input-shape {first.name}={'x'.join(str(d) for d in (options.batch, *first.shape[1:]))}")
+        spec = _batched_input(model)
+        how = (f"rebuild with --input-shape {spec.name}="
+               + "x".join(str(d) for d in (options.batch, *spec.shape[1:])) if spec is not None
+               else "its inputs have no batch dimension")
+        raise TvmoptError(f"{model.path} was built for batch {batch}; to measure batch "
+                          f"{options.batch} {how}")
     built_with = bool(model.manifest.get("cuda_graph", False))
     if options.cuda_graph is not None and options.cuda_graph != built_with:
         if model.manifest["target"]["kind"] != "cuda":
@@ -153,7 +157,7 @@ def _timed_calls(model: runtime.Model, options: BenchOptions) -> list[float]:
     timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=_CHUNK)
     latencies: list[float] = []
     deadline = time.perf_counter() + options.duration_s
-    while time.perf_counter() < deadline:
+    while not latencies or time.perf_counter() < deadline:  # at least one batch of calls
         latencies += [float(x) for x in timer("main").results]
     return latencies
 
@@ -197,8 +201,9 @@ def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int
     h2d = d2h = None
     if not _is_host(device):
         copies = min(max(len(latencies), 5), 50)
-        h2d = _median_wall(lambda: [tvm.runtime.tensor(host_inputs[s.name], device)
-                                    for s in model.inputs], device, copies) * 1e3
+        # Into the buffers already on the device: the copy alone, not an allocation with it.
+        h2d = _median_wall(lambda: [arg.copyfrom(host_inputs[s.name])
+                                    for arg, s in zip(args, model.inputs)], device, copies) * 1e3
         outputs = runtime.flatten_outputs(model._vm.get_outputs("main"))
         d2h = _median_wall(lambda: [t.numpy() for t in outputs], device, copies) * 1e3
 
@@ -210,7 +215,7 @@ def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int
         if free_before is None or free_after is None:
             peak, measure = None, "not reported by this device"
         else:
-            peak = free_before - free_after
+            peak = max(free_before - free_after, 0)  # other processes may free memory meanwhile
             measure = "device memory in use after the run minus before loading (cudaMemGetInfo)"
 
     return BenchReport(

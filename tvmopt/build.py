@@ -130,7 +130,7 @@ def build(model_path, preset: Preset, out_path, *, db_path=None,
     if options.cuda_graph and preset.family != "cuda":
         raise TvmoptError(f"--cuda-graph needs a CUDA target; {preset.name} is {preset.family}")
     linker = _linker(preset.cc)  # a missing compiler fails now, not after minutes of compiling
-    with _toolchain(preset):
+    with toolchain(preset):
         return _build(model_path, preset, out_path, db_path, options, linker)
 
 
@@ -241,15 +241,14 @@ _MIN_LLD = 19
 
 
 @contextmanager
-def _toolchain(preset: Preset):
+def toolchain(preset: Preset):
     """The preset's environment plus, for ROCm, the device bitcode and a new enough ld.lld."""
     with _env(preset.env):
         if preset.family != "rocm":
             yield
             return
         lld = _find_lld()
-        with _env({"ROCM_PATH": _rocm_path()}):
-            _use_lld(lld)
+        with _env({"ROCM_PATH": _rocm_path()}), _linking_with(lld):
             yield
 
 
@@ -274,8 +273,11 @@ def _find_lld() -> str:
                       f"v6); install it with apt-get install lld-{_MIN_LLD}")
 
 
-def _use_lld(lld: str) -> None:
-    """Make TVM link AMDGPU code objects with `lld` (its own lookup prefers an older ld.lld)."""
+@contextmanager
+def _linking_with(lld: str):
+    """Make TVM link AMDGPU code objects with `lld` (its own lookup prefers an older ld.lld).
+
+    In this process only: MetaSchedule's builder workers keep TVM's own lookup."""
     import tvm_ffi
     from tvm.support import rocm  # registers the bitcode-path callback that codegen calls
 
@@ -286,7 +288,13 @@ def _use_lld(lld: str) -> None:
             rocm.rocm_link(str(obj), str(code_object), lld=lld)
             return bytearray(code_object.read_bytes())
 
+    previous = tvm_ffi.get_global_func("tvm_callback_rocm_link", allow_missing=True)
     tvm_ffi.register_global_func("tvm_callback_rocm_link", link, override=True)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func("tvm_callback_rocm_link", previous, override=True)
 
 
 @contextmanager

@@ -160,7 +160,10 @@ def _normalization(model, shapes: dict) -> list[dict]:
     specs = frontend.graph_inputs(model)
     if shapes or all(s.is_static for s in specs):
         specs = frontend.resolve_inputs(model, shapes)
-    return [c.as_dict() for c in normalize.normalize(model, specs)[1]]
+    try:
+        return [c.as_dict() for c in normalize.normalize(model, specs)[1]]
+    except TvmoptError as e:  # inspect still reports everything else about the model
+        return [{"step": "fails", "detail": str(e)}]
 
 
 def _echo_tensors(described: dict) -> None:

@@ -244,6 +244,12 @@ def _inspect_schema(path: Path) -> list[str]:
     return applied
 
 
+@dataclass
+class TuningHistory:
+    workloads: list[dict]  # ir_sha256, name, weight (None when no run recorded it)
+    trials: list[tuple[str, float | None]]
+
+
 @dataclass(frozen=True)
 class StoredRecord:
     workload_id: int
@@ -447,27 +453,40 @@ class TuningStore:
             self.conn.executemany("INSERT OR REPLACE INTO run_tasks (run_uid, ir_sha256, task, weight) "
                                   "VALUES (?, ?, ?, ?)", rows)
 
-    def tuning_history(self, target_key: str) -> tuple[list[dict], list[tuple[str, float | None]]]:
-        """For one target: its workloads (name, weight from the latest tune run that named them)
-        and every trial in the order it was measured, as (ir_sha256, seconds or None if failed)."""
-        trials = self.conn.execute(
+    def has_table(self, name: str) -> bool:
+        """Read-only opens do not migrate: a file from before a migration lacks its tables."""
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 [name]).fetchone() is not None
+
+    def tuning_history(self, target_key: str) -> TuningHistory:
+        """The latest tune run's model for one target: its tasks (name, weight) and every trial of
+        them in the order measured, as (ir_sha256, seconds or None if it failed). Without run
+        records (files from before schema m002), every workload with records for the target."""
+        run = None
+        names = dict(self.conn.execute("SELECT ir_sha256, name FROM workloads").fetchall())
+        weights: dict[str, int] = {}
+        if self.has_table("run_tasks"):
+            run = self.conn.execute(
+                "SELECT r.uid FROM runs r WHERE r.target_key = ? AND EXISTS "
+                "(SELECT 1 FROM run_tasks rt WHERE rt.run_uid = r.uid) ORDER BY r.started_at DESC "
+                "LIMIT 1", [target_key]).fetchone()
+        if run is not None:
+            for sha, task, weight in self.conn.execute(
+                    "SELECT ir_sha256, task, weight FROM run_tasks WHERE run_uid = ?", [run[0]]):
+                names[sha], weights[sha] = names.get(sha) or task, weight
+        trials = [(sha, sec) for sha, sec in self.conn.execute(
             "SELECT w.ir_sha256, t.sec FROM ("
             "  SELECT workload_id, mean_sec AS sec, created_at, 0 AS failed, id FROM records"
             "  WHERE target_key = ?"
             "  UNION ALL SELECT workload_id, NULL, created_at, 1, id FROM failures"
             "  WHERE target_key = ?) t JOIN workloads w ON w.id = t.workload_id "
-            "ORDER BY t.created_at, t.failed, t.id", [target_key, target_key]).fetchall()
-        names = dict(self.conn.execute("SELECT ir_sha256, name FROM workloads").fetchall())
-        weights = {}
-        for sha, task, weight in self.conn.execute(  # later runs override earlier ones
-                "SELECT rt.ir_sha256, rt.task, rt.weight FROM run_tasks rt JOIN runs r "
-                "ON r.uid = rt.run_uid WHERE r.target_key = ? ORDER BY r.started_at", [target_key]):
-            names[sha], weights[sha] = names.get(sha) or task, weight
+            "ORDER BY t.created_at, t.failed, t.id", [target_key, target_key])
+            if run is None or sha in weights]
         seen = list(dict.fromkeys(sha for sha, _ in trials))
-        workloads = [{"ir_sha256": sha, "name": names.get(sha) or sha[:12],
-                      "weight": weights.get(sha)} for sha in seen]
-        return workloads, [(sha, sec if sec is None or sec < FAILED_RUN_SEC else None)
-                           for sha, sec in trials]
+        return TuningHistory(
+            [{"ir_sha256": sha, "name": names.get(sha) or sha[:12], "weight": weights.get(sha)}
+             for sha in seen],
+            [(sha, sec if sec is None or sec < FAILED_RUN_SEC else None) for sha, sec in trials])
 
     def end_run(self, uid: str, trials: int) -> None:
         with self.write():
@@ -538,10 +557,8 @@ class TuningStore:
                 added["runs"] += self.conn.execute(
                     f"INSERT OR IGNORE INTO runs ({run_cols}) VALUES ({', '.join('?' * 9)})",
                     row).rowcount
-            has_run_tasks = other.conn.execute(  # absent from files written before schema m002
-                "SELECT 1 FROM sqlite_master WHERE name = 'run_tasks'").fetchone()
             for row in other.conn.execute("SELECT run_uid, ir_sha256, task, weight FROM run_tasks"
-                                          if has_run_tasks else "SELECT 1 WHERE 0"):
+                                          if other.has_table("run_tasks") else "SELECT 1 WHERE 0"):
                 self.conn.execute("INSERT OR IGNORE INTO run_tasks (run_uid, ir_sha256, task, weight) "
                                   "VALUES (?, ?, ?, ?)", row)
             rec_cols = [c for c in _RECORD_COLUMNS if c != "workload_id"]

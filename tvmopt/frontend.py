@@ -324,7 +324,7 @@ def _identifier_input_names(model: onnx.ModelProto):
     for inp in graph.input:
         new = inp.name
         if new not in weights and not _C_IDENTIFIER.fullmatch(new):
-            new = "input_" + re.sub(r"\W", "_", new)
+            new = "input_" + re.sub(r"[^A-Za-z0-9_]", "_", new)
             while new in used:
                 new += "_"
             used.add(new)
@@ -365,9 +365,9 @@ class Imported:
         except TvmoptError:
             raise
         except Exception as e:  # TVM raises assorted types from C++ and Python
-            hint = (f"the first ONNX node whose output shape TVM could not determine is "
-                    f"{self.shape_lost_at}: check the shapes feeding it" if self.shape_lost_at
-                    else "run with TVMOPT_DEBUG=1 and report it")
+            hint = (f"a likely cause: the first ONNX node whose output shape TVM could not "
+                    f"determine is {self.shape_lost_at}; check the shapes feeding it"
+                    if self.shape_lost_at else "run with TVMOPT_DEBUG=1 and report it")
             raise TvmoptError(f"TVM failed in {stage} ({first_line(e)}); {hint}") from e
 
 
@@ -425,6 +425,7 @@ class _NodeTracker:
             out = original(importer, op_name, inputs, attrs, opset)
             if tracker.shape_lost_at is None and _has_unknown_shape(out):
                 tracker.shape_lost_at = tracker.current
+            tracker.current = None  # a later failure is not this node's
             return out
 
         self._cls._convert_operator = convert

@@ -127,12 +127,7 @@ def _fold_constants(model, real_inputs: set[str], changes: list[Change]):
                 ort.InferenceSession(model.SerializeToString(), options,
                                      providers=["CPUExecutionProvider"])
             else:
-                source = Path(tmp) / "source.onnx"
-                onnx.save(model, str(source), save_as_external_data=True,
-                          location="source.data", size_threshold=1024)
-                options.add_session_config_entry(
-                    "session.optimized_model_external_initializers_file_name", "folded.data")
-                ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+                _fold_through_files(model, Path(tmp), options)
             folded = onnx.load(str(out))
         except Exception as e:  # noqa: BLE001 - ORT reports through its own exception types
             # Folding is an aid; TVM may still import the model as it is.
@@ -162,6 +157,24 @@ def _fold_constants(model, real_inputs: set[str], changes: list[Change]):
     folded.graph.input.extend(graph_inputs)
     folded.ir_version = max(folded.ir_version, 4)  # IR 4 lets weights be initializers only
     return folded
+
+
+def _fold_through_files(model, tmp: Path, options) -> None:
+    """ORT on a model too big for one protobuf message, via a file with external weights."""
+    import onnxruntime as ort
+    from onnx.external_data_helper import load_external_data_for_model
+
+    source = tmp / "source.onnx"
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", "folded.data")
+    # Saving moves the weights out of `model` into source.data: read them back before that
+    # file goes, whatever ORT does, since the caller may import `model` as it is.
+    onnx.save(model, str(source), save_as_external_data=True, location="source.data",
+              size_threshold=1024)
+    try:
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    finally:
+        load_external_data_for_model(model, str(tmp))
 
 
 def _infer_shapes(model, changes: list[Change]):

@@ -20,9 +20,10 @@ class Curve:
 
 
 def tuning_curves(store: TuningStore, target_key: str) -> tuple[list[Curve], Curve | None]:
-    """Per-task curves and the model curve: the sum of weight x task best, where a task not yet
-    reached by the search counts at its first measured latency (its starting point)."""
-    workloads, trials = store.tuning_history(target_key)
+    """Per-task curves and the model curve for the target's latest tuned model: the sum of
+    weight x task best, where a task not yet reached counts at its first measured latency."""
+    history = store.tuning_history(target_key)
+    workloads, trials = history.workloads, history.trials
     if not trials:
         raise TvmoptError(f"no tuning records for {target_key} in {store.path}")
     info = {w["ir_sha256"]: w for w in workloads}

@@ -157,8 +157,9 @@ def _detect_family(alias: str, path: Path, family: str, default) -> Preset:
     if found is not None:
         log.info("target %s: using %s (%s found on this machine)", alias, found.name, found.key)
         return found
-    if default == alias:
-        raise TvmoptError(f"target preset {path}: 'default' must name another preset")
+    if default == alias or default == "host" or default in _FAMILIES:
+        raise TvmoptError(f"target preset {path}: 'default' must name a concrete preset, such as "
+                          f"{family}-...")
     preset = resolve(default)
     log.info("target %s: no %s device here, using the default %s", alias, family, preset.name)
     return preset
@@ -172,6 +173,7 @@ def _local_device_preset(family: str) -> Preset | None:
     if arch is None:
         return None
     attr = "arch" if family == "cuda" else "mcpu"
+    matches = []
     for name, path in _preset_files().items():
         try:
             data = json.loads(path.read_text())
@@ -180,8 +182,11 @@ def _local_device_preset(family: str) -> Preset | None:
             continue  # a broken preset file is reported when it is asked for by name
         # sm_90a is sm_90 plus arch-specific instructions: it is the preset for an sm_90 GPU.
         if device_arch == arch or (family == "cuda" and device_arch == arch + "a"):
-            return _read_preset(name, path)
-    # A GPU newer than every preset: TVM fills in the rest of the target from the device.
+            matches.append((device_arch != arch, name, path))  # an exact arch first
+    if matches:
+        _, name, path = min(matches)
+        return _read_preset(name, path)
+    # No preset for this GPU's arch (older or newer than all of them): TVM fills in the rest.
     host = {"kind": "llvm", "mtriple": detect_host_target()["mtriple"]}
     return Preset(f"{family}-{arch}", f"this machine's {arch}", family,
                   {"kind": family, attr: arch, "host": host}, source="detected")

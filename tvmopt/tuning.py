@@ -743,7 +743,7 @@ def tune(model_path, preset, *, db_path=None, build_options=None, options: TuneO
     mod = build.prepare(model_path, preset, build_options).mod
     target = search_target(preset.tvm_target())
     tasks = extract_tasks(mod, target)
-    with open_database(db_path) as store, build._env(preset.env):
+    with open_database(db_path) as store, build.toolchain(preset):
         tuner = Tuner(tasks, target, build_options.precision, store, options,
                       model_sha256=model_sha256(model_path), command=command,
                       on_progress=on_progress)

@@ -113,7 +113,9 @@ void Report(const TensorSpec& spec, const Tensor& t, const std::string& dir) {
   }
   std::cout << "\n";
   if (!dir.empty()) {
-    std::ofstream(dir + "/" + spec.name + ".bin", std::ios::binary).write(bytes.data(), bytes.size());
+    std::string file = dir + "/" + spec.name + ".bin";
+    std::ofstream out(file, std::ios::binary);
+    if (!out.write(bytes.data(), bytes.size())) throw std::runtime_error("cannot write " + file);
   }
 }
 
@@ -127,8 +129,9 @@ int Run(int argc, char** argv) {
                             ? "./" + std::string(argv[1]) : argv[1];
   std::string input_dir, output_dir;
   int repeat = 0;
-  for (int i = 2; i + 1 < argc; i += 2) {
+  for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
+    if (i + 1 == argc) throw std::runtime_error(flag + " needs a value");
     if (flag == "--inputs") input_dir = argv[i + 1];
     else if (flag == "--outputs") output_dir = argv[i + 1];
     else if (flag == "--repeat") repeat = std::stoi(argv[i + 1]);

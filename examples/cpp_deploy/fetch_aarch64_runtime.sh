@@ -4,13 +4,14 @@
 set -euo pipefail
 dir=${1:?usage: fetch_aarch64_runtime.sh DIR}
 version() { python3 -c "import importlib.metadata as m; print(m.version('$1'))"; }
-mkdir -p "$dir"
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
   --python-version "$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')" -d "$wheels" \
   "apache-tvm==$(version apache-tvm)" "apache-tvm-ffi==$(version apache-tvm-ffi)"
-python3 - "$wheels" "$dir" <<'PY'
+# Unpacked beside the wheels, moved into place only when both libraries are there.
+mkdir -p "$wheels/lib"
+python3 - "$wheels" "$wheels/lib" <<'PY'
 import sys, zipfile, pathlib
 wheels, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 wanted = {"tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so"}
@@ -22,4 +23,7 @@ for wheel in wheels.glob("*.whl"):
 if wanted:
     sys.exit(f"fetch_aarch64_runtime.sh: {', '.join(sorted(wanted))} not found in the wheels")
 PY
+mkdir -p "$dir"
+mv "$wheels/lib/libtvm_ffi.so" "$dir/"
+mv "$wheels/lib/libtvm_runtime.so" "$dir/"  # last: its presence marks a complete runtime
 echo "aarch64 TVM runtime in $dir"
