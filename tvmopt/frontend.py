@@ -8,7 +8,9 @@ can act on, the input shapes, and a description of the model for `tvmopt inspect
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import io
 import logging
 import re
 from contextlib import contextmanager
@@ -388,7 +390,9 @@ def import_model(model: onnx.ModelProto, inputs: list[TensorSpec]) -> Imported:
             f"the ONNX importer has no converter for: {listed}{more}; replace these ops before "
             "export or run `tvmopt inspect` for the full list"
         )
-    with _identifier_input_names(model) as names, _NodeTracker() as tracker:
+    # The importer prints its own error lines to stdout before raising; tvmopt reports them.
+    with _identifier_input_names(model) as names, _NodeTracker() as tracker, \
+            contextlib.redirect_stdout(io.StringIO()):
         try:
             mod = from_onnx(
                 model,
