@@ -106,7 +106,8 @@ def device_for(manifest: dict, path: Path):
     if manifest["elf_machine"] != _host_machine():
         raise TvmoptError(
             f"{path}: built for {key} ({manifest['elf_machine']}), this machine is "
-            f"{_host_machine()}; run it on a matching machine (or under qemu-{manifest['elf_machine']})"
+            f"{_host_machine()}; run it on a matching machine (or with examples/cpp_deploy under "
+            f"qemu-{manifest['elf_machine']})"
         )
     kind = manifest["target"]["kind"]
     if kind == "cuda":
