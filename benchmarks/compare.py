@@ -93,9 +93,11 @@ def time_cuda_events(fn, *, warmup: int, iterations: int) -> list[float]:
     return samples
 
 
-def max_rel(got: np.ndarray, ref: np.ndarray) -> float:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
+def worst_error(outputs: dict, reference: dict) -> float:
+    """The largest relative error over the outputs, as `tvmopt build --check` measures it."""
+    from tvmopt import runtime
+
+    return max(m.max_rel for m in runtime.compare(outputs, reference))
 
 
 def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path) -> list[dict]:
@@ -108,7 +110,8 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
         tuning.tune(model_path, preset, db_path=args.db, build_options=options,
                     options=tuning.TuneOptions(trials=args.tune_trials))
     rows = []
-    for label, db in (("tvmopt untuned", tmp / "empty.db"), ("tvmopt tuned", args.db)):
+    for label, db, source in (("tvmopt untuned", tmp / "empty.db", "an empty database"),
+                              ("tvmopt tuned", args.db, args.db or default_path())):
         result = build.build(model_path, preset, tmp / f"{label.split()[1]}.so", db_path=db,
                              options=options)
         report = bench.bench(result.path, bench.BenchOptions(warmup=args.warmup,
@@ -117,9 +120,9 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
         outputs = model(inputs)
         rows.append({
             "runtime": label, "p50_ms": report.latency_ms.p50, "p90_ms": report.latency_ms.p90,
-            "max_rel_err": max(max_rel(outputs[k], reference[k]) for k in reference),
+            "max_rel_err": worst_error(outputs, reference),
             "detail": f"{preset.name}, {args.precision}, {len(result.tuned)}/{len(result.tasks)} "
-                      f"tasks tuned from {db or default_path()}, CV {report.latency_ms.cv:.1%}",
+                      f"tasks tuned from {source}, CV {report.latency_ms.cv:.1%}",
         })
     return rows
 
@@ -145,7 +148,7 @@ def onnxruntime_row(args, model_path: Path, inputs: dict, reference: dict) -> di
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
     return {"runtime": f"ONNX Runtime ({used.replace('ExecutionProvider', '')})",
             "p50_ms": p50_ms(samples), "p90_ms": float(np.percentile(samples, 90)) * 1e3,
-            "max_rel_err": max(max_rel(outputs[k], reference[k]) for k in reference),
+            "max_rel_err": worst_error(outputs, reference),
             "detail": f"onnxruntime {ort.__version__}"}
 
 
@@ -159,7 +162,7 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
     net = net.to(memory_format=memory_format)
     (value,) = inputs.values()
     x = torch.from_numpy(value).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
-    (ref,) = reference.values()
+    (output_name,) = reference
     rows = []
     compile_mode = "max-autotune-no-cudagraphs" if args.device == "cuda" else "default"
     for label, fn in (("PyTorch eager", net), ("torch.compile", None)):
@@ -182,19 +185,8 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
             detail += f", mode={compile_mode}, first call (compile) {compile_s:.1f} s"
         rows.append({"runtime": label, "p50_ms": p50_ms(samples),
                      "p90_ms": float(np.percentile(samples, 90)) * 1e3,
-                     "max_rel_err": max_rel(out, ref), "detail": detail})
+                     "max_rel_err": worst_error({output_name: out}, reference), "detail": detail})
     return rows
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        import tvm
-
-        return str(tvm.cuda(0).device_name)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def versions() -> dict:
@@ -231,7 +223,10 @@ def main(argv=None) -> dict:
     if args.model is None and args.torch_factory is None:
         parser.error("give MODEL.onnx or --torch MODULE:FACTORY")
 
+    import tvm
+
     from tvmopt import runtime
+    from tvmopt.bench import device_name
     from tvmopt.frontend import load_model, resolve_inputs
 
     with tempfile.TemporaryDirectory(prefix="tvmopt-compare-") as tmp:
@@ -264,7 +259,8 @@ def main(argv=None) -> dict:
     for row in rows:
         row["speedup_vs_onnxruntime"] = baseline / row["p50_ms"]
     result = {
-        "model": args.torch_factory or args.model.name, "device": device_name(args.device),
+        "model": args.torch_factory or args.model.name,
+        "device": device_name(tvm.cuda(0) if args.device == "cuda" else tvm.cpu(0)),
         "precision": args.precision, "layout": args.layout, "iterations": args.iterations,
         "date": datetime.date.today().isoformat(), "versions": versions(),
         "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -127,12 +127,12 @@ def test_external_data_is_read_from_beside_the_model(zoo_models, tmp_path, invok
                     "--input-shape", "input_ids=2x16")
     assert_one_line_error(result, "gpt_decoder.onnx.data", "copy that file next to the model")
     shutil.copy(src.with_name(src.name + ".data"), moved.parent)
-    hash_before = frontend.model_sha256(moved)
+    hash_before = frontend.model_sha256(moved, frontend.load_model_and_data(moved)[1])
     data = moved.parent / (src.name + ".data")
     raw = bytearray(data.read_bytes())
     raw[-1] ^= 1  # the same graph with one weight bit flipped is another model
     data.write_bytes(bytes(raw))
-    assert frontend.model_sha256(moved) != hash_before
+    assert frontend.model_sha256(moved, frontend.load_model_and_data(moved)[1]) != hash_before
 
 
 def test_inspect_json_lists_ops_dynamic_dims_converters_and_changes(zoo_models, invoke):

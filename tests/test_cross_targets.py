@@ -131,13 +131,3 @@ def test_targets_show_prints_one_preset(invoke):
     assert shown["tvm_target"]["kind"] == "llvm"
     assert_one_line_error(invoke("targets", "show", "nonesuch"), "known presets:", "cuda-sm90a")
 
-
-@pytest.mark.parametrize("content,match", [
-    ('{"description": "x", "detect": "tpu", "default": "host"}', "'detect' must be one of"),
-    ('{"description": "x", "detect": "cuda"}', "needs a 'default'"),
-])
-def test_bad_family_preset(tmp_path, monkeypatch, content, match):
-    (tmp_path / "broken.json").write_text(content)
-    monkeypatch.setenv("TVMOPT_TARGETS_PATH", str(tmp_path))
-    with pytest.raises(TvmoptError, match=match):
-        targets.resolve("broken")

@@ -8,7 +8,8 @@ from tvmopt.errors import TvmoptError
 
 
 def test_describe_reports_symbolic_dims_histogram_and_opset(dynamic_model):
-    info = frontend.describe(frontend.load_model(dynamic_model), dynamic_model).as_dict()
+    model, data_files = frontend.load_model_and_data(dynamic_model)
+    info = frontend.describe(model, dynamic_model, data_files).as_dict()
     assert info["inputs"] == [{"name": "x", "shape": ["batch", 3, 16, 16], "dtype": "float32"}]
     assert info["outputs"][0]["name"] == "logits"
     assert info["dynamic_dims"] == ["batch"]
@@ -24,7 +25,7 @@ def test_unsupported_ops_listed_all_at_once_with_node_names(tmp_path):
     assert [(u.node, u.op_type) for u in frontend.unsupported_nodes(model)] == [
         ("my_celu", "Celu"), ("my_lpnorm", "LpNormalization")]
     with pytest.raises(TvmoptError, match="Celu \\(node my_celu\\), LpNormalization"):
-        frontend.to_relax(model, frontend.resolve_inputs(model))
+        frontend.import_model(model, frontend.resolve_inputs(model))
 
 
 def test_initializers_listed_as_inputs_are_not_inputs():
@@ -80,9 +81,9 @@ def test_load_rejects_truncated(tmp_path, conv_model):
         frontend.load_model(path)
 
 
-def test_to_relax_binds_weights_as_constants(conv_model):
+def test_import_binds_weights_as_constants(conv_model):
     model = frontend.load_model(conv_model)
-    mod = frontend.to_relax(model, frontend.resolve_inputs(model))
+    mod = frontend.import_model(model, frontend.resolve_inputs(model)).mod
     params = mod["main"].params
     assert len(params) == 1  # only the real input; weights are embedded constants
     assert onnx.numpy_helper.to_array(model.graph.initializer[0]).dtype == np.float32

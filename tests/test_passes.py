@@ -10,7 +10,7 @@ def host_target():
 
 def _relax(path):
     model = frontend.load_model(path)
-    return frontend.to_relax(model, frontend.resolve_inputs(model))
+    return frontend.import_model(model, frontend.resolve_inputs(model)).mod
 
 
 def _run(mod, target, *names, **opts):

@@ -42,6 +42,9 @@ def test_target_json():
     ('{"description": "x", "family": "x86"}', "'target'"),
     ('{"description": "x", "family": "x86", "target": {"kind": "llvm", "mcpu": 7}}', "not a valid"),
     ("{not json", "unreadable JSON"),
+    ('{"description": "x", "detect": "tpu", "default": "host"}', "'detect' must be one of"),
+    ('{"description": "x", "detect": "cuda"}', "needs a 'default'"),
+    ('{"description": "x", "detect": "cuda", "default": "rocm"}', "a concrete preset"),
 ])
 def test_bad_preset_file(tmp_path, monkeypatch, content, match):
     (tmp_path / "broken.json").write_text(content)

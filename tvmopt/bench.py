@@ -106,8 +106,9 @@ def artifact_batch(model: runtime.Model) -> int:
     return int(spec.shape[0]) if spec is not None else 1
 
 
-def _device_name(device) -> str:
-    if device.dlpack_device_type() == 1:  # kDLCPU
+def device_name(device) -> str:
+    """The CPU's model name or the GPU's, as the vendor reports it."""
+    if _is_host(device):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
@@ -219,7 +220,7 @@ def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int
             measure = "device memory in use after the run minus before loading (cudaMemGetInfo)"
 
     return BenchReport(
-        artifact=str(path), target_key=manifest["target_key"], device=_device_name(device),
+        artifact=str(path), target_key=manifest["target_key"], device=device_name(device),
         batch=batch, warmup=options.warmup, iterations=len(latencies), cuda_graph=cuda_graph,
         latency_ms=stats,
         inferences_per_s=1e3 / stats.mean, samples_per_s=batch * 1e3 / stats.mean,

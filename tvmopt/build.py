@@ -60,6 +60,7 @@ class Prepared:
     """A model made ready to compile: the ONNX graph, its fixed inputs, the fused Relax module."""
 
     model: object  # the ONNX ModelProto as imported (after normalisation)
+    data_files: list[Path]  # its external data, read from beside it
     inputs: list[frontend.TensorSpec]
     mod: object
     normalization: list[normalize.Change]
@@ -68,7 +69,7 @@ class Prepared:
 
 def prepare(model_path, preset: Preset, options: BuildOptions = BuildOptions()) -> Prepared:
     """Load, normalise, import and run the graph pipeline."""
-    model = frontend.load_model(model_path)
+    model, data_files = frontend.load_model_and_data(model_path)
     inputs = frontend.resolve_inputs(model, options.input_shapes)
     model, changes = normalize.normalize(model, inputs) if options.normalize else (model, [])
     imported = frontend.import_model(model, inputs)
@@ -76,7 +77,7 @@ def prepare(model_path, preset: Preset, options: BuildOptions = BuildOptions()) 
     with imported.explain_failures("the graph passes"):
         mod = passes.run_pipeline(imported.mod, target,
                                   passes.PipelineOptions(options.precision, options.layout))
-    return Prepared(model, inputs, mod, changes, imported)
+    return Prepared(model, data_files, inputs, mod, changes, imported)
 
 
 def _lower_with_database(mod, target, database, *, cuda_graph: bool = False):
@@ -160,7 +161,7 @@ def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResul
         "tvmopt_version": _version(),
         "tvm_version": tvm.__version__,
         "model": Path(model_path).name,
-        "model_sha256": frontend.model_sha256(model_path),
+        "model_sha256": frontend.model_sha256(model_path, prepared.data_files),
         "normalization": [str(c) for c in prepared.normalization],
         "target": json.loads(str(target)),
         "target_key": tkey,

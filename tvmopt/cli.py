@@ -119,11 +119,13 @@ def inspect(path, target_spec, input_shapes, as_json):
             return
         _print_manifest(path, manifest)
         return
-    model = frontend.load_model(path)
-    info = frontend.describe(model, path).as_dict()
-    info["normalization"] = _normalization(model, _parse_shapes(input_shapes))
-    if target_spec:
-        info["target"], info["tasks"] = _inspect_tasks(path, target_spec, input_shapes)
+    model, data_files = frontend.load_model_and_data(path)
+    info = frontend.describe(model, path, data_files).as_dict()
+    if target_spec:  # the build's own preparation also says what normalisation changed
+        info["target"], info["tasks"], info["normalization"] = _inspect_tasks(
+            path, target_spec, input_shapes)
+    else:
+        info["normalization"] = _normalization(model, _parse_shapes(input_shapes))
     if as_json:
         _echo_json(info)
         return
@@ -178,9 +180,10 @@ def _inspect_tasks(path, target_spec, input_shapes):
     from . import build, targets, tuning
 
     preset = targets.resolve(target_spec)
-    mod = build.prepare(path, preset, build.BuildOptions(_parse_shapes(input_shapes))).mod
-    tasks = tuning.extract_tasks(mod, preset.tvm_target())
-    return preset.key, [t.as_dict() for t in tasks]
+    prepared = build.prepare(path, preset, build.BuildOptions(_parse_shapes(input_shapes)))
+    tasks = tuning.extract_tasks(prepared.mod, preset.tvm_target())
+    return (preset.key, [t.as_dict() for t in tasks],
+            [c.as_dict() for c in prepared.normalization])
 
 
 def _print_manifest(path, m):

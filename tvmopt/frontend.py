@@ -106,14 +106,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_sha256(path: str | Path) -> str:
-    """The .onnx file's hash, extended by its external data files: weights are part of a model."""
+def model_sha256(path: str | Path, data_files: list[Path]) -> str:
+    """The .onnx file's hash, extended by its external data files (as `load_model_and_data`
+    found them): weights are part of a model."""
     path = Path(path)
-    files = external_data_files(_load_graph_only(path), path)
-    if not files:
+    if not data_files:
         return file_sha256(path)
     h = hashlib.sha256(file_sha256(path).encode())
-    for f in files:
+    for f in data_files:
         h.update(f"{f.name}:{file_sha256(f)}".encode())
     return h.hexdigest()
 
@@ -139,6 +139,12 @@ def _load_graph_only(path: Path) -> onnx.ModelProto:
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read and validate an ONNX file, with its external data from beside it; every way it can be
     unusable becomes a TvmoptError."""
+    return load_model_and_data(path)[0]
+
+
+def load_model_and_data(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
+    """`load_model`, also returning the external data files it read (loading them into the model
+    drops their names from it)."""
     from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
@@ -172,7 +178,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
             raise TvmoptError(f"{path}: cannot read its external data ({first_line(e)}); "
                               "re-export the model") from None
         log.info("loaded external data from %s", ", ".join(f.name for f in data_files))
-    return model
+    return model, data_files
 
 
 def _value_info_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
@@ -230,18 +236,18 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[UnsupportedNode]:
     ]
 
 
-def describe(model: onnx.ModelProto, path: str | Path) -> ModelInfo:
+def describe(model: onnx.ModelProto, path: str | Path, data_files: list[Path]) -> ModelInfo:
     hist = collections.Counter(n.op_type for n in _all_nodes(model.graph))
     return ModelInfo(
         path=str(path),
-        sha256=model_sha256(path),
+        sha256=model_sha256(path, data_files),
         opset=model_opset(model),
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=graph_inputs(model),
         outputs=graph_outputs(model),
         op_histogram=dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
         unsupported=unsupported_nodes(model),
-        external_data=[f.name for f in external_data_files(_load_graph_only(Path(path)), Path(path))],
+        external_data=[f.name for f in data_files],
     )
 
 
@@ -373,13 +379,9 @@ class Imported:
             raise TvmoptError(f"TVM failed in {stage} ({first_line(e)}); {hint}") from e
 
 
-def to_relax(model: onnx.ModelProto, inputs: list[TensorSpec]):
-    """Import into Relax with weights bound as constants, so the built library is self-contained."""
-    return import_model(model, inputs).mod
-
-
 def import_model(model: onnx.ModelProto, inputs: list[TensorSpec]) -> Imported:
-    """`to_relax`, also naming the ONNX node where an import failed or a shape became unknown."""
+    """Import into Relax with weights bound as constants, so the built library is self-contained,
+    naming the ONNX node where the import failed or a shape became unknown."""
     from tvm.relax.frontend.onnx import from_onnx
 
     missing = unsupported_nodes(model)

@@ -740,11 +740,11 @@ def tune(model_path, preset, *, db_path=None, build_options=None, options: TuneO
 
     options.validate()
     build_options = build_options or build.BuildOptions()
-    mod = build.prepare(model_path, preset, build_options).mod
+    prepared = build.prepare(model_path, preset, build_options)
     target = search_target(preset.tvm_target())
-    tasks = extract_tasks(mod, target)
+    tasks = extract_tasks(prepared.mod, target)
     with open_database(db_path) as store, build.toolchain(preset):
         tuner = Tuner(tasks, target, build_options.precision, store, options,
-                      model_sha256=model_sha256(model_path), command=command,
+                      model_sha256=model_sha256(model_path, prepared.data_files), command=command,
                       on_progress=on_progress)
         return tuner.run()
