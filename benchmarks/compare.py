@@ -102,16 +102,18 @@ def worst_error(outputs: dict, reference: dict) -> float:
 
 def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path) -> list[dict]:
     from tvmopt import bench, build, runtime, targets, tuning
-    from tvmopt.database import default_path
+    from tvmopt.database import default_path, open_database
+    from tvmopt.prepare import ModelOptions
 
     preset = targets.resolve("cuda" if args.device == "cuda" else "host")
-    options = build.BuildOptions(input_shapes={}, precision=args.precision, layout=args.layout)
+    options = ModelOptions(precision=args.precision, layout=args.layout)
     if args.tune_trials:
-        tuning.tune(model_path, preset, db_path=args.db, build_options=options,
+        tuning.tune(model_path, preset, db_path=args.db, model_options=options,
                     options=tuning.TuneOptions(trials=args.tune_trials))
     rows = []
+    open_database(tmp / "empty.db").close()
     for label, db, source in (("tvmopt untuned", tmp / "empty.db", "an empty database"),
-                              ("tvmopt tuned", args.db, args.db or default_path())):
+                              ("tvmopt tuned", args.db, args.db or default_path()[0])):
         result = build.build(model_path, preset, tmp / f"{label.split()[1]}.so", db_path=db,
                              options=options)
         report = bench.bench(result.path, bench.BenchOptions(warmup=args.warmup,

@@ -41,16 +41,20 @@ def report(args) -> dict:
     import tvm
 
     import tvmopt
-    from tvmopt import build, runtime, targets, tuning
+    from tvmopt import build, runtime, targets
     from tvmopt.database import open_database, target_identity
+    from tvmopt.prepare import ModelOptions, prepare
+    from tvmopt.tasks import extract_tasks
+    from tvmopt.tuning.space import uses_tensor_cores
 
     preset = targets.resolve(args.target)
-    options = build.BuildOptions(precision=args.precision, layout=args.layout)
+    options = ModelOptions(precision=args.precision, layout=args.layout)
     out = {"model": args.model.name, "target": preset.key, "precision": args.precision,
            "layout": args.layout, "date": datetime.date.today().isoformat(),
            "tvm": tvm.__version__, "device": tvm.cuda(0).device_name if tvm.cuda(0).exist else "cpu"}
     latencies = {}
     with tempfile.TemporaryDirectory() as tmp:
+        open_database(Path(tmp) / "empty.db").close()
         for label, db in (("untuned", Path(tmp) / "empty.db"), ("tuned", args.db)):
             result = build.build(args.model, preset, Path(tmp) / f"{label}.so", db_path=db,
                                  options=options)
@@ -66,7 +70,7 @@ def report(args) -> dict:
     out["tuned_ms"] = latencies["tuned"] * 1e3
     out["speedup"] = latencies["untuned"] / latencies["tuned"]
 
-    mod = build.prepare(args.model, preset, options).mod
+    mod = prepare(args.model, preset, options).mod
     target = preset.tvm_target()
     tsha = target_identity(target)[0]
     with open_database(args.db, readonly=True) as store:
@@ -80,14 +84,14 @@ def report(args) -> dict:
         out["trials"] = trials
         out["trials_per_minute"] = 60 * trials / seconds if seconds else None
         tasks = []
-        for task in tuning.extract_tasks(mod, target):
+        for task in extract_tasks(mod, target):
             wid = store.find_workload(task.mod)
             best = store.best_records(wid, tsha, 1) if wid else []
             tasks.append({
                 "task": task.name, "weight": task.weight, "mflop": task.flops / 1e6,
                 "trials": store.count_trials(wid, tsha) if wid else 0,
                 "best_us": best[0].mean_sec * 1e6 if best else None,
-                "tensor_core": bool(best) and tuning.uses_tensor_cores(best[0].trace_json),
+                "tensor_core": bool(best) and uses_tensor_cores(best[0].trace_json),
             })
         out["tasks"] = tasks
     return out

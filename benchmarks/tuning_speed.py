@@ -64,14 +64,17 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from tvmopt import build, targets, tuning
+    from tvmopt import targets, tuning
     from tvmopt.database import open_database
+    from tvmopt.prepare import prepare
+    from tvmopt.tasks import extract_tasks
+    from tvmopt.tuning.space import search_target
 
     tmp = Path(tempfile.mkdtemp())
     model = conv_model(tmp / "conv.onnx", args.channels, args.size)
     preset = targets.resolve("host")
-    mod = build.prepare(model, preset).mod
-    target = tuning.search_target(preset.tvm_target())
+    mod = prepare(model, preset).mod
+    target = search_target(preset.tvm_target())
     print(f"task: conv2d 3x3 {args.channels}->{args.channels} on {args.size}x{args.size}, "
           f"{args.trials} trials, target {preset.key}")
 
@@ -79,7 +82,7 @@ def main() -> None:
 
     start = time.perf_counter()
     with open_database(tmp / "tvmopt.db") as store:
-        tuner = tuning.Tuner(tuning.extract_tasks(mod, target), target, "fp32", store,
+        tuner = tuning.Tuner(extract_tasks(mod, target), target, "fp32", store,
                              tuning.TuneOptions(trials=args.trials), on_progress=lambda *a: None)
         report = tuner.run()
     ours = {"trials": report.trials_this_run, "elapsed_s": time.perf_counter() - start,

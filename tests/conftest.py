@@ -28,10 +28,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def empty_database(path):
+    from tvmopt.database import open_database
+
+    open_database(path).close()  # a writer's open creates it
+    return path
+
+
 @pytest.fixture(autouse=True)
 def isolated_db(tmp_path, monkeypatch):
-    """Every test gets its own database, as a user pointing TVMOPT_DB at a file would."""
-    db = tmp_path / "tvmopt.db"
+    """Every test gets its own empty database, as a user pointing TVMOPT_DB at a file would."""
+    db = empty_database(tmp_path / "tvmopt.db")
     monkeypatch.setenv("TVMOPT_DB", str(db))
     monkeypatch.delenv("TVMOPT_TARGETS_PATH", raising=False)
     return db
@@ -74,7 +81,7 @@ def built_two_output(tmp_path_factory, two_output_model):
     from tvmopt import build, targets
 
     out = tmp_path_factory.mktemp("built") / "two_outputs.so"
-    db = tmp_path_factory.mktemp("db") / "tvmopt.db"
+    db = empty_database(tmp_path_factory.mktemp("db") / "tvmopt.db")
     build.build(two_output_model, targets.resolve("host"), out, db_path=db)
     return out
 

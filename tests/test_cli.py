@@ -1,5 +1,6 @@
 """The CLI end to end, and every bad input: one-line error, non-zero exit, no traceback."""
 
+import re
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import models
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, empty_database
 
 
 def test_build_check_run_roundtrip(invoke, tmp_path, two_output_model):
@@ -52,13 +53,44 @@ def test_check_fails_above_tolerance(invoke, tmp_path, conv_model):
     assert_one_line_error(result, "--check failed", "exceeds 1e-09")
 
 
-def test_db_envvar_and_option(invoke, tmp_path, two_output_model, isolated_db):
-    assert invoke("build", two_output_model, "--target", "host", "-o", tmp_path / "a.so").exit_code == 0
-    assert isolated_db.exists()  # TVMOPT_DB, set by the fixture
-    other = tmp_path / "other.db"
-    assert invoke("build", two_output_model, "--target", "host", "-o", tmp_path / "b.so",
-                  "--db", other).exit_code == 0
-    assert other.exists()
+def test_build_reads_the_database_from_db_or_tvmopt_db(invoke, tmp_path, two_output_model,
+                                                       isolated_db, monkeypatch):
+    result = invoke("build", two_output_model, "--target", "host", "-o", tmp_path / "a.so")
+    assert result.exit_code == 0 and f"(database {isolated_db})" in result.output  # TVMOPT_DB
+    other = empty_database(tmp_path / "other.db")
+    result = invoke("build", two_output_model, "--target", "host", "-o", tmp_path / "b.so",
+                    "--db", other)
+    assert result.exit_code == 0 and f"(database {other})" in result.output
+
+
+@pytest.mark.parametrize("how", ["--db", "TVMOPT_DB"])
+def test_build_with_a_mistyped_database_fails_and_creates_nothing(invoke, tmp_path, monkeypatch,
+                                                                   two_output_model, how):
+    typo = tmp_path / "tem.db"
+    args = ["--db", typo] if how == "--db" else []
+    if how == "TVMOPT_DB":
+        monkeypatch.setenv("TVMOPT_DB", str(typo))
+    before = sorted(tmp_path.iterdir())
+    result = invoke("build", two_output_model, "--target", "host", "-o", tmp_path / "m.so", *args)
+    assert_one_line_error(result, f"database {typo}: no such file")
+    assert sorted(tmp_path.iterdir()) == before
+    assert_one_line_error(invoke("db", "stats", *args), f"database {typo}: no such file")
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_without_a_default_database_build_and_stats_say_no_records(invoke, tmp_path, monkeypatch,
+                                                                  two_output_model):
+    monkeypatch.delenv("TVMOPT_DB")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = invoke("build", two_output_model, "--target", "host", "-o", "m.so")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("no tuning database at tuning_logs/tvmopt.db yet") == 1
+    assert re.search(r"0 of [1-9][0-9]* tasks tuned", result.output)
+    result = invoke("db", "stats")
+    assert result.exit_code == 0 and "no tuning records yet" in result.output
+    assert sorted(p.name for p in work.iterdir()) == ["m.so"]  # no database was created
 
 
 # --- bad input --------------------------------------------------------------------------------

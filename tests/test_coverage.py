@@ -12,6 +12,7 @@ import tvmopt
 import zoo
 from conftest import assert_one_line_error
 from tvmopt import build, frontend, normalize, passes, runtime, targets
+from tvmopt.prepare import ModelOptions
 from tvmopt.errors import TvmoptError
 
 
@@ -21,7 +22,7 @@ def zoo_models(tmp_path_factory):
 
 
 def _build_and_compare(path, meta, tmp_path, precision):
-    options = build.BuildOptions(input_shapes=meta["input_shapes"], precision=precision)
+    options = ModelOptions(input_shapes=meta["input_shapes"], precision=precision)
     lib = build.build(path, targets.resolve("host"), tmp_path / f"{precision}.so", options=options).path
     model = tvmopt.load(lib)
     inputs = runtime.random_inputs(model.inputs, seed=7)
@@ -127,12 +128,12 @@ def test_external_data_is_read_from_beside_the_model(zoo_models, tmp_path, invok
                     "--input-shape", "input_ids=2x16")
     assert_one_line_error(result, "gpt_decoder.onnx.data", "copy that file next to the model")
     shutil.copy(src.with_name(src.name + ".data"), moved.parent)
-    hash_before = frontend.model_sha256(moved, frontend.load_model_and_data(moved)[1])
+    hash_before = frontend.load(moved).sha256
     data = moved.parent / (src.name + ".data")
     raw = bytearray(data.read_bytes())
     raw[-1] ^= 1  # the same graph with one weight bit flipped is another model
     data.write_bytes(bytes(raw))
-    assert frontend.model_sha256(moved, frontend.load_model_and_data(moved)[1]) != hash_before
+    assert frontend.load(moved).sha256 != hash_before
 
 
 def test_inspect_json_lists_ops_dynamic_dims_converters_and_changes(zoo_models, invoke):

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from conftest import assert_one_line_error
-from tvmopt import build, runtime, targets
+from tvmopt import build, runtime, targets, toolchain
+from tvmopt import manifest as artifact_manifest
 from tvmopt.errors import TvmoptError
 
 
@@ -18,7 +19,7 @@ from tvmopt.errors import TvmoptError
 def test_cross_build_elf_machine_and_manifest(tmp_path, conv_model, preset, machine):
     p = targets.resolve(preset)
     result = build.build(conv_model, p, tmp_path / f"{preset}.so")
-    manifest = runtime.read_manifest(result.path)
+    manifest = artifact_manifest.read(result.path)
     assert manifest["elf_machine"] == machine
     assert manifest["target_key"] == p.key and manifest["preset"] == preset
 
@@ -27,7 +28,7 @@ def test_cross_build_elf_machine_and_manifest(tmp_path, conv_model, preset, mach
 def test_rocm_library_holds_an_amdgpu_code_object_for_its_arch(tmp_path, conv_model, invoke,
                                                               preset, arch):
     lib = build.build(conv_model, targets.resolve(preset), tmp_path / "rocm.so").path
-    assert runtime.amdgpu_code_objects(lib) == [arch]
+    assert artifact_manifest.amdgpu_code_objects(lib) == [arch]
     with pytest.raises(TvmoptError, match=f"built for rocm/{arch} and needs an AMD GPU"):
         runtime.load(lib)
     result = invoke("inspect", lib)
@@ -36,11 +37,11 @@ def test_rocm_library_holds_an_amdgpu_code_object_for_its_arch(tmp_path, conv_mo
 
 def test_cpu_libraries_hold_no_amdgpu_code(tmp_path, conv_model):
     lib = build.build(conv_model, targets.resolve("host"), tmp_path / "cpu.so").path
-    assert runtime.amdgpu_code_objects(lib) == []
+    assert artifact_manifest.amdgpu_code_objects(lib) == []
 
 
 def test_missing_rocm_bitcode_names_the_package(tmp_path, monkeypatch, conv_model, invoke):
-    monkeypatch.setattr(build, "_find_lld", lambda: "ld.lld-19")  # whether or not it is installed
+    monkeypatch.setattr(toolchain, "_find_lld", lambda: "ld.lld-19")  # whether or not it is installed
     monkeypatch.setenv("ROCM_PATH", str(tmp_path))  # a ROCm root without device libraries
     result = invoke("build", conv_model, "--target", "rocm-gfx942", "-o", tmp_path / "o.so")
     assert_one_line_error(result, "ocml.bc", "apt-get install rocm-device-libs")

@@ -28,17 +28,37 @@ def _integrity(path) -> str:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+SCHEMA = {
+    "workloads": {"id": int, "ir_sha256": str, "shash": str, "name": str, "ir_json": str,
+                  "created_at": str},
+    "runs": {"id": int, "uid": str, "host": str, "user": str, "model_sha256": str, "command": str,
+             "target_key": str, "trials": int, "started_at": str, "ended_at": str},
+    "records": {"id": int, "uid": str, "workload_id": int, "target_sha256": str, "target_key": str,
+                "target_json": str, "trace_json": str, "run_secs_json": str, "mean_sec": float,
+                "args_info_json": str, "device": str, "tvm_version": str, "run_uid": str,
+                "created_at": str},
+    "failures": {"id": int, "workload_id": int, "target_sha256": str, "target_key": str,
+                 "trace_sha256": str, "run_uid": str, "created_at": str},
+    "run_tasks": {"run_uid": str, "ir_sha256": str, "task": str, "weight": int},
+}
+INDEXES = {  # (table, columns, unique)
+    ("workloads", ("ir_sha256",), True), ("runs", ("uid",), True), ("records", ("uid",), True),
+    ("records", ("workload_id", "target_sha256", "mean_sec"), False),
+    ("failures", ("workload_id", "target_sha256", "trace_sha256"), True),
+    ("run_tasks", ("run_uid", "ir_sha256"), True),
+}
+
+
 def test_schema_created_by_migrations(tmp_path):
     with open_database(tmp_path / "t.db") as store:
-        cols = {t: set(store.db[t].columns_dict)
-                for t in ("workloads", "records", "runs", "failures", "run_tasks")}
+        tables = {t: store.db[t].columns_dict for t in store.db.table_names()
+                  if t != "_sqlite_migrations"}
+        indexes = {(t, tuple(i.columns), bool(i.unique)) for t in tables
+                   for i in store.db[t].indexes}
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
+    assert tables == SCHEMA
+    assert indexes == INDEXES
     assert applied == ["m001_initial", "m002_run_tasks"]
-    assert {"run_uid", "ir_sha256", "task", "weight"} <= cols["run_tasks"]
-    assert {"ir_sha256", "shash", "ir_json"} <= cols["workloads"]
-    assert {"target_json", "target_key", "trace_json", "run_secs_json", "args_info_json", "device",
-            "tvm_version", "created_at", "run_uid"} <= cols["records"]
-    assert {"host", "user", "model_sha256", "command", "trials", "started_at", "ended_at"} <= cols["runs"]
     # reopening applies nothing twice
     with open_database(tmp_path / "t.db") as store:
         assert store.db["_sqlite_migrations"].count == 2
@@ -230,3 +250,22 @@ def test_bad_database_files_are_refused_and_left_untouched(tmp_path, invoke, con
         with pytest.raises(TvmoptError):
             open_database(path)
         assert path.read_bytes() == before, name
+
+
+def test_a_round_of_records_commits_together_or_not_at_all(tmp_path):
+    """The tuner writes a round inside one `write()`: record writes join it, and a failure
+    part-way leaves none of the round's records behind."""
+    mod = records.workload(0)
+    with open_database(tmp_path / "t.db") as store:
+        db = store.for_target(_target(records.X86))
+        with pytest.raises(RuntimeError), store.write():
+            for split, secs in ((2, 1e-6), (4, 2e-6)):
+                db.commit_tuning_record(records.record(mod, [secs], records.X86, split=split))
+            assert store.count_records() == 2  # visible inside the transaction
+            raise RuntimeError("the tuner died mid-round")
+        assert store.count_records() == 0
+        with store.write():
+            for split, secs in ((2, 1e-6), (4, 2e-6)):
+                db.commit_tuning_record(records.record(mod, [secs], records.X86, split=split))
+    with open_database(tmp_path / "t.db", readonly=True) as store:
+        assert store.count_records() == 2

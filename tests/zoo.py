@@ -3,7 +3,7 @@
 Each builder is `NAME(path: Path, **kw) -> Path`: it writes one ONNX file (plus its external data
 file where the model has one) and returns the path of the .onnx file. `ZOO` maps a name to
 `(builder, metadata)`; `metadata["input_shapes"]` fixes every dynamic dimension (pass it as
-`BuildOptions(input_shapes=...)`), `metadata["dynamic"]` names the symbolic dims of the export.
+`ModelOptions(input_shapes=...)`), `metadata["dynamic"]` names the symbolic dims of the export.
 
 The CNN families and the transformers are exported from PyTorch (`torch==2.13.0`, CPU wheel);
 the opset-21 model is written with `onnx.helper`. Two exporters are covered, as users bring both:

@@ -8,7 +8,6 @@ between host and device are timed apart from compute, each bracketed by device s
 from __future__ import annotations
 
 import logging
-import platform
 import resource
 import statistics
 import time
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import manifest as artifact_manifest
 from . import runtime
 from .errors import TvmoptError
+from .targets import host_cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,7 @@ def artifact_batch(model: runtime.Model) -> int:
 def device_name(device) -> str:
     """The CPU's model name or the GPU's, as the vendor reports it."""
     if _is_host(device):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-        return platform.processor() or platform.machine()
+        return host_cpu_name()
     return str(device.device_name)
 
 
@@ -147,7 +145,7 @@ def _check_options(model: runtime.Model, options: BenchOptions) -> tuple[int, bo
 
 def _timed_calls(model: runtime.Model, options: BenchOptions) -> list[float]:
     """Seconds per call, one figure per call, timed on the device."""
-    vm, device = model._vm, model.device
+    vm, device = model.vm, model.device
     for _ in range(options.warmup):
         vm.invoke_stateful("main")
     device.sync()
@@ -186,7 +184,7 @@ def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int
     """Load an artifact and measure it on random inputs of its input specs."""
     import tvm
 
-    manifest = runtime.read_manifest(path)
+    manifest = artifact_manifest.read(path)
     device = runtime.device_for(manifest, Path(path))
     free_before = None if _is_host(device) else _free_device_memory(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -195,7 +193,7 @@ def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int
 
     host_inputs = runtime.random_inputs(model.inputs, seed=seed)
     args = [tvm.runtime.tensor(host_inputs[s.name], device) for s in model.inputs]
-    model._vm.set_input("main", *args)
+    model.vm.set_input("main", *args)
     latencies = _timed_calls(model, options)
     stats = summarize(latencies)
 
@@ -205,7 +203,7 @@ def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int
         # Into the buffers already on the device: the copy alone, not an allocation with it.
         h2d = _median_wall(lambda: [arg.copyfrom(host_inputs[s.name])
                                     for arg, s in zip(args, model.inputs)], device, copies) * 1e3
-        outputs = runtime.flatten_outputs(model._vm.get_outputs("main"))
+        outputs = runtime.flatten_outputs(model.vm.get_outputs("main"))
         d2h = _median_wall(lambda: [t.numpy() for t in outputs], device, copies) * 1e3
 
     if _is_host(device):
@@ -239,6 +237,7 @@ class KernelRow:
     kernel: str  # the compiled function's name
     task: str | None  # the tuning task it belongs to (kernels of one shape share a task)
     tuned: bool | None  # None for time outside kernels
+    provider: str | None  # where its implementation came from (tvmopt.kernels); None: unrecorded
     calls: int
     mean_us: float  # per call
     total_us: float  # per inference
@@ -273,6 +272,7 @@ def profile(path: str | Path, *, repeat: int = 20, seed: int = 0) -> tuple[float
     vm["main"](*args)
 
     kernels = model.manifest.get("kernels", {})
+    providers = model.manifest.get("kernel_providers", {})
     tuned_tasks = set(model.manifest.get("tuned_tasks", []))
     library = model.kernel_library()
     per_kernel: dict[str, list[float]] = {}
@@ -288,11 +288,12 @@ def profile(path: str | Path, *, repeat: int = 20, seed: int = 0) -> tuple[float
     for symbol, times in per_kernel.items():
         task = kernels.get(symbol)
         total = sum(times)
-        rows.append(KernelRow(symbol, task, task in tuned_tasks if task else False, len(times),
-                              total / len(times), total, total / latency_us))
+        rows.append(KernelRow(symbol, task, task in tuned_tasks if task else False,
+                              providers.get(symbol), len(times), total / len(times), total,
+                              total / latency_us))
     rows.sort(key=lambda r: -r.total_us)
     outside = latency_us - sum(r.total_us for r in rows)
     if outside > 0:
-        rows.append(KernelRow("(outside kernels: VM, allocation, copies)", None, None, 1, outside,
-                              outside, outside / latency_us))
+        rows.append(KernelRow("(outside kernels: VM, allocation, copies)", None, None, None, 1,
+                              outside, outside, outside / latency_us))
     return latency_us, rows

@@ -1,9 +1,8 @@
-"""Stage 5: compile a model for a target and export one deployable `.so` with its manifest.
+"""Stage 5: compile a prepared model for a target and export one deployable `.so` with its manifest.
 
-The manifest (inputs, outputs, target, precision, versions, hashes, tuned tasks) is linked into the
-library itself, in an ELF section `.tvmopt_manifest` that is also the exported symbol
-`tvmopt_manifest`: one file to deploy, readable without loading it (an ARM or CUDA library can
-be inspected on any machine) and from C++ through dlsym.
+Each kernel gets its implementation from the kernel providers in order (`tvmopt.kernels`: tuned
+records for this exact target, then TVM's default schedules); the rest of TVM's pipeline then
+lowers the module to a VM executable, which is linked with the manifest (`tvmopt.manifest`).
 """
 
 from __future__ import annotations
@@ -14,35 +13,28 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import frontend, normalize, passes, tuning
+from . import manifest as artifact_manifest
 from .database import open_database, target_identity
 from .errors import TvmoptError, first_line
+from .frontend import LoadedModel
+from .kernels import BuildContext, Kernel, apply_providers
+from .prepare import ModelOptions, prepare
 from .targets import Preset
+from .tasks import Task, extract_tasks, kernel_tasks, kernels
+from .toolchain import linker, toolchain
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FORMAT = 1
-MANIFEST_SECTION = ".tvmopt_manifest"
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    precision: str = "fp32"
-    layout: str = "NCHW"
-    cuda_graph: bool = False  # capture the model's static regions as CUDA graphs (CUDA only)
-    normalize: bool = True  # clean the ONNX graph up before import (tvmopt.normalize)
 
 
 @dataclass
 class BuildResult:
     path: Path
     manifest: dict
-    tasks: list[tuning.Task]
-    tuned: list[str]
+    tasks: list[Task]
+    tuned: list[str]  # names of the tasks whose kernels came from tuned records
     seconds: dict[str, float]
 
 
@@ -55,113 +47,46 @@ def _stage(seconds: dict, name: str, step: int, total: int):
     log.info("[%d/%d] %s done in %.1f s", step, total, name, seconds[name])
 
 
-@dataclass
-class Prepared:
-    """A model made ready to compile: the ONNX graph, its fixed inputs, the fused Relax module."""
+def build(model: str | Path | LoadedModel, preset: Preset, out_path, *, db_path=None,
+          options: ModelOptions = ModelOptions(), cuda_graph: bool = False) -> BuildResult:
+    """ONNX model in, deployable `.so` out, using the database's tuned schedules for this target.
 
-    model: object  # the ONNX ModelProto as imported (after normalisation)
-    data_files: list[Path]  # its external data, read from beside it
-    inputs: list[frontend.TensorSpec]
-    mod: object
-    normalization: list[normalize.Change]
-    imported: frontend.Imported
-
-
-def prepare(model_path, preset: Preset, options: BuildOptions = BuildOptions()) -> Prepared:
-    """Load, normalise, import and run the graph pipeline."""
-    model, data_files = frontend.load_model_and_data(model_path)
-    inputs = frontend.resolve_inputs(model, options.input_shapes)
-    model, changes = normalize.normalize(model, inputs) if options.normalize else (model, [])
-    imported = frontend.import_model(model, inputs)
-    target = preset.tvm_target()
-    with imported.explain_failures("the graph passes"):
-        mod = passes.run_pipeline(imported.mod, target,
-                                  passes.PipelineOptions(options.precision, options.layout))
-    return Prepared(model, data_files, inputs, mod, changes, imported)
-
-
-def _lower_with_database(mod, target, database, *, cuda_graph: bool = False):
-    """Apply tuned schedules, give the rest TVM's defaults, and compile to a VM executable."""
-    import importlib
-
-    import tvm
-    from tvm import relax
-    from tvm.s_tir import dlight as dl
-
-    is_gpu = relax.pipeline.BackendDispatcher.is_gpu_target(target)
-    # relax.pipeline.dataflow_lower_passes is broken in 0.27 (the backend packages do not export
-    # it), so take the lists from the backend's pipeline module directly.
-    backend = {"llvm": "cpu_generic", "cuda": "cuda", "rocm": "rocm"}.get(
-        target.kind.name, "gpu_generic")
-    backend_pipeline = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
-
-    @tvm.transform.module_pass(opt_level=3, name="tvmopt_lower")
-    def pipeline(mod, _ctx):
-        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        if is_gpu:  # kernels without a tuned record get DLight's default GPU schedules
-            mod = dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
-            )(mod)
-        return tvm.transform.Sequential(
-            backend_pipeline.dataflow_lower_passes(target) + backend_pipeline.finalize_passes(target)
-        )(mod)
-
-    # RewriteCUDAGraph (in the CUDA finalize passes) acts only when this is set.
-    config = {"relax.backend.use_cuda_graph": True} if cuda_graph else {}
-    with target, database, tvm.transform.PassContext(opt_level=3, config=config):
-        return tvm.compile(mod, target, relax_pipeline=pipeline)
-
-
-def _manifest_source(manifest: dict) -> str:
-    data = json.dumps(manifest, sort_keys=True).encode()
-    body = ",".join(str(b) for b in data)
-    return (
-        "// Generated by tvmopt: the artifact's manifest, readable from the ELF file or dlsym.\n"
-        # `extern` gives the const array external linkage, so dlsym can find it.
-        f'extern "C" __attribute__((used, visibility("default"), section("{MANIFEST_SECTION}")))\n'
-        f"const unsigned char tvmopt_manifest[{len(data) + 1}] = {{{body},0}};\n"
-    )
-
-
-def build(model_path, preset: Preset, out_path, *, db_path=None,
-          options: BuildOptions = BuildOptions()) -> BuildResult:
-    """ONNX file in, deployable `.so` out, using the database's tuned schedules for this target."""
+    `cuda_graph` captures the model's static regions as CUDA graphs (CUDA targets only). The
+    database is only read, and a missing default database means no tuned records.
+    """
     out_path = Path(out_path)
-    if options.cuda_graph and preset.family != "cuda":
+    if cuda_graph and preset.family != "cuda":
         raise TvmoptError(f"--cuda-graph needs a CUDA target; {preset.name} is {preset.family}")
-    linker = _linker(preset.cc)  # a missing compiler fails now, not after minutes of compiling
-    with toolchain(preset):
-        return _build(model_path, preset, out_path, db_path, options, linker)
+    fcompile = linker(preset.cc)  # a missing compiler fails now, not after minutes of compiling
+    with open_database(db_path, readonly=True) as store, toolchain(preset):
+        return _build(model, preset, out_path, store, options, cuda_graph, fcompile)
 
 
-def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResult:
+def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> BuildResult:
     import tvm
 
     seconds: dict[str, float] = {}
+    target = preset.tvm_target()
     with _stage(seconds, "import + graph passes", 1, 3):
-        prepared = prepare(model_path, preset, options)
-        model, inputs, mod = prepared.model, prepared.inputs, prepared.mod
-        target = preset.tvm_target()
-        tasks = tuning.extract_tasks(mod, target)
-        kernels = tuning.kernel_tasks(mod, tasks)
-    with open_database(db_path) as store, _stage(seconds, "compile", 2, 3):
-        database = store.for_target(target)
-        tuned = [t.name for t in tasks if database.has_workload(t.mod)
-                 and database.query_tuning_record(t.mod, target, t.name) is not None]
+        prepared = prepare(model, preset, options)
+        tasks = extract_tasks(prepared.mod, target)
+        task_of = kernel_tasks(prepared.mod, tasks)
+    with _stage(seconds, "compile", 2, 3):
+        found = [Kernel(name, func, task_of.get(name)) for name, func in kernels(prepared.mod).items()]
+        mod, providers = apply_providers(prepared.mod, found, BuildContext(target, store))
+        tuned = sorted({task_of[k].name for k, p in providers.items() if p == "tuned"},
+                       key=[t.name for t in tasks].index)
         log.info("%d of %d tasks tuned (database %s); untuned tasks use TVM's default schedules",
                  len(tuned), len(tasks), store.path)
         with prepared.imported.explain_failures("compilation"):
-            executable = _lower_with_database(mod, target, database,
-                                              cuda_graph=options.cuda_graph)
-        digest = store.digest()
+            executable = _compile(mod, target, cuda_graph=cuda_graph)
     tsha, tkey, _ = target_identity(target)
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": artifact_manifest.FORMAT,
         "tvmopt_version": _version(),
         "tvm_version": tvm.__version__,
-        "model": Path(model_path).name,
-        "model_sha256": frontend.model_sha256(model_path, prepared.data_files),
+        "model": prepared.model.path.name,
+        "model_sha256": prepared.model.sha256,
         "normalization": [str(c) for c in prepared.normalization],
         "target": json.loads(str(target)),
         "target_key": tkey,
@@ -170,146 +95,54 @@ def _build(model_path, preset, out_path, db_path, options, linker) -> BuildResul
         "family": preset.family,
         "precision": options.precision,
         "layout": options.layout,
-        "inputs": [t.as_dict() for t in inputs],
-        "outputs": [t.as_dict() for t in _output_specs(model, mod)],
-        "database_digest": digest,
+        "inputs": [t.as_dict() for t in prepared.inputs],
+        "outputs": [t.as_dict() for t in prepared.outputs],
+        "database_digest": store.digest(),
         "tasks": len(tasks),
         "tuned_tasks": tuned,
-        "kernels": kernels,
-        "cuda_graph": options.cuda_graph,
+        "kernels": {name: task.name for name, task in task_of.items()},
+        "kernel_providers": providers,
+        "cuda_graph": cuda_graph,
     }
     with _stage(seconds, "link", 3, 3):
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="tvmopt-") as tmp:
-            src = Path(tmp) / "tvmopt_manifest.cc"
-            src.write_text(_manifest_source(manifest))
-            partial = out_path.with_name(out_path.name + ".partial")
-            try:
-                executable.export_library(str(partial), fcompile=linker,
-                                          addons=[str(src)], workspace_dir=tmp)
-            except Exception as e:  # the compiler driver reports through assorted exceptions
-                partial.unlink(missing_ok=True)
-                raise TvmoptError(f"linking with {preset.cc} failed: "
-                                  f"{first_line(e)}") from e
-            os.replace(partial, out_path)  # never leave a half-written library at OUT.so
+        _export(executable, manifest, out_path, fcompile, preset.cc)
     return BuildResult(out_path, manifest, tasks, tuned, seconds)
 
 
-def _output_specs(model, mod) -> list[frontend.TensorSpec]:
-    """Output names from ONNX; shapes and dtypes as compiled (ONNX may leave them symbolic)."""
-    ret = mod["main"].ret_ty
-    fields = _flatten_types(ret)
-    specs = []
-    for onnx_spec, s in zip(frontend.graph_outputs(model), fields):
+def _compile(mod, target, *, cuda_graph: bool):
+    """Lower a module whose kernels are scheduled (or left as they are) to a VM executable."""
+    import importlib
+
+    import tvm
+
+    # relax.pipeline.dataflow_lower_passes is broken in 0.27 (the backend packages do not export
+    # it), so take the lists from the backend's pipeline module directly.
+    backend = {"llvm": "cpu_generic", "cuda": "cuda", "rocm": "rocm"}.get(
+        target.kind.name, "gpu_generic")
+    backend_pipeline = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+    pipeline = tvm.transform.Sequential(
+        backend_pipeline.dataflow_lower_passes(target) + backend_pipeline.finalize_passes(target),
+        name="tvmopt_lower")
+    # RewriteCUDAGraph (in the CUDA finalize passes) acts only when this is set.
+    config = {"relax.backend.use_cuda_graph": True} if cuda_graph else {}
+    with target, tvm.transform.PassContext(opt_level=3, config=config):
+        return tvm.compile(mod, target, relax_pipeline=pipeline)
+
+
+def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str) -> None:
+    """Link the library with its manifest; OUT.so appears whole or not at all."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tvmopt-") as tmp:
+        src = Path(tmp) / "tvmopt_manifest.cc"
+        src.write_text(artifact_manifest.source(manifest))
+        partial = out_path.with_name(out_path.name + ".partial")
         try:
-            shape = tuple(int(d) for d in s.shape.values)
-            dtype = str(s.dtype)
-        except (AttributeError, TypeError):
-            shape, dtype = onnx_spec.shape, onnx_spec.dtype
-        specs.append(frontend.TensorSpec(onnx_spec.name, shape, dtype))
-    return specs
-
-
-def _flatten_types(ty) -> list:
-    from tvm import relax
-
-    if isinstance(ty, relax.TupleType):
-        return [leaf for field in ty.fields for leaf in _flatten_types(field)]
-    return [ty]
-
-
-def _linker(cc: str):
-    import shutil
-
-    from tvm.support import cc as tvm_cc
-
-    if shutil.which(cc) is None:
-        raise TvmoptError(f"the C++ compiler {cc!r} for this target is not installed; "
-                          f"install it (e.g. apt-get install {_package_for(cc)})")
-    return tvm_cc.cross_compiler(cc)
-
-
-def _package_for(cc: str) -> str:
-    if cc.startswith("aarch64-linux-gnu-"):
-        return "g++-aarch64-linux-gnu"
-    return "g++"
-
-
-# Where Debian's rocm-device-libs and AMD's own ROCm install put the device bitcode (ocml.bc, ...).
-_ROCM_PATHS = ("/opt/rocm", "/usr/lib/x86_64-linux-gnu")
-# TVM's LLVM emits code object v6, which needs ld.lld 19 or newer to link.
-_MIN_LLD = 19
-
-
-@contextmanager
-def toolchain(preset: Preset):
-    """The preset's environment plus, for ROCm, the device bitcode and a new enough ld.lld."""
-    with _env(preset.env):
-        if preset.family != "rocm":
-            yield
-            return
-        lld = _find_lld()
-        with _env({"ROCM_PATH": _rocm_path()}), _linking_with(lld):
-            yield
-
-
-def _rocm_path() -> str:
-    given = os.environ.get("ROCM_PATH")
-    for root in ([given] if given else _ROCM_PATHS):
-        if (Path(root) / "amdgcn" / "bitcode" / "ocml.bc").is_file():
-            return root
-    where = f"ROCM_PATH={given}" if given else " or ".join(_ROCM_PATHS)
-    raise TvmoptError(f"ROCm device bitcode (amdgcn/bitcode/ocml.bc) not found in {where}; install "
-                      "it with apt-get install rocm-device-libs (or set ROCM_PATH to a ROCm install)")
-
-
-def _find_lld() -> str:
-    import shutil
-
-    for major in range(30, _MIN_LLD - 1, -1):
-        found = shutil.which(f"ld.lld-{major}")
-        if found:
-            return found
-    raise TvmoptError(f"ROCm builds need ld.lld {_MIN_LLD} or newer (TVM emits AMDGPU code object "
-                      f"v6); install it with apt-get install lld-{_MIN_LLD}")
-
-
-@contextmanager
-def _linking_with(lld: str):
-    """Make TVM link AMDGPU code objects with `lld` (its own lookup prefers an older ld.lld).
-
-    In this process only: MetaSchedule's builder workers keep TVM's own lookup."""
-    import tvm_ffi
-    from tvm.support import rocm  # registers the bitcode-path callback that codegen calls
-
-    def link(obj_bin):
-        with tempfile.TemporaryDirectory(prefix="tvmopt-rocm-") as tmp:
-            obj, code_object = Path(tmp) / "kernels.o", Path(tmp) / "kernels.co"
-            obj.write_bytes(bytes(obj_bin))
-            rocm.rocm_link(str(obj), str(code_object), lld=lld)
-            return bytearray(code_object.read_bytes())
-
-    previous = tvm_ffi.get_global_func("tvm_callback_rocm_link", allow_missing=True)
-    tvm_ffi.register_global_func("tvm_callback_rocm_link", link, override=True)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            tvm_ffi.register_global_func("tvm_callback_rocm_link", previous, override=True)
-
-
-@contextmanager
-def _env(values: dict):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: str(v) for k, v in values.items()})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            executable.export_library(str(partial), fcompile=fcompile,
+                                      addons=[str(src)], workspace_dir=tmp)
+        except Exception as e:  # the compiler driver reports through assorted exceptions
+            partial.unlink(missing_ok=True)
+            raise TvmoptError(f"linking with {cc} failed: {first_line(e)}") from e
+        os.replace(partial, out_path)
 
 
 def _version() -> str:

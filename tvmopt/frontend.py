@@ -21,6 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import TvmoptError, first_line
+from .formatting import shape as _shape
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,11 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_sha256(path: str | Path, data_files: list[Path]) -> str:
-    """The .onnx file's hash, extended by its external data files (as `load_model_and_data`
-    found them): weights are part of a model."""
-    path = Path(path)
+def _model_sha256(onnx_sha256: str, data_files: list[Path]) -> str:
+    """The .onnx file's hash, extended by its external data files: weights are part of a model."""
     if not data_files:
-        return file_sha256(path)
-    h = hashlib.sha256(file_sha256(path).encode())
+        return onnx_sha256
+    h = hashlib.sha256(onnx_sha256.encode())
     for f in data_files:
         h.update(f"{f.name}:{file_sha256(f)}".encode())
     return h.hexdigest()
@@ -126,25 +125,25 @@ def external_data_files(model: onnx.ModelProto, path: Path) -> list[Path]:
     return [path.parent / loc for loc in dict.fromkeys(locations)]
 
 
-def _load_graph_only(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError) as e:
-        raise TvmoptError(
-            f"{path}: not a readable ONNX model ({first_line(e)}); the file may be truncated "
-            "or not ONNX at all: re-export it"
-        ) from None
+@dataclass
+class LoadedModel:
+    """An ONNX file read once: the parsed model (external data loaded), and what identifies it."""
+
+    path: Path
+    proto: onnx.ModelProto
+    data_files: list[Path]  # its external data, read from beside it (loading drops their names)
+    sha256: str  # of the .onnx bytes, extended by the data files
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read and validate an ONNX file, with its external data from beside it; every way it can be
     unusable becomes a TvmoptError."""
-    return load_model_and_data(path)[0]
+    return load(path).proto
 
 
-def load_model_and_data(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
-    """`load_model`, also returning the external data files it read (loading them into the model
-    drops their names from it)."""
+def load(path: str | Path) -> LoadedModel:
+    """Read an ONNX file once: its bytes are hashed and parsed, its external data loaded, and the
+    whole model checked; every way it can be unusable becomes a TvmoptError."""
     from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
@@ -152,7 +151,16 @@ def load_model_and_data(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
         raise TvmoptError(f"{path}: no such file; pass the path of an .onnx model")
     if not path.is_file():
         raise TvmoptError(f"{path}: is not a file; pass the path of an .onnx model")
-    model = _load_graph_only(path)
+    raw = path.read_bytes()
+    try:
+        model = onnx.load_model_from_string(raw)
+    except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError) as e:
+        raise TvmoptError(
+            f"{path}: not a readable ONNX model ({first_line(e)}); the file may be truncated "
+            "or not ONNX at all: re-export it"
+        ) from None
+    onnx_sha256 = hashlib.sha256(raw).hexdigest()
+    del raw
     # protobuf happily parses many non-ONNX byte strings into an empty message.
     if not model.graph.node or model.ir_version == 0 or not model.graph.output:
         raise TvmoptError(
@@ -164,13 +172,6 @@ def load_model_and_data(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
     if missing:
         raise TvmoptError(f"{path}: its weights are in {missing[0].name}, which is not beside it "
                           f"in {path.parent}; copy that file next to the model")
-    try:
-        # The checker reads external data itself when given the path.
-        onnx.checker.check_model(str(path) if data_files else model)
-    except onnx.checker.ValidationError as e:
-        raise TvmoptError(
-            f"{path}: the ONNX checker rejects this model ({first_line(e)}); re-export it"
-        ) from None
     if data_files:
         try:
             load_external_data_for_model(model, str(path.parent))
@@ -178,7 +179,17 @@ def load_model_and_data(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
             raise TvmoptError(f"{path}: cannot read its external data ({first_line(e)}); "
                               "re-export the model") from None
         log.info("loaded external data from %s", ", ".join(f.name for f in data_files))
-    return model, data_files
+    try:
+        # In memory where protobuf can hold the model; past 2 GiB the checker reads the files.
+        onnx.checker.check_model(model if model.ByteSize() < _PROTOBUF_LIMIT else str(path))
+    except onnx.checker.ValidationError as e:
+        raise TvmoptError(
+            f"{path}: the ONNX checker rejects this model ({first_line(e)}); re-export it"
+        ) from None
+    return LoadedModel(path, model, data_files, _model_sha256(onnx_sha256, data_files))
+
+
+_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def _value_info_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
@@ -236,18 +247,19 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[UnsupportedNode]:
     ]
 
 
-def describe(model: onnx.ModelProto, path: str | Path, data_files: list[Path]) -> ModelInfo:
+def describe(loaded: LoadedModel) -> ModelInfo:
+    model = loaded.proto
     hist = collections.Counter(n.op_type for n in _all_nodes(model.graph))
     return ModelInfo(
-        path=str(path),
-        sha256=model_sha256(path, data_files),
+        path=str(loaded.path),
+        sha256=loaded.sha256,
         opset=model_opset(model),
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=graph_inputs(model),
         outputs=graph_outputs(model),
         op_histogram=dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
         unsupported=unsupported_nodes(model),
-        external_data=[f.name for f in data_files],
+        external_data=[f.name for f in loaded.data_files],
     )
 
 
@@ -287,19 +299,19 @@ def resolve_inputs(
             if len(shape) != len(spec.shape):
                 raise TvmoptError(
                     f"--input-shape {spec.name}: the model says rank {len(spec.shape)} "
-                    f"({_fmt_shape(spec.shape)}), got {len(shape)} dims"
+                    f"({_shape(spec.shape)}), got {len(shape)} dims"
                 )
             for want, got in zip(spec.shape, shape):
                 if isinstance(want, int) and want != got:
                     raise TvmoptError(
-                        f"--input-shape {spec.name}={_fmt_shape(shape)} contradicts the model's "
-                        f"fixed shape {_fmt_shape(spec.shape)}"
+                        f"--input-shape {spec.name}={_shape(shape)} contradicts the model's "
+                        f"fixed shape {_shape(spec.shape)}"
                     )
             resolved.append(TensorSpec(spec.name, tuple(shape), spec.dtype))
         elif not spec.is_static:
             raise TvmoptError(
-                f"input {spec.name!r} has dynamic shape {_fmt_shape(spec.shape)}; fix it with "
-                f"--input-shape {spec.name}={_fmt_shape(_example_dims(spec.shape))}"
+                f"input {spec.name!r} has dynamic shape {_shape(spec.shape)}; fix it with "
+                f"--input-shape {spec.name}={_shape(_example_dims(spec.shape))}"
             )
         else:
             resolved.append(spec)
@@ -308,10 +320,6 @@ def resolve_inputs(
 
 def _example_dims(shape: tuple[Dim, ...]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else 1 for d in shape)
-
-
-def _fmt_shape(shape) -> str:
-    return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
 _C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -1,7 +1,8 @@
 """Stage 2: the graph pipeline, Relax module in, fused Relax module (with TIR kernels) out.
 
 Each pass is named, so `tvmopt build --help` can list the pipeline and tests can run one pass and
-look at its effect. The output is the module that tuning extracts its tasks from and that the build
+look at its effect. TVM is imported only when the pipeline runs: each pass's `make` is handed
+`tvm.relax`, so listing the pipeline (the CLI's help) costs nothing. The output is the module that tuning extracts its tasks from and that the build
 applies tuned schedules to: both must see the same kernels, so both call `run_pipeline`.
 """
 
@@ -10,9 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import tvm
-from tvm import relax
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +28,11 @@ class PipelineOptions:
 class GraphPass:
     name: str
     summary: str
-    make: Callable[[tvm.target.Target], list[tvm.ir.transform.Pass]]
+    make: Callable[[object, object], list]  # (tvm.relax, target) -> the TVM passes
     applies: Callable[[PipelineOptions], bool] = lambda opts: True
 
 
-def _nhwc_passes(target):
+def _nhwc_passes(relax, target):
     return [
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         relax.transform.FoldConstant(),  # transpose the constant weights once, at build time
@@ -51,28 +49,28 @@ PIPELINE: tuple[GraphPass, ...] = (
     GraphPass(
         "fold-batchnorm",
         "fold inference batch-norm into the preceding conv weights, decompose the rest",
-        lambda target: [
+        lambda relax, target: [
             relax.transform.FoldBatchnormToConv2D(),
             relax.transform.DecomposeOpsForInference(),
         ],
     ),
     GraphPass("fold-constant", "evaluate everything that depends only on weights",
-              lambda target: [relax.transform.FoldConstant()]),
+              lambda relax, target: [relax.transform.FoldConstant()]),
     GraphPass("dead-code-elimination", "drop bindings and functions nothing uses",
-              lambda target: [relax.transform.DeadCodeElimination()]),
+              lambda relax, target: [relax.transform.DeadCodeElimination()]),
     GraphPass("layout-nhwc", "convert conv2d to NHWC/OHWI (--layout NHWC)", _nhwc_passes,
               lambda opts: opts.layout == "NHWC"),
     GraphPass(
         "mixed-precision-fp16",
         "run conv/matmul and elementwise ops in fp16 (--precision fp16); accumulate in fp32 on "
         "CPUs, in fp16 on GPUs",
-        lambda target: [relax.transform.ToMixedPrecision(out_dtype=_accumulator_dtype(target))],
+        lambda relax, target: [relax.transform.ToMixedPrecision(out_dtype=_accumulator_dtype(target))],
         lambda opts: opts.precision == "fp16",
     ),
     GraphPass(
         "legalize",
         "lower Relax ops to TIR kernels",
-        lambda target: [
+        lambda relax, target: [
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
@@ -81,7 +79,7 @@ PIPELINE: tuple[GraphPass, ...] = (
     GraphPass(
         "fuse",
         "fuse elementwise/injective ops into their producers: fewer, larger kernels",
-        lambda target: [relax.transform.FuseOps(), relax.transform.FuseTIR()],
+        lambda relax, target: [relax.transform.FuseOps(), relax.transform.FuseTIR()],
     ),
 )
 
@@ -92,14 +90,12 @@ def describe_pipeline() -> str:
     return "\n".join(f"{i}. {p.name}: {p.summary}" for i, p in enumerate(PIPELINE, 1))
 
 
-def run_pipeline(
-    mod: tvm.IRModule,
-    target: tvm.target.Target,
-    options: PipelineOptions = PipelineOptions(),
-    *,
-    only: tuple[str, ...] | None = None,
-) -> tvm.IRModule:
+def run_pipeline(mod, target, options: PipelineOptions = PipelineOptions(), *,
+                 only: tuple[str, ...] | None = None):
     """Run the graph pipeline (or the passes named in `only`, in pipeline order)."""
+    import tvm
+    from tvm import relax
+
     if options.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if options.layout not in LAYOUTS:
@@ -110,13 +106,16 @@ def run_pipeline(
         for gp in PIPELINE:
             if (only is not None and gp.name not in only) or not gp.applies(options):
                 continue
-            mod = tvm.transform.Sequential(gp.make(target), name=gp.name)(mod)
+            mod = tvm.transform.Sequential(gp.make(relax, target), name=gp.name)(mod)
             log.debug("pass %s done", gp.name)
     return mod
 
 
-def count_kernels(mod: tvm.IRModule) -> int:
+def count_kernels(mod) -> int:
     """The number of TIR kernel calls the main function makes."""
+    import tvm
+    from tvm import relax
+
     calls = 0
 
     def visit(expr):
@@ -128,8 +127,11 @@ def count_kernels(mod: tvm.IRModule) -> int:
     return calls
 
 
-def op_names(mod: tvm.IRModule) -> list[str]:
+def op_names(mod) -> list[str]:
     """Relax operator names called in the main function, e.g. relax.nn.batch_norm."""
+    import tvm
+    from tvm import relax
+
     names = []
 
     def visit(expr):

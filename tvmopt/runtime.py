@@ -2,111 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
-import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import manifest as artifact_manifest
 from .errors import TvmoptError, first_line
+from .formatting import shape as _shape
 from .frontend import TensorSpec
+from .targets import host_arch
 
 log = logging.getLogger(__name__)
-
-MANIFEST_SECTION = ".tvmopt_manifest"
-_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 224: "amdgpu", 243: "riscv"}
-
-
-def elf_sections(path: str | Path) -> tuple[str, dict[str, bytes]]:
-    """(machine, {section name: contents}) of an ELF64 little-endian file; TvmoptError otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise TvmoptError(f"{path}: no such file; pass a library built by `tvmopt build`")
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise TvmoptError(f"{path}: not a 64-bit ELF shared library; pass a library built by "
-                          "`tvmopt build`")
-    try:
-        machine, = struct.unpack_from("<H", data, 18)
-        shoff, = struct.unpack_from("<Q", data, 40)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 58)
-        headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                   for i in range(shnum)]
-        names_off, names_size = headers[shstrndx][4], headers[shstrndx][5]
-        names = data[names_off:names_off + names_size]
-        sections = {}
-        for h in headers:
-            name = names[h[0]:names.index(b"\0", h[0])].decode()
-            sections[name] = data[h[4]:h[4] + h[5]] if h[1] != 8 else b""  # 8 = NOBITS
-    except (struct.error, ValueError, IndexError):
-        raise TvmoptError(f"{path}: a damaged ELF file; rebuild it with `tvmopt build`") from None
-    return _ELF_MACHINES.get(machine, f"machine-{machine}"), sections
-
-
-def read_manifest(path: str | Path) -> dict:
-    """The manifest linked into a tvmopt artifact (works for any target's library)."""
-    machine, sections = elf_sections(path)
-    raw = sections.get(MANIFEST_SECTION)
-    if raw is None:
-        raise TvmoptError(f"{path}: not a tvmopt artifact (no manifest); build it with "
-                          "`tvmopt build MODEL.onnx --target T -o OUT.so`")
-    try:
-        manifest = json.loads(raw.rstrip(b"\0").decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise TvmoptError(f"{path}: the tvmopt manifest is damaged; rebuild the library") from None
-    manifest["elf_machine"] = machine
-    if manifest.get("family") == "rocm":
-        manifest["amdgpu_code_objects"] = amdgpu_code_objects(path)
-    return manifest
-
-
-_EM_AMDGPU = 224
-_AMDHSA_TARGET = re.compile(rb"amdgcn-amd-amdhsa-[a-z]*-(gfx[0-9a-f]+)")
-
-
-def amdgpu_code_objects(path: str | Path) -> list[str]:
-    """The gfx arch of every AMDGPU code object (an ELF inside the library's device blob).
-
-    A ROCm artifact cannot be run without an AMD GPU; this is the check that it holds device code
-    for the arch it claims.
-    """
-    data = Path(path).read_bytes()
-    archs = []
-    start = data.find(b"\x7fELF", 1)
-    while start > 0:
-        try:
-            machine, = struct.unpack_from("<H", data, start + 18)
-            shoff, = struct.unpack_from("<Q", data, start + 40)
-            shentsize, shnum = struct.unpack_from("<HH", data, start + 58)
-        except struct.error:
-            break
-        if machine == _EM_AMDGPU:
-            end = start + shoff + shentsize * shnum
-            # The code object's HSA metadata note names its target, e.g. amdgcn-amd-amdhsa--gfx90a.
-            match = _AMDHSA_TARGET.search(data, start, end)
-            archs.append(match.group(1).decode() if match else "unknown")
-        start = data.find(b"\x7fELF", start + 4)
-    return archs
-
-
-def _host_machine() -> str:
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
-
 
 def device_for(manifest: dict, path: Path):
     """The TVM device to run on, or a clear error when this machine cannot run the artifact."""
     import tvm
 
     key = manifest.get("target_key", "?")
-    if manifest["elf_machine"] != _host_machine():
+    if manifest["elf_machine"] != host_arch():
         raise TvmoptError(
             f"{path}: built for {key} ({manifest['elf_machine']}), this machine is "
-            f"{_host_machine()}; run it on a matching machine (or with examples/cpp_deploy under "
+            f"{host_arch()}; run it on a matching machine (or with examples/cpp_deploy under "
             f"qemu-{manifest['elf_machine']})"
         )
     kind = manifest["target"]["kind"]
@@ -131,7 +49,7 @@ class Model:
     manifest: dict
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    _vm: object
+    vm: object  # the Relax VM, inputs set with set_input for timed runs
     device: object
     _lib: object  # the loaded library, kept for fresh VMs and for its kernels
 
@@ -144,7 +62,7 @@ class Model:
         if extra:
             raise TvmoptError(f"unknown input(s) {', '.join(sorted(extra))}; the model's inputs are: "
                               + ", ".join(s.name for s in self.inputs))
-        result = self._vm["main"](*args)
+        result = self.vm["main"](*args)
         flat = flatten_outputs(result)
         return {spec.name: t.numpy() for spec, t in zip(self.outputs, flat)}
 
@@ -158,10 +76,10 @@ class Model:
         import tvm
 
         args = [tvm.runtime.tensor(self._validate(spec, inputs), self.device) for spec in self.inputs]
-        self._vm.set_input("main", *args)
+        self.vm.set_input("main", *args)
         for _ in range(warmup):
-            self._vm.invoke_stateful("main")
-        timer = self._vm.time_evaluator("invoke_stateful", self.device, number=number,
+            self.vm.invoke_stateful("main")
+        timer = self.vm.time_evaluator("invoke_stateful", self.device, number=number,
                                         repeat=repeat)
         return [float(x) for x in timer("main").results]
 
@@ -203,10 +121,6 @@ def flatten_outputs(result):
     return out
 
 
-def _shape(shape) -> str:
-    return "x".join(str(d) for d in shape) if len(shape) else "scalar"
-
-
 def _fmt(spec: TensorSpec) -> str:
     return f"{_shape(spec.shape)} {spec.dtype}"
 
@@ -217,7 +131,7 @@ def load(path: str | Path) -> Model:
     from tvm import relax
 
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest = artifact_manifest.read(path)
     device = device_for(manifest, path)
     try:
         lib = tvm.runtime.load_module(str(path.resolve()))

@@ -10,6 +10,7 @@ preset named by their `"default"` when there is none.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -214,12 +215,26 @@ def local_rocm_arch() -> str | None:
     return None
 
 
+def host_arch() -> str:
+    """This machine's architecture as ELF and LLVM triples name it: x86_64, aarch64."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def host_cpu_name() -> str:
+    """The CPU's model name as the vendor reports it (for provenance and reports)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def detect_host_target() -> dict:
     """This machine's CPU as an explicit LLVM target (never `native`)."""
     from tvm.target import codegen
 
-    machine = platform.machine()
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine)
+    arch = host_arch()
     target = {"kind": "llvm", "mtriple": f"{arch}-linux-gnu", "mcpu": codegen.llvm_get_system_cpu()}
     if arch == "aarch64":
         target["mattr"] = ["+neon"]

@@ -31,6 +31,8 @@ from sklearn.neural_network import MLPClassifier
 
 import tvmopt
 from tvmopt import build, targets, tuning
+from tvmopt.database import open_database
+from tvmopt.prepare import ModelOptions
 
 HERE = Path(__file__).resolve().parent
 TEST_SIZE = 450
@@ -105,16 +107,17 @@ def main() -> int:
     shapes = {"pixels": x_test.shape}
     if args.trials:
         report = tuning.tune(model_path, preset, db_path=args.db,
-                             build_options=build.BuildOptions(input_shapes=shapes),
+                             model_options=ModelOptions(input_shapes=shapes),
                              options=tuning.TuneOptions(trials=args.trials))
         print(f"tvmopt tune --trials {args.trials}: {report.trials_this_run} trials this run, "
               f"{report.trials_total} in the database ({report.stop_reason})")
     with tempfile.TemporaryDirectory() as empty:
+        open_database(Path(empty) / "empty.db").close()
         builds = [("untuned fp32", "fp32", Path(empty) / "empty.db"), ("fp32", "fp32", args.db),
                   ("fp16", "fp16", args.db)]
         for label, precision, db in builds:
             out = HERE / f"digits_mlp_{label.replace(' ', '_')}.so"
-            result = build.build(model_path, preset, out, db_path=db, options=build.BuildOptions(
+            result = build.build(model_path, preset, out, db_path=db, options=ModelOptions(
                 input_shapes=shapes, precision=precision))
             print(f"tvmopt build --target {args.target} --precision {precision} -> {out.name}: "
                   f"{len(result.tuned)} of {len(result.tasks)} tasks tuned")

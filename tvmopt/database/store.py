@@ -1,4 +1,4 @@
-"""Stage 4: the team's tuning database, one SQLite file shared by every tune and build.
+"""The team's tuning database, one SQLite file shared by every tune and build.
 
 Upstream's JSONDatabase ignores the target on lookup (apache/tvm #15549), appends every failed
 candidate and has no locking. Here:
@@ -8,7 +8,8 @@ candidate and has no locking. Here:
 - failed candidates are one small row each (trace hash), never returned as a best record;
 - the file runs in WAL mode with a busy timeout and short `BEGIN IMMEDIATE` write transactions,
   so many processes on one host can tune into it at once. WAL needs shared memory: do not put the
-  file on a network filesystem; merge files across hosts instead (`merge`).
+  file on a network filesystem; merge files across hosts instead (`merge`);
+- commands that only read open the file read-only and never create it.
 """
 
 from __future__ import annotations
@@ -16,232 +17,105 @@ from __future__ import annotations
 import contextlib
 import datetime
 import getpass
-import hashlib
 import json
 import logging
 import math
 import os
 import socket
 import sqlite3
-import struct
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
-from .errors import TvmoptError, first_line
+from ..errors import TvmoptError, first_line
+from .identity import canonical_json, sha256, target_identity, workload_identity
+from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, connect, known_migrations,
+                     migrations)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("tuning_logs") / "tvmopt.db"
-BUSY_TIMEOUT_S = 60.0
 # MetaSchedule reports a failed build or run as a huge latency.
 FAILED_RUN_SEC = 1e9
 
-migrations = sqlite_utils.Migrations("tvmopt")
-_MIGRATIONS_TABLE = sqlite_utils.Migrations.migrations_table
 _RECORD_COLUMNS = ("uid", "workload_id", "target_sha256", "target_key", "target_json", "trace_json",
                    "run_secs_json", "mean_sec", "args_info_json", "device", "tvm_version",
                    "run_uid", "created_at")
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database):
-    db.execute("""
-        CREATE TABLE workloads (
-            id INTEGER PRIMARY KEY,
-            ir_sha256 TEXT NOT NULL UNIQUE,   -- hash of the printed TIR: stable across platforms
-            shash TEXT NOT NULL,              -- TVM structural hash, as its JSON format wants
-            name TEXT,                        -- task name when first seen, for people
-            ir_json TEXT NOT NULL,            -- tvm.ir.save_json of the workload module
-            created_at TEXT NOT NULL
-        )""")
-    db.execute("""
-        CREATE TABLE runs (
-            id INTEGER PRIMARY KEY,
-            uid TEXT NOT NULL UNIQUE,         -- survives merges, unlike id
-            host TEXT, user TEXT, model_sha256 TEXT, command TEXT,
-            target_key TEXT, trials INTEGER,
-            started_at TEXT NOT NULL, ended_at TEXT
-        )""")
-    db.execute("""
-        CREATE TABLE records (
-            id INTEGER PRIMARY KEY,
-            uid TEXT NOT NULL UNIQUE,         -- content hash: merging twice adds nothing
-            workload_id INTEGER NOT NULL REFERENCES workloads(id),
-            target_sha256 TEXT NOT NULL,      -- canonical target JSON without its host
-            target_key TEXT NOT NULL,         -- readable: cuda/sm_90a, llvm/x86_64/znver4
-            target_json TEXT NOT NULL,
-            trace_json TEXT NOT NULL,
-            run_secs_json TEXT NOT NULL,
-            mean_sec REAL NOT NULL,
-            args_info_json TEXT,
-            device TEXT,
-            tvm_version TEXT,
-            run_uid TEXT,
-            created_at TEXT NOT NULL
-        )""")
-    db.execute("CREATE INDEX records_best ON records(workload_id, target_sha256, mean_sec)")
-    db.execute("""
-        CREATE TABLE failures (
-            id INTEGER PRIMARY KEY,
-            workload_id INTEGER NOT NULL REFERENCES workloads(id),
-            target_sha256 TEXT NOT NULL,
-            target_key TEXT NOT NULL,
-            trace_sha256 TEXT NOT NULL,
-            run_uid TEXT,
-            created_at TEXT NOT NULL,
-            UNIQUE(workload_id, target_sha256, trace_sha256)
-        )""")
-
-
-@migrations()
-def m002_run_tasks(db: sqlite_utils.Database):
-    # The model's tasks and weights per tune run: what turns per-task bests into a model estimate.
-    db.execute("""
-        CREATE TABLE run_tasks (
-            run_uid TEXT NOT NULL,
-            ir_sha256 TEXT NOT NULL,          -- the workload, by its merge-stable key
-            task TEXT,
-            weight INTEGER NOT NULL,          -- calls per inference
-            PRIMARY KEY (run_uid, ir_sha256)
-        )""")
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def default_path() -> tuple[Path, bool]:
+    """(the database a command uses without --db, whether the user chose it with TVMOPT_DB)."""
+    chosen = os.environ.get("TVMOPT_DB")
+    return (Path(chosen), True) if chosen else (DEFAULT_PATH, False)
 
 
-def canonical_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+def open_database(path: str | Path | None = None, *, readonly: bool = False) -> TuningStore:
+    """Open the tuning database at `path` (or TVMOPT_DB, or the default), migrated to this schema.
 
-
-def target_identity(target) -> tuple[str, str, str]:
-    """(sha256, readable key, canonical JSON) of a tvm Target, ignoring its host and core count.
-
-    A kernel's schedule depends on the device it runs on, not on the CPU that launches it; and
-    MetaSchedule needs `num-cores` only to search CPU schedules, whose parallel loops run on any
-    number of cores, so a build (which has no such attribute) must find them.
+    Writers create a missing file. Readers never do: a missing file the user named is an error,
+    and a missing default database is an empty one ("no records yet"), held in memory.
     """
-    from .targets import target_key
-
-    exported = json.loads(str(target))
-    exported.pop("host", None)
-    exported.pop("num-cores", None)
-    text = canonical_json(exported)
-    return _sha256(text), target_key(exported), text
-
-
-def record_to_json(record) -> list:
-    """TuningRecord -> JSON-able list, including traces that carry TVM objects.
-
-    Tensor-core traces pass IndexMaps as instruction inputs, which MetaSchedule's own Python
-    `as_json` rejects ("Not supported type"); TVM's C++ JSONDatabase writes them as their
-    `save_json` text, which is also what `TuningRecord.from_json` reads back. Do the same.
-    """
-    from tvm.s_tir.meta_schedule import _ffi_api
-
-    return _plain(_ffi_api.TuningRecordAsJSON(record))
-
-
-def _plain(obj):
-    import tvm
-    from tvm.tirx import FloatImm, IntImm
-    from tvm_ffi import Array, Map
-
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    if isinstance(obj, IntImm | FloatImm):
-        return obj.value
-    if isinstance(obj, Array | list | tuple):
-        return [_plain(x) for x in obj]
-    if isinstance(obj, Map | dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    return tvm.ir.save_json(obj)
-
-
-def default_path() -> Path:
-    return Path(os.environ.get("TVMOPT_DB") or DEFAULT_PATH)
-
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _check_file(path: Path) -> None:
-    """Reject files that are not intact SQLite databases, reading only (never writing) them."""
-    if not path.is_file():
-        raise TvmoptError(f"database {path}: is not a file; pass --db with a .db file path")
-    size = path.stat().st_size
-    if size == 0:
-        return  # an empty file is an empty SQLite database
-    with open(path, "rb") as f:
-        header = f.read(100)
-    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise TvmoptError(
-            f"database {path}: not a SQLite file; pass --db with a tvmopt database, "
-            "or a new path to create one"
-        )
-    page_size = struct.unpack(">H", header[16:18])[0]
-    page_size = 65536 if page_size == 1 else page_size
-    change_counter, page_count = struct.unpack(">II", header[24:32])
-    valid_for = struct.unpack(">I", header[92:96])[0]
-    if page_count and change_counter == valid_for and page_count * page_size > size:
-        raise TvmoptError(
-            f"database {path}: truncated ({size} of {page_count * page_size} bytes); "
-            "restore it from a copy or merge the good files into a new one"
-        )
-
-
-def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
-                               isolation_level=None, check_same_thread=False)
+    explicit = path is not None
+    path, chose = (Path(path), True) if explicit else default_path()
+    if path.exists():
+        check_file(path)
+        applied = applied_migrations(path)
+    elif readonly and chose:
+        raise TvmoptError(f"database {path}: no such file; check --db / TVMOPT_DB, or run "
+                          "`tvmopt tune` to create it")
+    elif readonly:
+        log.info("no tuning database at %s yet: no tuned records (`tvmopt tune` creates it)", path)
+        return _empty_store(path)
     else:
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    return conn
-
-
-def _inspect_schema(path: Path) -> list[str]:
-    """Applied tvmopt migrations of an existing file; errors for foreign, newer or corrupt files."""
+        applied = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if readonly:
+        return TuningStore(path, connect(path, readonly=True))
+    conn = connect(path, readonly=False)
     try:
-        with contextlib.closing(_connect(path, readonly=True)) as conn:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not tables:
-                return []
-            if _MIGRATIONS_TABLE not in tables:
-                raise TvmoptError(
-                    f"database {path}: a SQLite file, but not a tvmopt tuning database; "
-                    "pass --db with another path"
-                )
-            applied = [r[0] for r in conn.execute(
-                f"SELECT name FROM {_MIGRATIONS_TABLE} WHERE migration_set = ? ORDER BY id",
-                [migrations.name])]
-            if applied:
-                conn.execute("SELECT count(*) FROM records").fetchone()
+        _use_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        store = TuningStore(path, conn)
+        if len(applied) < len(known_migrations()):
+            with store.write():
+                migrations.apply(store.db)
     except sqlite3.DatabaseError as e:
-        raise TvmoptError(
-            f"database {path}: unreadable ({e}); it is corrupt: restore it from a copy"
-        ) from None
-    known = [m.name for m in migrations._migrations]
-    newer = [name for name in applied if name not in known]
-    if newer:
-        raise TvmoptError(
-            f"database {path}: written by a newer tvmopt (schema {newer[-1]}); "
-            "upgrade tvmopt to use it"
-        )
-    if not applied and tables - {_MIGRATIONS_TABLE}:
-        raise TvmoptError(
-            f"database {path}: a SQLite file, but not a tvmopt tuning database; "
-            "pass --db with another path"
-        )
-    return applied
+        conn.close()
+        raise TvmoptError(f"database {path}: cannot be opened for writing ({e})") from None
+    return store
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch a file to WAL mode (once in its life; the mode is stored in the file).
+
+    Switching needs the file to itself and SQLite answers "database is locked" at once rather than
+    waiting, so writers that create a file together wait here for the one that switches it.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _empty_store(path: Path) -> TuningStore:
+    """A database with this schema and no rows, in memory: what a missing default file holds."""
+    store = TuningStore(path, sqlite3.connect(":memory:", isolation_level=None,
+                                              check_same_thread=False), exists=False)
+    migrations.apply(store.db)
+    return store
 
 
 @dataclass
@@ -262,38 +136,12 @@ class StoredRecord:
     device: str | None
 
 
-def open_database(path: str | Path | None = None, *, readonly: bool = False) -> TuningStore:
-    """Open (creating and migrating if needed) the tuning database at `path` or the default."""
-    path = Path(path) if path is not None else default_path()
-    if path.exists():
-        _check_file(path)
-        applied = _inspect_schema(path)
-    else:
-        if readonly:
-            raise TvmoptError(f"database {path}: no such file")
-        applied = []
-        path.parent.mkdir(parents=True, exist_ok=True)
-    if readonly:
-        return TuningStore(path, _connect(path, readonly=True))
-    conn = _connect(path, readonly=False)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        store = TuningStore(path, conn)
-        if len(applied) < len(migrations._migrations):
-            with store.write():
-                migrations.apply(store.db)
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        raise TvmoptError(f"database {path}: cannot be opened for writing ({e})") from None
-    return store
-
-
 class TuningStore:
     """The SQLite file, through plain methods; `for_target` gives MetaSchedule's view of it."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection):
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, exists: bool = True):
         self.path = path
+        self.exists = exists  # False: no file at `path` yet, the store is empty and in memory
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
 
@@ -311,8 +159,12 @@ class TuningStore:
         """A short write transaction that takes the write lock up front.
 
         A deferred transaction that upgrades from read to write can fail with SQLITE_BUSY without
-        waiting; IMMEDIATE waits for the lock (busy timeout) instead.
+        waiting; IMMEDIATE waits for the lock (busy timeout) instead. Nested, it joins the
+        transaction around it (e.g. a tuning round's records commit together).
         """
+        if self.conn.in_transaction:
+            yield
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -323,13 +175,9 @@ class TuningStore:
 
     # --- workloads -------------------------------------------------------------------------
 
-    @staticmethod
-    def workload_identity(mod) -> str:
-        return _sha256(mod.script(show_meta=True))
-
     def find_workload(self, mod) -> int | None:
         row = self.conn.execute(
-            "SELECT id FROM workloads WHERE ir_sha256 = ?", [self.workload_identity(mod)]
+            "SELECT id FROM workloads WHERE ir_sha256 = ?", [workload_identity(mod)]
         ).fetchone()
         return row[0] if row else None
 
@@ -337,7 +185,7 @@ class TuningStore:
         import tvm
         import tvm_ffi
 
-        ir_sha = self.workload_identity(mod)
+        ir_sha = workload_identity(mod)
         row = self.conn.execute("SELECT id, name FROM workloads WHERE ir_sha256 = ?",
                                 [ir_sha]).fetchone()
         if row:
@@ -377,7 +225,7 @@ class TuningStore:
                 self.conn.execute(
                     "INSERT OR IGNORE INTO failures (workload_id, target_sha256, target_key, "
                     "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [workload_id, tsha, tkey, _sha256(trace_json), run_uid, now],
+                    [workload_id, tsha, tkey, sha256(trace_json), run_uid, now],
                 )
             return "failure"
         values = {
@@ -398,7 +246,7 @@ class TuningStore:
 
     def _insert_record(self, values: dict, workload_sha: str) -> bool:
         """Insert unless an identical record (same content and provenance) is there already."""
-        uid = _sha256(canonical_json([
+        uid = sha256(canonical_json([
             workload_sha, values["target_sha256"], values["trace_json"], values["run_secs_json"],
             values["device"], values["run_uid"]]))
         cols = ["uid", *values]
@@ -448,7 +296,7 @@ class TuningStore:
 
     def set_run_tasks(self, uid: str, tasks) -> None:
         """Record the tasks (objects with .mod, .name, .weight) that a tune run is working on."""
-        rows = [[uid, self.workload_identity(t.mod), t.name, t.weight] for t in tasks]
+        rows = [[uid, workload_identity(t.mod), t.name, t.weight] for t in tasks]
         with self.write():
             self.conn.executemany("INSERT OR REPLACE INTO run_tasks (run_uid, ir_sha256, task, weight) "
                                   "VALUES (?, ?, ?, ?)", rows)
@@ -616,6 +464,8 @@ class TuningStore:
         """Read a TVM JSONDatabase directory; re-importing the same files adds nothing."""
         from tvm.s_tir import meta_schedule as ms
 
+        from .metaschedule import record_to_json
+
         directory = Path(directory)
         paths = [directory / "database_workload.json", directory / "database_tuning_record.json"]
         missing = [p for p in paths if not p.is_file()]
@@ -628,7 +478,7 @@ class TuningStore:
         except Exception as e:  # TVM's parser raises assorted types for malformed lines
             raise TvmoptError(f"{directory}: TVM cannot read these database files "
                               f"({first_line(e, 200)})") from None
-        source = "import:" + _sha256("".join(_sha256(p.read_text()) for p in paths))[:16]
+        source = "import:" + sha256("".join(sha256(p.read_text()) for p in paths))[:16]
         counts = {"added": 0, "duplicate": 0, "failure": 0, "no_target": 0}
         for record in records:
             if record.target is None:  # a record must say what it was measured on
@@ -641,12 +491,14 @@ class TuningStore:
 
     def for_target(self, target, *, device: str | None = None, run_uid: str | None = None):
         """MetaSchedule's Database interface, scoped to one target."""
+        from .metaschedule import TargetDatabase
+
         return TargetDatabase(self, target, device=device, run_uid=run_uid)
 
     def digest(self) -> str:
         """Identifies the database contents a build used (changes when records are added)."""
         row = self.conn.execute("SELECT count(*), max(id) FROM records").fetchone()
-        return _sha256(f"{self.path.resolve()}:{row[0]}:{row[1]}")[:16]
+        return sha256(f"{self.path.resolve()}:{row[0]}:{row[1]}")[:16]
 
 
 def _user() -> str:
@@ -656,87 +508,3 @@ def _user() -> str:
         return "unknown"
 
 
-def _record_from_row(row: StoredRecord, workload):
-    from tvm.s_tir import meta_schedule as ms
-
-    obj = [json.loads(row.trace_json), row.run_secs, json.loads(row.target_json),
-           json.loads(row.args_info_json) if row.args_info_json else None]
-    try:
-        return ms.database.TuningRecord.from_json(obj, workload)
-    except ValueError as e:
-        if "is not registered" not in str(e):
-            raise
-        # Tensor-core traces name intrinsics that only this import registers; it takes seconds,
-        # so it is paid only by builds that meet such a record.
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-
-        return ms.database.TuningRecord.from_json(obj, workload)
-
-
-def _make_target_database_class():
-    """Defined lazily: importing MetaSchedule costs a second, and most commands never need it."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
-    @derived_object
-    class _TargetDatabase(ms.database.PyDatabase):
-        def __init__(self, store: TuningStore, target, device, run_uid):
-            super().__init__()
-            self.store = store
-            self.target = target
-            self.target_sha256 = target_identity(target)[0]
-            self.device = device
-            self.run_uid = run_uid
-
-        def has_workload(self, mod) -> bool:
-            return self.store.find_workload(mod) is not None
-
-        def commit_workload(self, mod):
-            self.store.add_workload(mod)
-            return ms.database.Workload(mod)
-
-        def commit_tuning_record(self, record) -> None:
-            workload_id = self.store.add_workload(record.workload.mod)
-            self.store.add_record(
-                workload_id, record.target or self.target, record_to_json(record),
-                device=self.device, run_uid=self.run_uid)
-
-        def _records(self, workload, workload_id: int, target_sha256: str, k: int):
-            return [_record_from_row(r, workload)
-                    for r in self.store.best_records(workload_id, target_sha256, k)]
-
-        def get_top_k(self, workload, top_k: int):
-            workload_id = self.store.find_workload(workload.mod)
-            if workload_id is None or top_k <= 0:
-                return []
-            return self._records(workload, workload_id, self.target_sha256, top_k)
-
-        def get_all_tuning_records(self):
-            out = []
-            for workload_id in self.store.workload_ids_for_target(self.target_sha256):
-                workload = ms.database.Workload(self.store.load_workload_mod(workload_id))
-                out += self._records(workload, workload_id, self.target_sha256, 1 << 30)
-            return out
-
-        def query_tuning_record(self, mod, target, workload_name=None):
-            workload_id = self.store.find_workload(mod)
-            if workload_id is None:
-                return None
-            records = self._records(ms.database.Workload(mod), workload_id,
-                                    target_identity(target)[0], 1)
-            return records[0] if records else None
-
-        def __len__(self) -> int:
-            return self.store.count_records(self.target_sha256)
-
-    return _TargetDatabase
-
-
-_target_database_class = None
-
-
-def TargetDatabase(store: TuningStore, target, *, device=None, run_uid=None):  # noqa: N802
-    global _target_database_class
-    if _target_database_class is None:
-        _target_database_class = _make_target_database_class()
-    return _target_database_class(store, target, device, run_uid)

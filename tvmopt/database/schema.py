@@ -1,0 +1,159 @@
+"""The tuning database's schema: append-only migrations, and the checks an existing file passes
+before tvmopt writes to it (a foreign, truncated, corrupt or newer file is refused untouched)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+import struct
+import urllib.parse
+from pathlib import Path
+
+import sqlite_utils
+
+from ..errors import TvmoptError
+
+BUSY_TIMEOUT_S = 60.0
+
+migrations = sqlite_utils.Migrations("tvmopt")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database):
+    db.execute("""
+        CREATE TABLE workloads (
+            id INTEGER PRIMARY KEY,
+            ir_sha256 TEXT NOT NULL UNIQUE,   -- hash of the printed TIR: stable across platforms
+            shash TEXT NOT NULL,              -- TVM structural hash, as its JSON format wants
+            name TEXT,                        -- task name when first seen, for people
+            ir_json TEXT NOT NULL,            -- tvm.ir.save_json of the workload module
+            created_at TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,         -- survives merges, unlike id
+            host TEXT, user TEXT, model_sha256 TEXT, command TEXT,
+            target_key TEXT, trials INTEGER,
+            started_at TEXT NOT NULL, ended_at TEXT
+        )""")
+    db.execute("""
+        CREATE TABLE records (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,         -- content hash: merging twice adds nothing
+            workload_id INTEGER NOT NULL REFERENCES workloads(id),
+            target_sha256 TEXT NOT NULL,      -- canonical target JSON without its host
+            target_key TEXT NOT NULL,         -- readable: cuda/sm_90a, llvm/x86_64/znver4
+            target_json TEXT NOT NULL,
+            trace_json TEXT NOT NULL,
+            run_secs_json TEXT NOT NULL,
+            mean_sec REAL NOT NULL,
+            args_info_json TEXT,
+            device TEXT,
+            tvm_version TEXT,
+            run_uid TEXT,
+            created_at TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX records_best ON records(workload_id, target_sha256, mean_sec)")
+    db.execute("""
+        CREATE TABLE failures (
+            id INTEGER PRIMARY KEY,
+            workload_id INTEGER NOT NULL REFERENCES workloads(id),
+            target_sha256 TEXT NOT NULL,
+            target_key TEXT NOT NULL,
+            trace_sha256 TEXT NOT NULL,
+            run_uid TEXT,
+            created_at TEXT NOT NULL,
+            UNIQUE(workload_id, target_sha256, trace_sha256)
+        )""")
+
+
+@migrations()
+def m002_run_tasks(db: sqlite_utils.Database):
+    # The model's tasks and weights per tune run: what turns per-task bests into a model estimate.
+    db.execute("""
+        CREATE TABLE run_tasks (
+            run_uid TEXT NOT NULL,
+            ir_sha256 TEXT NOT NULL,          -- the workload, by its merge-stable key
+            task TEXT,
+            weight INTEGER NOT NULL,          -- calls per inference
+            PRIMARY KEY (run_uid, ir_sha256)
+        )""")
+
+
+@functools.cache
+def known_migrations() -> tuple[str, ...]:
+    """Every migration this tvmopt has, in order (all of them are pending on an empty database)."""
+    return tuple(m.name for m in migrations.pending(sqlite_utils.Database(memory=True)))
+
+
+def connect(path: Path | str, readonly: bool) -> sqlite3.Connection:
+    """Autocommit (tvmopt opens its transactions itself), waiting on a busy lock."""
+    if readonly:  # a read-only open never creates the file
+        path = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    conn = sqlite3.connect(path, uri=readonly, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_file(path: Path) -> None:
+    """Reject files that are not intact SQLite databases, reading only (never writing) them."""
+    if not path.is_file():
+        raise TvmoptError(f"database {path}: is not a file; pass --db with a .db file path")
+    size = path.stat().st_size
+    if size == 0:
+        return  # an empty file is an empty SQLite database
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise TvmoptError(
+            f"database {path}: not a SQLite file; pass --db with a tvmopt database, "
+            "or a new path to create one"
+        )
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter, page_count = struct.unpack(">II", header[24:32])
+    valid_for = struct.unpack(">I", header[92:96])[0]
+    if page_count and change_counter == valid_for and page_count * page_size > size:
+        raise TvmoptError(
+            f"database {path}: truncated ({size} of {page_count * page_size} bytes); "
+            "restore it from a copy or merge the good files into a new one"
+        )
+
+
+def _not_tvmopt(path: Path) -> TvmoptError:
+    return TvmoptError(f"database {path}: a SQLite file, but not a tvmopt tuning database; "
+                       "pass --db with another path")
+
+
+def applied_migrations(path: Path) -> list[str]:
+    """Applied tvmopt migrations of an existing file; errors for foreign, newer or corrupt files."""
+    try:
+        with contextlib.closing(connect(path, readonly=True)) as conn:
+            db = sqlite_utils.Database(conn)
+            tables = set(db.table_names())
+            if not tables:
+                return []
+            if migrations.migrations_table not in tables:
+                raise _not_tvmopt(path)
+            applied = [m.name for m in migrations.applied(db)]
+            if applied:
+                conn.execute("SELECT count(*) FROM records").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise TvmoptError(
+            f"database {path}: unreadable ({e}); it is corrupt: restore it from a copy"
+        ) from None
+    newer = [name for name in applied if name not in known_migrations()]
+    if newer:
+        raise TvmoptError(
+            f"database {path}: written by a newer tvmopt (schema {newer[-1]}); "
+            "upgrade tvmopt to use it"
+        )
+    if not applied and tables - {migrations.migrations_table}:
+        raise _not_tvmopt(path)
+    return applied
