@@ -143,23 +143,52 @@ def _wait_for_progress(proc, timeout=300):
     raise AssertionError("no progress line from tvmopt tune")
 
 
-def test_ctrl_c_stops_after_batch_and_prints_resume(tiny, tmp_path):
-    db = tmp_path / "int.db"
-    proc = subprocess.Popen([*TVMOPT, "tune", str(tiny), "--target", "host", "--trials", "500",
-                             "--batch-size", "8", "--db", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_progress(proc)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
-    assert "stopped: interrupted" in out and "Traceback" not in err
-    assert f"resume with: tvmopt tune {tiny}" in err
+def _measured(db) -> tuple[int, int, int, str | None]:
+    """(records, failures, trials the run counted, when it ended) of a one-run database."""
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        measured = sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                       for t in ("records", "failures"))
-        (trials,) = conn.execute("SELECT trials FROM runs").fetchone()
-    assert measured == trials and measured % 8 == 0 and measured >= 8
+        records, failures = (conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                             for t in ("records", "failures"))
+        trials, ended = conn.execute("SELECT trials, ended_at FROM runs").fetchone()
+    return records, failures, trials, ended
+
+
+@pytest.mark.parametrize("how, code", [("terminal Ctrl-C", 130), ("SIGTERM", 143)])
+def test_a_stop_signal_finishes_the_batch_and_prints_resume(tiny, tmp_path, how, code):
+    """A terminal sends Ctrl-C to the whole process group, workers included; `timeout` and
+    systemd send SIGTERM. Either way the batch in flight is measured, not lost as failures."""
+    db = tmp_path / "int.db"
+    proc = subprocess.Popen([*TVMOPT, "tune", str(tiny), "--target", "host", "--trials", "500",
+                             "--batch-size", "8", "--db", str(db)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_progress(proc)
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert "stopped: interrupted after the current batch" in out and "Traceback" not in err
+    assert f"resume with: tvmopt tune {tiny}" in err
+    records, failures, trials, ended = _measured(db)
+    assert failures == 0 and records == trials and trials % 8 == 0 and trials >= 8 and ended
+
+
+def test_a_second_ctrl_c_stops_at_once_and_still_prints_resume(tiny, tmp_path):
+    db = tmp_path / "int.db"
+    proc = subprocess.Popen([*TVMOPT, "tune", str(tiny), "--target", "host", "--trials", "500",
+                             "--batch-size", "16", "--db", str(db)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_progress(proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert f"resume with: tvmopt tune {tiny}" in err
+    records, failures, trials, ended = _measured(db)
+    assert records + failures == trials and trials % 16 == 0 and ended
 
 
 def test_kill_9_tuner_keeps_committed_records(tiny, tmp_path):

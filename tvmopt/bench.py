@@ -180,7 +180,8 @@ def _free_device_memory(device) -> int | None:
         return None
 
 
-def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int = 0) -> BenchReport:
+def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int = 0,
+          sha256: str | None = None) -> BenchReport:
     """Load an artifact and measure it on random inputs of its input specs."""
     import tvm
 
@@ -188,7 +189,7 @@ def bench(path: str | Path, options: BenchOptions = BenchOptions(), *, seed: int
     device = runtime.device_for(manifest, Path(path))
     free_before = None if _is_host(device) else _free_device_memory(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = runtime.load(path)
+    model = runtime.load(path, sha256=sha256)
     batch, cuda_graph = _check_options(model, options)
 
     host_inputs = runtime.random_inputs(model.inputs, seed=seed)
@@ -247,7 +248,8 @@ class KernelRow:
         return asdict(self)
 
 
-def profile(path: str | Path, *, repeat: int = 20, seed: int = 0) -> tuple[float, list[KernelRow]]:
+def profile(path: str | Path, *, repeat: int = 20, seed: int = 0,
+            sha256: str | None = None) -> tuple[float, list[KernelRow]]:
     """(model latency in µs, one row per kernel, slowest first, plus the time outside kernels).
 
     The VM's instrument hook records every kernel call of one inference with its arguments; each
@@ -255,7 +257,7 @@ def profile(path: str | Path, *, repeat: int = 20, seed: int = 0) -> tuple[float
     """
     import tvm
 
-    model = runtime.load(path)
+    model = runtime.load(path, sha256=sha256)
     inputs = runtime.random_inputs(model.inputs, seed=seed)
     args = [tvm.runtime.tensor(inputs[s.name], model.device) for s in model.inputs]
     latency_us = statistics.median(model.time(inputs, number=5, repeat=repeat)) * 1e6

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -19,8 +18,9 @@ from pathlib import Path
 from . import manifest as artifact_manifest
 from .database import open_database, target_identity
 from .errors import TvmoptError, first_line
-from .frontend import LoadedModel
+from .frontend import LoadedModel, load
 from .kernels import BuildContext, Kernel, apply_providers
+from .outputs import check_output, written_whole
 from .prepare import ModelOptions, prepare
 from .targets import Preset
 from .tasks import Task, extract_tasks, kernel_tasks, kernels
@@ -54,12 +54,18 @@ def build(model: str | Path | LoadedModel, preset: Preset, out_path, *, db_path=
     `cuda_graph` captures the model's static regions as CUDA graphs (CUDA targets only). The
     database is only read, and a missing default database means no tuned records.
     """
-    out_path = Path(out_path)
     if cuda_graph and preset.family != "cuda":
         raise TvmoptError(f"--cuda-graph needs a CUDA target; {preset.name} is {preset.family}")
     fcompile = linker(preset.cc)  # a missing compiler fails now, not after minutes of compiling
-    with open_database(db_path, readonly=True) as store, toolchain(preset):
-        return _build(model, preset, out_path, store, options, cuda_graph, fcompile)
+    loaded = model if isinstance(model, LoadedModel) else load(model)
+    with open_database(db_path, readonly=True) as store:
+        out_path = check_output(
+            out_path, flag="-o", kind="tvmopt library", replaceable=is_artifact, protected=[
+                (loaded.path, "the model being built"),
+                *((f, "the model's external weights") for f in loaded.data_files),
+                *((f"{store.path}{end}", "the tuning database in use") for end in ("", "-wal", "-shm"))])
+        with toolchain(preset):
+            return _build(loaded, preset, out_path, store, options, cuda_graph, fcompile)
 
 
 def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> BuildResult:
@@ -131,18 +137,22 @@ def _compile(mod, target, *, cuda_graph: bool):
 
 def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str) -> None:
     """Link the library with its manifest; OUT.so appears whole or not at all."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="tvmopt-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tvmopt-") as tmp, written_whole(out_path) as partial:
         src = Path(tmp) / "tvmopt_manifest.cc"
         src.write_text(artifact_manifest.source(manifest))
-        partial = out_path.with_name(out_path.name + ".partial")
         try:
             executable.export_library(str(partial), fcompile=fcompile,
                                       addons=[str(src)], workspace_dir=tmp)
         except Exception as e:  # the compiler driver reports through assorted exceptions
-            partial.unlink(missing_ok=True)
             raise TvmoptError(f"linking with {cc} failed: {first_line(e)}") from e
-        os.replace(partial, out_path)
+
+
+def is_artifact(path: Path) -> bool:
+    """Whether `path` is a library tvmopt built (one it may replace)."""
+    try:
+        return artifact_manifest.elf_section(path, artifact_manifest.SECTION)[1] is not None
+    except TvmoptError:
+        return False
 
 
 def _version() -> str:

@@ -381,6 +381,8 @@ class Imported:
         except TvmoptError:
             raise
         except Exception as e:  # TVM raises assorted types from C++ and Python
+            if "KeyboardInterrupt" in str(e):  # Ctrl-C while TVM's C++ was running
+                raise KeyboardInterrupt from None
             hint = (f"a likely cause: the first ONNX node whose output shape TVM could not "
                     f"determine is {self.shape_lost_at}; check the shapes feeding it"
                     if self.shape_lost_at else "run with TVMOPT_DEBUG=1 and report it")

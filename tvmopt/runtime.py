@@ -110,6 +110,17 @@ class Model:
         return np.ascontiguousarray(arr)
 
 
+def check_sha256(path: Path, expected: str) -> None:
+    from .frontend import file_sha256
+
+    if not path.is_file():
+        raise TvmoptError(f"{path}: no such file; pass a library built by `tvmopt build`")
+    actual = file_sha256(path)
+    if actual != expected.strip().lower():
+        raise TvmoptError(f"{path}: sha256 is {actual}, not the pinned {expected}; it is not the "
+                          "file you trust: do not load it")
+
+
 def flatten_outputs(result):
     import tvm
 
@@ -125,12 +136,17 @@ def _fmt(spec: TensorSpec) -> str:
     return f"{_shape(spec.shape)} {spec.dtype}"
 
 
-def load(path: str | Path) -> Model:
-    """Load a library built by `tvmopt build`; checks it is one and that it can run here."""
+def load(path: str | Path, *, sha256: str | None = None) -> Model:
+    """Load a library built by `tvmopt build`; checks it is one and that it can run here.
+
+    Loading a library runs its code: load only artifacts you built, or pin the sha256 of the file
+    you trust (`sha256`), which is checked before anything of it runs."""
     import tvm
     from tvm import relax
 
     path = Path(path)
+    if sha256 is not None:
+        check_sha256(path, sha256)
     manifest = artifact_manifest.read(path)
     device = device_for(manifest, path)
     try:

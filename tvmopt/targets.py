@@ -264,6 +264,10 @@ def resolve(spec: str) -> Preset:
             f"unknown target {spec!r}; known presets: {', '.join(sorted(files))} "
             "(or pass a TVM target JSON object)"
         )
+    builtin = [d / f"{spec}.json" for d in _BUILTIN_DIRS if (d / f"{spec}.json").is_file()]
+    if builtin and files[spec] not in builtin:  # presets are code: their `cc` runs
+        log.warning("target %s: using %s from TVMOPT_TARGETS_PATH instead of the built-in preset",
+                    spec, files[spec])
     return _read_preset(spec, files[spec])
 
 

@@ -43,6 +43,13 @@ def table(rows: list[list], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
+def sha256_option(f):
+    return click.option(
+        "--sha256", "sha256", default=None, metavar="HEX",
+        help="Load the library only if its sha256 is this (loading runs its code: pin the file "
+             "you trust).")(f)
+
+
 def db_option(f):
     return click.option(
         "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="TVMOPT_DB",
@@ -86,14 +93,18 @@ def model_options(*, target_required: bool):
 
 
 class _Group(click.Group):
-    """Turns every TvmoptError into one line on stderr and a non-zero exit, never a traceback."""
+    """Turns every TvmoptError into one line on stderr and a non-zero exit, never a traceback;
+    Ctrl-C outside `tune` (which stops cleanly itself) exits 130 with one line."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TvmoptError as e:
             raise click.ClickException(str(e)) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            click.echo("Interrupted: nothing was written", err=True)
+            ctx.exit(130)  # the shell's code for Ctrl-C
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:  # a bug in tvmopt or TVM: still one line unless asked
             if os.environ.get("TVMOPT_DEBUG"):

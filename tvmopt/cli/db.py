@@ -118,7 +118,8 @@ def db_import(directory, db_path):
         counts = store.import_json(directory)
     click.echo(f"imported from {directory}: {counts['added']} records added, "
                f"{counts['duplicate']} already present, {counts['failure']} failed candidates, "
-               f"{counts['no_target']} without a target skipped")
+               f"{counts['invalid']} with a latency of zero or less and {counts['no_target']} "
+               "without a target skipped")
 
 
 @db.command("plot")

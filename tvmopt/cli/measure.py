@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import TvmoptError
-from .app import cli, echo_json, log, table
+from .app import cli, echo_json, log, sha256_option, table
 
 @cli.command()
 @click.argument("library", type=click.Path(path_type=Path))
@@ -22,7 +22,8 @@ from .app import cli, echo_json, log, table
               help="Require that the artifact was built with (or without) CUDA graphs "
                    "[default: as built].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def bench(library, batch, warmup, iterations, duration_s, cuda_graph, as_json):
+@sha256_option
+def bench(library, batch, warmup, iterations, duration_s, cuda_graph, as_json, sha256):
     """Latency percentiles, throughput, copy times and memory of a built .so, like trtexec.
 
     Compute is timed per call on the device (CUDA events on a GPU) with inputs already there;
@@ -32,7 +33,7 @@ def bench(library, batch, warmup, iterations, duration_s, cuda_graph, as_json):
     from .. import bench as bench_stage
 
     report = bench_stage.bench(library, bench_stage.BenchOptions(
-        batch, warmup, iterations, duration_s, cuda_graph))
+        batch, warmup, iterations, duration_s, cuda_graph), sha256=sha256)
     for warning in report.warnings:
         log.warning("warning: %s", warning)
     if as_json:
@@ -58,14 +59,15 @@ def bench(library, batch, warmup, iterations, duration_s, cuda_graph, as_json):
 @click.argument("library", type=click.Path(path_type=Path))
 @click.option("--repeat", type=int, default=20, show_default=True, help="Timed repeats.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def profile(library, repeat, as_json):
+@sha256_option
+def profile(library, repeat, as_json, sha256):
     """Time per kernel of a built .so, slowest first, with its tuning task, whether it was tuned
     and which kernel provider implemented it."""
     from .. import bench as bench_stage
 
     if repeat < 1:
         raise TvmoptError("--repeat must be at least 1")
-    latency_us, rows = bench_stage.profile(library, repeat=repeat)
+    latency_us, rows = bench_stage.profile(library, repeat=repeat, sha256=sha256)
     if as_json:
         echo_json({"latency_us": latency_us, "kernels": [r.as_dict() for r in rows]})
         return

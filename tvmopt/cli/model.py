@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import click
 from ..errors import TvmoptError
 from ..formatting import seconds as _fmt_sec
 from ..formatting import shape as _shape
-from .app import cli, db_option, echo_json, echo_tensors, log, model_options, table
+from ..outputs import check_output, written_whole
+from .app import (cli, db_option, echo_json, echo_tensors, log, model_options, sha256_option,
+                  table)
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
@@ -130,7 +133,7 @@ def _build_help() -> str:
 @cli.command(help=_build_help())
 @click.argument("model", type=click.Path(path_type=Path))
 @model_options(target_required=True)
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
               help="Where to write the .so.")
 @db_option
 @click.option("--check", is_flag=True,
@@ -191,7 +194,7 @@ class _LiveProgress:
             click.echo("", err=True)
 
 
-def _tunetable(report) -> str:
+def _tune_table(report) -> str:
     rows = []
     for t in report.tasks:
         rows.append([
@@ -246,7 +249,7 @@ def tune(model, target_spec, model_options, db_path, trials, trials_per_task, ti
     if as_json:
         echo_json(report.as_dict())
     else:
-        click.echo(_tunetable(report))
+        click.echo(_tune_table(report))
         est = report.estimated_latency()
         click.echo(
             f"{report.trials_this_run} trials in {report.elapsed_s:.0f} s "
@@ -258,8 +261,8 @@ def tune(model, target_spec, model_options, db_path, trials, trials_per_task, ti
     if report.interrupted or (report.trials_total < report.budget and not all(
             t.finished for t in report.tasks)):
         click.echo(f"resume with: {command}", err=True)
-    if report.interrupted:
-        sys.exit(130)  # the shell's code for "stopped by Ctrl-C", after a clean stop
+    if report.interrupted:  # the shell's code for "stopped by this signal", after a clean stop
+        sys.exit(128 + signal.Signals[report.stop_signal or "SIGINT"].value)
 
 
 def _quote(arg: str) -> str:
@@ -274,15 +277,20 @@ def _quote(arg: str) -> str:
               help=".npz file holding every input under its ONNX name.")
 @click.option("--input", "input_files", multiple=True, metavar="NAME=FILE.npy",
               help="One input from a .npy file (repeatable).")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", "out", type=click.Path(),
               help="Save the outputs (by ONNX output name) to this .npz.")
-def run(library, inputs_npz, input_files, out):
+@sha256_option
+def run(library, inputs_npz, input_files, out, sha256):
     """Run a built .so on inputs from .npz/.npy files; outputs keep their ONNX names."""
     from .. import runtime
 
     if not inputs_npz and not input_files:
         raise TvmoptError("give the inputs with --inputs FILE.npz or --input NAME=FILE.npy")
-    model = runtime.load(library)
+    if out is not None:
+        out = check_output(out, flag="-o", kind=".npz file", replaceable=_is_npz, protected=[
+            (library, "the library being run"), (inputs_npz, "the inputs"),
+            *((item.partition("=")[2], "an input") for item in input_files)])
+    model = runtime.load(library, sha256=sha256)
     inputs = {}
     if inputs_npz:
         inputs.update(_load_npz(inputs_npz))
@@ -296,12 +304,17 @@ def run(library, inputs_npz, input_files, out):
         click.echo(f"{name}: {_shape(arr.shape)} {arr.dtype}  "
                    f"min {arr.min():.6g} max {arr.max():.6g} mean {arr.mean():.6g}"
                    if arr.size and arr.dtype.kind in "fiu" else f"{name}: {_shape(arr.shape)} {arr.dtype}")
-    if out:
+    if out is not None:
         import numpy as np
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, **outputs)
+        with written_whole(out) as partial, open(partial, "wb") as f:
+            np.savez(f, **outputs)
         click.echo(f"saved {len(outputs)} output(s) to {out}")
+
+
+def _is_npz(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"  # a zip archive, as numpy writes .npz files
 
 
 def _load_npz(path: Path) -> dict:

@@ -110,6 +110,16 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.05)
 
 
+def _valid_run_secs(run_secs_json: str) -> bool:
+    """Positive, finite latencies: what a measurement gives (an edited file may hold others)."""
+    try:
+        secs = json.loads(run_secs_json)
+        return bool(secs) and all(isinstance(s, int | float) and math.isfinite(s) and 0 < s
+                                  for s in secs)
+    except (TypeError, ValueError):
+        return False
+
+
 def _empty_store(path: Path) -> TuningStore:
     """A database with this schema and no rows, in memory: what a missing default file holds."""
     store = TuningStore(path, sqlite3.connect(":memory:", isolation_level=None,
@@ -212,13 +222,16 @@ class TuningStore:
 
     def add_record(self, workload_id: int, target, record_json: list, *, device: str | None,
                    run_uid: str | None = None, tvm_version: str | None = None) -> str:
-        """Store one measured candidate: "added", "duplicate", or "failure" (kept as a hash)."""
+        """Store one measured candidate: "added", "duplicate", "failure" (kept as a hash), or
+        "invalid" (a latency of zero or less, which no measurement gives: never stored)."""
         import tvm
 
         trace, run_secs, _target, args_info = record_json
+        run_secs = [float(s) for s in (run_secs or [])]
+        if any(s <= 0 for s in run_secs):
+            return "invalid"
         tsha, tkey, tjson = target_identity(target)
         trace_json = canonical_json(trace)
-        run_secs = [float(s) for s in (run_secs or [])]
         now = _now()
         if not run_secs or any(not math.isfinite(s) or s >= FAILED_RUN_SEC for s in run_secs):
             with self.write():
@@ -390,6 +403,7 @@ class TuningStore:
         if other_path.resolve() == self.path.resolve():
             raise TvmoptError(f"cannot merge {other_path} into itself")
         added = {"workloads": 0, "runs": 0, "records": 0, "failures": 0}
+        skipped = 0
         with open_database(other_path, readonly=True) as other, self.write():
             id_map = {}
             for wid, ir_sha, shash, name, ir_json, created in other.conn.execute(
@@ -410,7 +424,11 @@ class TuningStore:
                 self.conn.execute("INSERT OR IGNORE INTO run_tasks (run_uid, ir_sha256, task, weight) "
                                   "VALUES (?, ?, ?, ?)", row)
             rec_cols = [c for c in _RECORD_COLUMNS if c != "workload_id"]
+            secs_at = 1 + rec_cols.index("run_secs_json")
             for row in other.conn.execute(f"SELECT workload_id, {', '.join(rec_cols)} FROM records"):
+                if not _valid_run_secs(row[secs_at]):
+                    skipped += 1
+                    continue
                 added["records"] += self.conn.execute(
                     f"INSERT OR IGNORE INTO records (workload_id, {', '.join(rec_cols)}) "
                     f"VALUES ({', '.join('?' * (len(rec_cols) + 1))})",
@@ -422,6 +440,9 @@ class TuningStore:
                     "INSERT OR IGNORE INTO failures (workload_id, target_sha256, target_key, "
                     "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     [id_map[row[0]], *row[1:]]).rowcount
+        if skipped:
+            log.warning("skipped %d records of %s with a latency that is not a positive number",
+                        skipped, other_path)
         return added
 
     def prune(self, keep: int) -> int:
@@ -479,7 +500,7 @@ class TuningStore:
             raise TvmoptError(f"{directory}: TVM cannot read these database files "
                               f"({first_line(e, 200)})") from None
         source = "import:" + sha256("".join(sha256(p.read_text()) for p in paths))[:16]
-        counts = {"added": 0, "duplicate": 0, "failure": 0, "no_target": 0}
+        counts = {"added": 0, "duplicate": 0, "failure": 0, "invalid": 0, "no_target": 0}
         for record in records:
             if record.target is None:  # a record must say what it was measured on
                 counts["no_target"] += 1

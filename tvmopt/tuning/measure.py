@@ -80,7 +80,8 @@ class PersistentBuilder:
         from tvm.support.popen_pool import PopenPoolExecutor
 
         self.shutdown()
-        self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec)
+        self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
+                                       initializer=ignore_stop_signals)
         self._batches = 0
         self._warmup = [self._pool.submit(_import_builder) for _ in range(self.max_workers)]
 
@@ -113,6 +114,15 @@ class PersistentBuilder:
             self._pool = None
 
 
+def ignore_stop_signals() -> None:
+    """Runs first in every build and measurement worker: Ctrl-C and SIGTERM are for the tuner,
+    which finishes the batch in flight (a worker still exits when the tuner's pipe closes)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _import_builder() -> None:
     """Runs in a build worker: the imports its first build would otherwise pay for."""
     import tvm.s_tir.meta_schedule.builder.local_builder  # noqa: F401
@@ -143,4 +153,5 @@ def make_runner(target, options: TuneOptions):
                                      tracker_key=options.rpc_key, session_timeout_sec=60)
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
                                    max_workers=free), f"rpc:{options.rpc_key}@{options.rpc_tracker}"
-    return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=30), local_device_name(target)
+    return (ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=30,
+                                  initializer=ignore_stop_signals), local_device_name(target))

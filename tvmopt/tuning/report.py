@@ -54,6 +54,7 @@ class TuneReport:
     eta_s: float | None = None
     stop_reason: str = ""
     interrupted: bool = False
+    stop_signal: str | None = None  # SIGINT or SIGTERM when interrupted
 
     @property
     def trials_this_run(self) -> int:
@@ -83,6 +84,7 @@ class TuneReport:
             "elapsed_s": self.elapsed_s, "trials_per_minute": self.trials_per_minute(),
             "seconds": self.seconds, "estimated_latency_sec": self.estimated_latency(),
             "stop_reason": self.stop_reason, "interrupted": self.interrupted,
+            "stop_signal": self.stop_signal,
             "tasks": [t.as_dict() for t in self.tasks],
         }
 

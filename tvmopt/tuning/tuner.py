@@ -36,29 +36,47 @@ from .space import SEARCH_SETTINGS, search_target, space_generator, uses_tensor_
 log = logging.getLogger("tvmopt.tuning")
 
 
+class StopNow(Exception):
+    """A second Ctrl-C (or SIGTERM): stop without finishing the batch in flight."""
+
+
 class _StopAfterBatch:
-    """First Ctrl-C: finish the batch being measured, then stop. Second: stop now."""
+    """First Ctrl-C or SIGTERM: finish the batch being measured, then stop. Second: stop now.
+
+    SIGTERM is what `timeout`, systemd and CI runners send; it gets the same clean stop. The build
+    and measurement workers ignore both (`measure.ignore_stop_signals`), so a terminal's Ctrl-C,
+    which reaches the whole process group, does not kill the batch in flight.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None  # the first stop signal received
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
 
     def __enter__(self):
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Ctrl-C: stopping after the current batch (press again to stop at once)")
+            log.warning("%s again: stopping now; the batch in flight is not recorded", name)
+            raise StopNow
+        self.signal_name = name
+        log.warning("%s: stopping after the current batch (send it again to stop at once)",
+                    "Ctrl-C" if name == "SIGINT" else name)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 @dataclass
@@ -180,14 +198,14 @@ class Tuner:
         database = self.store.for_target(self.target, device=device, run_uid=report.run_uid)
         contexts: dict[str, object] = {}
         start = time.perf_counter()
+        stop = _StopAfterBatch()
         try:
-            with _StopAfterBatch() as stop:
+            with stop:
                 while True:
                     report.elapsed_s = time.perf_counter() - start
                     reason = self._should_stop(report, stop.requested)
                     if reason:
                         report.stop_reason = reason
-                        report.interrupted = stop.requested
                         break
                     progress = self._pick(report)
                     n = self._batch_size(report, progress)
@@ -202,7 +220,15 @@ class Tuner:
                     report.elapsed_s = time.perf_counter() - start
                     report.eta_s = self._eta(report)
                     self.on_progress(report, progress)
+        except StopNow:
+            report.stop_reason = "stopped at once; the batch in flight was dropped"
+        except Exception:
+            if not stop.requested:  # a signal landing inside TVM surfaces as a TVM error
+                raise
+            report.stop_reason = "stopped at once; the batch in flight was dropped"
         finally:
+            report.interrupted = stop.requested
+            report.stop_signal = stop.signal_name
             report.elapsed_s = time.perf_counter() - start
             builder.shutdown()
             self.store.end_run(report.run_uid, report.trials_this_run)
@@ -215,7 +241,7 @@ class Tuner:
     def _should_stop(self, report: TuneReport, interrupted: bool) -> str | None:
         opts = self.options
         if interrupted:
-            return "interrupted"
+            return "interrupted after the current batch"
         if report.trials_total >= opts.trials:
             return f"trial budget reached ({opts.trials})"
         if all(p.finished for p in report.tasks):
