@@ -58,10 +58,10 @@ def test_schema_created_by_migrations(tmp_path):
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
     assert tables == SCHEMA
     assert indexes == INDEXES
-    assert applied == ["m001_initial", "m002_run_tasks"]
+    assert applied == ["m001_initial", "m002_run_tasks", "m003_route_free_record_identity"]
     # reopening applies nothing twice
     with open_database(tmp_path / "t.db") as store:
-        assert store.db["_sqlite_migrations"].count == 2
+        assert store.db["_sqlite_migrations"].count == 3
 
 
 def test_lookup_is_target_aware(tmp_path):
@@ -269,3 +269,36 @@ def test_a_round_of_records_commits_together_or_not_at_all(tmp_path):
                 db.commit_tuning_record(records.record(mod, [secs], records.X86, split=split))
     with open_database(tmp_path / "t.db", readonly=True) as store:
         assert store.count_records() == 2
+
+
+def test_a_measurement_that_arrives_by_two_routes_is_stored_once(tmp_path, invoke):
+    """Exported to TVM's files and imported, then the original merged too: one row per
+    measurement, the trial budget counts each once, and the measuring device is kept."""
+    src = _filled(tmp_path, "src.db", "run-src", [1e-5, 2e-5, 3e-5])
+    out = tmp_path / "json"
+    assert invoke("db", "export", "-o", out, "--db", src).exit_code == 0
+    team = tmp_path / "team.db"
+    assert "3 records added" in invoke("db", "import", out, "--db", team).output
+    result = invoke("db", "merge", src, "--db", team)
+    assert result.exit_code == 0 and ", 0 records," in result.output, result.output
+    with open_database(team, readonly=True) as store:
+        assert store.count_records() == 3
+        assert {r["device"] for r in store.db["records"].rows} == {"dev-src.db"}
+        tsha = store.db["records"].get(1)["target_sha256"]
+        assert sum(store.count_trials(w, tsha) for w in store.workload_ids_for_target(tsha)) == 3
+
+
+def test_opening_an_older_file_folds_its_duplicate_measurements(tmp_path):
+    path = _filled(tmp_path, "old.db", "run-1", [1e-5, 2e-5])
+    with sqlite3.connect(path) as conn:  # as schema m002 stored a measurement seen twice
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_route_free_record_identity'")
+        conn.execute("INSERT INTO records (uid, workload_id, target_sha256, target_key, target_json,"
+                     " trace_json, run_secs_json, mean_sec, args_info_json, device, tvm_version, "
+                     "run_uid, created_at) SELECT 'old-' || uid, workload_id, target_sha256, "
+                     "target_key, target_json, trace_json, run_secs_json, mean_sec, args_info_json,"
+                     " NULL, tvm_version, 'import:x', created_at FROM records")
+        assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 4
+    with open_database(path) as store:
+        rows = list(store.db["records"].rows)
+    assert len(rows) == 2 and {r["device"] for r in rows} == {"dev-old.db"}
+    assert {r["run_uid"] for r in rows} == {"run-1"}

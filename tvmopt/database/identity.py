@@ -19,6 +19,13 @@ def workload_identity(mod) -> str:
     return sha256(mod.script(show_meta=True))
 
 
+def record_identity(workload_sha256: str, target_sha256: str, trace_json: str,
+                    run_secs_json: str) -> str:
+    """A measurement: what was measured, on what, and the times it took. Not how it travelled
+    (device and run are provenance), so a record that reaches a file twice is stored once."""
+    return sha256(canonical_json([workload_sha256, target_sha256, trace_json, run_secs_json]))
+
+
 def target_identity(target) -> tuple[str, str, str]:
     """(sha256, readable key, canonical JSON) of a tvm Target, ignoring its host and core count.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import TvmoptError
+from .identity import record_identity
 
 BUSY_TIMEOUT_S = 60.0
 
@@ -80,6 +81,27 @@ def m002_run_tasks(db: sqlite_utils.Database):
             weight INTEGER NOT NULL,          -- calls per inference
             PRIMARY KEY (run_uid, ir_sha256)
         )""")
+
+
+@migrations()
+def m003_route_free_record_identity(db: sqlite_utils.Database):
+    # A record's uid used to include its device and run, so one measurement that reached a file
+    # by two routes (exported and imported, and merged as well) was stored twice. Recompute the
+    # uids from the measurement alone and keep one row per measurement, the one that says who
+    # measured it (else the first).
+    rows = db.execute(
+        "SELECT r.id, w.ir_sha256, r.target_sha256, r.trace_json, r.run_secs_json "
+        "FROM records r JOIN workloads w ON w.id = r.workload_id "
+        "ORDER BY r.device IS NULL, r.id").fetchall()
+    kept: dict[str, int] = {}
+    for record_id, *content in rows:
+        uid = record_identity(*content)
+        if uid in kept:
+            db.execute("DELETE FROM records WHERE id = ?", [record_id])
+        else:
+            kept[uid] = record_id
+    for uid, record_id in kept.items():
+        db.execute("UPDATE records SET uid = ? WHERE id = ?", [uid, record_id])
 
 
 @functools.cache

@@ -31,7 +31,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import TvmoptError, first_line
-from .identity import canonical_json, sha256, target_identity, workload_identity
+from .identity import canonical_json, record_identity, sha256, target_identity, workload_identity
 from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, connect, known_migrations,
                      migrations)
 
@@ -258,16 +258,20 @@ class TuningStore:
             "SELECT ir_sha256 FROM workloads WHERE id = ?", [workload_id]).fetchone()[0]
 
     def _insert_record(self, values: dict, workload_sha: str) -> bool:
-        """Insert unless an identical record (same content and provenance) is there already."""
-        uid = sha256(canonical_json([
-            workload_sha, values["target_sha256"], values["trace_json"], values["run_secs_json"],
-            values["device"], values["run_uid"]]))
+        """Insert unless the same measurement is there already (whatever route it came by)."""
+        uid = record_identity(workload_sha, values["target_sha256"], values["trace_json"],
+                              values["run_secs_json"])
         cols = ["uid", *values]
         cur = self.conn.execute(
             f"INSERT OR IGNORE INTO records ({', '.join(cols)}) "
             f"VALUES ({', '.join('?' * len(cols))})",
             [uid, *values.values()],
         )
+        if cur.rowcount == 0 and values["device"] is not None:
+            # Known already, perhaps through an import that lost who measured it: keep the
+            # provenance that says more.
+            self.conn.execute("UPDATE records SET device = ?, run_uid = ? WHERE uid = ? AND "
+                              "device IS NULL", [values["device"], values["run_uid"], uid])
         return cur.rowcount == 1
 
     def best_records(self, workload_id: int, target_sha256: str, k: int) -> list[StoredRecord]:
@@ -405,7 +409,7 @@ class TuningStore:
         added = {"workloads": 0, "runs": 0, "records": 0, "failures": 0}
         skipped = 0
         with open_database(other_path, readonly=True) as other, self.write():
-            id_map = {}
+            id_map, sha_of = {}, {}
             for wid, ir_sha, shash, name, ir_json, created in other.conn.execute(
                     "SELECT id, ir_sha256, shash, name, ir_json, created_at FROM workloads"):
                 cur = self.conn.execute(
@@ -414,6 +418,7 @@ class TuningStore:
                 added["workloads"] += cur.rowcount
                 id_map[wid] = self.conn.execute(
                     "SELECT id FROM workloads WHERE ir_sha256 = ?", [ir_sha]).fetchone()[0]
+                sha_of[id_map[wid]] = ir_sha
             run_cols = "uid, host, user, model_sha256, command, target_key, trials, started_at, ended_at"
             for row in other.conn.execute(f"SELECT {run_cols} FROM runs"):
                 added["runs"] += self.conn.execute(
@@ -423,16 +428,14 @@ class TuningStore:
                                           if other.has_table("run_tasks") else "SELECT 1 WHERE 0"):
                 self.conn.execute("INSERT OR IGNORE INTO run_tasks (run_uid, ir_sha256, task, weight) "
                                   "VALUES (?, ?, ?, ?)", row)
-            rec_cols = [c for c in _RECORD_COLUMNS if c != "workload_id"]
-            secs_at = 1 + rec_cols.index("run_secs_json")
-            for row in other.conn.execute(f"SELECT workload_id, {', '.join(rec_cols)} FROM records"):
-                if not _valid_run_secs(row[secs_at]):
+            cols = [c for c in _RECORD_COLUMNS if c != "uid"]  # identity is recomputed here
+            for row in other.conn.execute(f"SELECT {', '.join(cols)} FROM records"):
+                values = dict(zip(cols, row))
+                if not _valid_run_secs(values["run_secs_json"]):
                     skipped += 1
                     continue
-                added["records"] += self.conn.execute(
-                    f"INSERT OR IGNORE INTO records (workload_id, {', '.join(rec_cols)}) "
-                    f"VALUES ({', '.join('?' * (len(rec_cols) + 1))})",
-                    [id_map[row[0]], *row[1:]]).rowcount
+                values["workload_id"] = id_map[values["workload_id"]]
+                added["records"] += self._insert_record(values, sha_of[values["workload_id"]])
             for row in other.conn.execute(
                     "SELECT workload_id, target_sha256, target_key, trace_sha256, run_uid, created_at "
                     "FROM failures"):
