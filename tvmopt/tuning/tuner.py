@@ -36,8 +36,11 @@ from .space import SEARCH_SETTINGS, search_target, space_generator, uses_tensor_
 log = logging.getLogger("tvmopt.tuning")
 
 
-class StopNow(Exception):
-    """A second Ctrl-C (or SIGTERM): stop without finishing the batch in flight."""
+class StopNow(BaseException):
+    """A second Ctrl-C (or SIGTERM): stop without finishing the batch in flight.
+
+    A BaseException, like KeyboardInterrupt: it is raised wherever the signal lands, and code
+    that handles `Exception` there (logging, for one) must not swallow it."""
 
 
 class _StopAfterBatch:
