@@ -180,17 +180,18 @@ def test_a_second_ctrl_c_stops_at_once_and_still_prints_resume(tiny, tmp_path):
                              "--batch-size", "8", "--db", str(db)], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_progress(proc)
+    time.sleep(1.0)  # into the next round, which takes seconds
     os.killpg(proc.pid, signal.SIGINT)
-    for line in proc.stderr:  # the first is handled mid-round: the second lands in the same round
+    for line in proc.stderr:  # the first is acknowledged; the second lands in the same round
         if "stopping after the current batch" in line:
             break
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "internal error" not in err and "Traceback" not in err
-    assert "stopped at once" in out and f"resume with: tvmopt tune {tiny}" in err
+    assert f"stopped at once; resume with: tvmopt tune {tiny}" in err
     records, failures, trials, ended = _measured(db)
-    assert records + failures == trials and trials % 8 == 0 and ended
+    assert records + failures == trials == 8 and ended  # the first round only
 
 
 def test_kill_9_tuner_keeps_committed_records(tiny, tmp_path):

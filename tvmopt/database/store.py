@@ -358,6 +358,20 @@ class TuningStore:
             self.conn.execute("UPDATE runs SET trials = ?, ended_at = ? WHERE uid = ?",
                               [trials, _now(), uid])
 
+    def end_run_abruptly(self, uid: str) -> bool:
+        """Mark a run ended, counting its stored trials, from a process about to exit mid-write
+        (a signal handler): through a connection of its own that waits at most a second, since
+        the interrupted code may hold the write lock. False if it could not."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=1.0)) as conn, conn:
+                conn.execute(
+                    "UPDATE runs SET ended_at = ?, trials = (SELECT count(*) FROM records WHERE "
+                    "run_uid = ?) + (SELECT count(*) FROM failures WHERE run_uid = ?) WHERE uid = ?",
+                    [_now(), uid, uid, uid])
+            return True
+        except sqlite3.Error:
+            return False
+
     # --- team operations ---------------------------------------------------------------------
 
     def stats(self) -> list[dict]:

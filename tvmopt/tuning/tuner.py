@@ -18,7 +18,9 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..database import FAILED_RUN_SEC, open_database, target_identity
@@ -36,13 +38,6 @@ from .space import SEARCH_SETTINGS, search_target, space_generator, uses_tensor_
 log = logging.getLogger("tvmopt.tuning")
 
 
-class StopNow(BaseException):
-    """A second Ctrl-C (or SIGTERM): stop without finishing the batch in flight.
-
-    A BaseException, like KeyboardInterrupt: it is raised wherever the signal lands, and code
-    that handles `Exception` there (logging, for one) must not swallow it."""
-
-
 class _StopAfterBatch:
     """First Ctrl-C or SIGTERM: finish the batch being measured, then stop. Second: stop now.
 
@@ -53,8 +48,9 @@ class _StopAfterBatch:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, stop_now: Callable[[int], None]):
         self.signal_name: str | None = None  # the first stop signal received
+        self.stop_now = stop_now  # called with the signal number on a second one; exits
         self._previous: dict = {}
 
     @property
@@ -72,7 +68,7 @@ class _StopAfterBatch:
         name = signal.Signals(signum).name
         if self.requested:
             log.warning("%s again: stopping now; the batch in flight is not recorded", name)
-            raise StopNow
+            self.stop_now(signum)
         self.signal_name = name
         log.warning("%s: stopping after the current batch (send it again to stop at once)",
                     "Ctrl-C" if name == "SIGINT" else name)
@@ -201,7 +197,7 @@ class Tuner:
         database = self.store.for_target(self.target, device=device, run_uid=report.run_uid)
         contexts: dict[str, object] = {}
         start = time.perf_counter()
-        stop = _StopAfterBatch()
+        stop = _StopAfterBatch(lambda signum: self._exit_now(report.run_uid, signum))
         try:
             with stop:
                 while True:
@@ -223,12 +219,6 @@ class Tuner:
                     report.elapsed_s = time.perf_counter() - start
                     report.eta_s = self._eta(report)
                     self.on_progress(report, progress)
-        except StopNow:
-            report.stop_reason = "stopped at once; the batch in flight was dropped"
-        except Exception:
-            if not stop.requested:  # a signal landing inside TVM surfaces as a TVM error
-                raise
-            report.stop_reason = "stopped at once; the batch in flight was dropped"
         finally:
             report.interrupted = stop.requested
             report.stop_signal = stop.signal_name
@@ -363,6 +353,22 @@ class Tuner:
             progress.finished = "trial limit per task"
         elif progress.stale_rounds >= self.options.patience:
             progress.finished = "converged"
+
+    def _exit_now(self, run_uid: str, signum: int) -> None:
+        """A second stop signal: exit at once, as kill -9 would but tidily. The round's records
+        are written in one transaction, so an unfinished one is simply not there; the workers
+        (which ignore the signal) are ended, the run marked ended, and the resume line printed."""
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        if not self.store.end_run_abruptly(run_uid):
+            log.warning("the run could not be marked ended (the database was busy)")
+        if self.command:
+            sys.stderr.write(f"stopped at once; resume with: {self.command}\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
 
     def _update_best(self, progress: TaskProgress, candidates, results) -> None:
         measured = [(sum(map(float, r.run_secs)) / len(r.run_secs), c) for c, r in
