@@ -60,7 +60,7 @@ def build(model: str | Path | LoadedModel, preset: Preset, out_path, *, db_path=
     loaded = model if isinstance(model, LoadedModel) else load(model)
     with open_database(db_path, readonly=True) as store:
         out_path = check_output(
-            out_path, flag="-o", kind="tvmopt library", replaceable=is_artifact, protected=[
+            out_path, flag="-o", kind="tvmopt library", replaceable=artifact_manifest.is_artifact, protected=[
                 (loaded.path, "the model being built"),
                 *((f, "the model's external weights") for f in loaded.data_files),
                 *((f"{store.path}{end}", "the tuning database in use") for end in ("", "-wal", "-shm"))])
@@ -80,8 +80,8 @@ def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> Bui
     with _stage(seconds, "compile", 2, 3):
         found = [Kernel(name, func, task_of.get(name)) for name, func in kernels(prepared.mod).items()]
         mod, providers = apply_providers(prepared.mod, found, BuildContext(target, store))
-        tuned = sorted({task_of[k].name for k, p in providers.items() if p == "tuned"},
-                       key=[t.name for t in tasks].index)
+        tuned_names = {task_of[k].name for k, p in providers.items() if p == "tuned"}
+        tuned = [t.name for t in tasks if t.name in tuned_names]  # heaviest first, as tasks are
         log.info("%d of %d tasks tuned (database %s); untuned tasks use TVM's default schedules",
                  len(tuned), len(tasks), store.path)
         with prepared.imported.explain_failures("compilation"):
@@ -146,13 +146,6 @@ def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str) -> No
         except Exception as e:  # the compiler driver reports through assorted exceptions
             raise TvmoptError(f"linking with {cc} failed: {first_line(e)}") from e
 
-
-def is_artifact(path: Path) -> bool:
-    """Whether `path` is a library tvmopt built (one it may replace)."""
-    try:
-        return artifact_manifest.elf_section(path, artifact_manifest.SECTION)[1] is not None
-    except TvmoptError:
-        return False
 
 
 def _version() -> str:

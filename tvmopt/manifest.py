@@ -87,6 +87,14 @@ def read(path: str | Path) -> dict:
     return manifest
 
 
+def is_artifact(path: str | Path) -> bool:
+    """Whether `path` is a library tvmopt built (one `build -o` may replace)."""
+    try:
+        return elf_section(path, SECTION)[1] is not None
+    except TvmoptError:
+        return False
+
+
 def amdgpu_code_objects(path: str | Path) -> list[str]:
     """The gfx arch of every AMDGPU code object (an ELF inside the library's device blob).
 

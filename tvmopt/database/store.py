@@ -62,8 +62,7 @@ def open_database(path: str | Path | None = None, *, readonly: bool = False) -> 
     Writers create a missing file. Readers never do: a missing file the user named is an error,
     and a missing default database is an empty one ("no records yet"), held in memory.
     """
-    explicit = path is not None
-    path, chose = (Path(path), True) if explicit else default_path()
+    path, chose = (Path(path), True) if path is not None else default_path()
     if path.exists():
         check_file(path)
         applied = applied_migrations(path)

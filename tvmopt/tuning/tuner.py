@@ -101,6 +101,7 @@ class _Clock:
 _SEARCH_LOG = logging.getLogger("tvmopt.search")
 _SEARCH_LOG.setLevel(logging.WARNING)
 
+
 class Tuner:
     """Tunes a model's tasks for one target into the tuning database.
 
