@@ -91,6 +91,6 @@ def assert_one_line_error(result, *fragments):
     assert result.exit_code != 0, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]

@@ -115,3 +115,21 @@ def data_movement_only(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [24])],
         [numpy_helper.from_array(np.array([24], np.int64), "shape")])
     return _save(graph, path)
+
+
+def one_relu(path: Path, shape=(1, 4), *, dtype: int = TensorProto.FLOAT, cast: bool = False,
+             outputs: bool = True, ir_version: int = 9) -> Path:
+    """Relu of one input of `shape` and `dtype` (cast to float32 first with `cast`): the smallest
+    model, to put odd declarations in front of tvmopt (no outputs, a newer IR, bfloat16, strings)."""
+    nodes = [helper.make_node("Relu", ["xf" if cast else "x"], ["y"], name="relu")]
+    if cast:
+        nodes.insert(0, helper.make_node("Cast", ["x"], ["xf"], name="cast", to=TensorProto.FLOAT))
+    out_type = TensorProto.FLOAT if cast else dtype
+    graph = helper.make_graph(
+        nodes, "one_relu", [helper.make_tensor_value_info("x", dtype, list(shape))],
+        [helper.make_tensor_value_info("y", out_type, list(shape))] if outputs else [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="tvmopt-tests")
+    model.ir_version = ir_version
+    onnx.save(model, str(path))  # unchecked: some of these are meant to be refused
+    return path

@@ -145,6 +145,7 @@ def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str) -> No
                                       addons=[str(src)], workspace_dir=tmp)
         except Exception as e:  # the compiler driver reports through assorted exceptions
             raise TvmoptError(f"linking with {cc} failed: {first_line(e)}") from e
+        artifact_manifest.seal(partial)
 
 
 

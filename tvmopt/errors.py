@@ -1,5 +1,7 @@
 """The one exception type a user sees: its message is a sentence that says what to do."""
 
+import re
+
 
 class TvmoptError(Exception):
     """A problem with the user's input or environment that they can fix.
@@ -12,3 +14,19 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (TVM's run to pages), for one-line errors."""
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:limit]
+
+
+def onnxruntime_cause(e: Exception) -> str:
+    """ORT's message without its prefix and the C++ location and signature it puts before the
+    cause ("...failed:/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) Unsupported...")."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()))
+    start = text.find("/onnxruntime_src/")
+    open_paren = text.find("(", start)
+    if start < 0 or open_paren < 0:
+        return text[:300]
+    depth = 0
+    for end in range(open_paren, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[end], 0)
+        if depth == 0:
+            return (text[:start] + " " + text[end + 1:].strip())[:300]
+    return text[:300]

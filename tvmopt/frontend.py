@@ -41,6 +41,8 @@ _ONNX_DTYPES = {
     onnx.TensorProto.BOOL: "bool",
 }
 
+NUMERIC_DTYPES = frozenset(_ONNX_DTYPES.values())
+
 Dim = int | str  # a fixed size, or the name of a symbolic (dynamic) dimension
 
 
@@ -162,11 +164,14 @@ def load(path: str | Path) -> LoadedModel:
     onnx_sha256 = hashlib.sha256(raw).hexdigest()
     del raw
     # protobuf happily parses many non-ONNX byte strings into an empty message.
-    if not model.graph.node or model.ir_version == 0 or not model.graph.output:
+    if not model.graph.node or model.ir_version == 0:
         raise TvmoptError(
             f"{path}: not an ONNX model (no graph found); re-export it with torch.onnx.export "
             "or a similar exporter"
         )
+    if not model.graph.output:
+        raise TvmoptError(f"{path}: the graph declares no outputs, so it computes nothing; "
+                          "re-export it naming its outputs (torch.onnx.export(output_names=...))")
     data_files = external_data_files(model, path)
     missing = [f for f in data_files if not f.is_file()]
     if missing:
@@ -196,8 +201,8 @@ def _value_info_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
     tt = vi.type.tensor_type
     dims: list[Dim] = []
     for i, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))  # 0 too: an empty tensor, refused in resolve_inputs
         else:
             dims.append(d.dim_param or f"{vi.name}_dim{i}")
     dtype = _ONNX_DTYPES.get(tt.elem_type, onnx.TensorProto.DataType.Name(tt.elem_type).lower())
@@ -276,6 +281,9 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     dims = tuple(int(d) for d in re.split(r"[x,]", m["dims"].replace(" ", "")))
     if any(d <= 0 for d in dims):
         raise TvmoptError(f"--input-shape {text!r}: every dimension must be a positive integer")
+    if any(d >= 2**63 for d in dims):
+        raise TvmoptError(f"--input-shape {text!r}: a dimension of {max(dims)} does not fit in "
+                          "the 64-bit sizes tensors have; give the real size")
     return m["name"], dims
 
 
@@ -294,6 +302,12 @@ def resolve_inputs(
         )
     resolved = []
     for spec in inputs:
+        if spec.dtype not in NUMERIC_DTYPES:
+            raise TvmoptError(
+                f"input {spec.name!r} is a {spec.dtype} tensor; tvmopt compiles numeric tensors "
+                "only: do that processing (e.g. tokenisation) before the model, and cut the "
+                "graph to start at the numeric values"
+            )
         if spec.name in overrides:
             shape = overrides[spec.name]
             if len(shape) != len(spec.shape):
@@ -302,12 +316,18 @@ def resolve_inputs(
                     f"({_shape(spec.shape)}), got {len(shape)} dims"
                 )
             for want, got in zip(spec.shape, shape):
-                if isinstance(want, int) and want != got:
+                if isinstance(want, int) and want not in (0, got):
                     raise TvmoptError(
                         f"--input-shape {spec.name}={_shape(shape)} contradicts the model's "
                         f"fixed shape {_shape(spec.shape)}"
                     )
             resolved.append(TensorSpec(spec.name, tuple(shape), spec.dtype))
+        elif 0 in spec.shape:
+            raise TvmoptError(
+                f"input {spec.name!r} declares a dimension of size 0 ({_shape(spec.shape)}), an "
+                "empty tensor; if the exporter meant any size, give the real one with "
+                f"--input-shape {spec.name}={_shape(_example_dims(spec.shape))}"
+            )
         elif not spec.is_static:
             raise TvmoptError(
                 f"input {spec.name!r} has dynamic shape {_shape(spec.shape)}; fix it with "
@@ -319,7 +339,7 @@ def resolve_inputs(
 
 
 def _example_dims(shape: tuple[Dim, ...]) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) else 1 for d in shape)
+    return tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
 
 
 _C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

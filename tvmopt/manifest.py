@@ -4,11 +4,17 @@ The manifest (inputs, outputs, target, precision, versions, hashes, kernels and 
 is linked into the library itself, in an ELF section `.tvmopt_manifest` that is also the exported
 symbol `tvmopt_manifest`: one file to deploy, readable without loading it (an ARM or CUDA library
 can be inspected on any machine) and from C++ through dlsym.
+
+A second section, `.tvmopt_digest`, holds the sha256 of the whole file as linked (computed with
+that section still zeros, then written in): `verify` recomputes it before a library is loaded, so
+a damaged copy is refused instead of crashing the process that runs it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import mmap
 import re
 import struct
@@ -16,8 +22,12 @@ from pathlib import Path
 
 from .errors import TvmoptError
 
+log = logging.getLogger(__name__)
+
 FORMAT = 1
 SECTION = ".tvmopt_manifest"
+DIGEST_SECTION = ".tvmopt_digest"
+_UNSEALED = b"0" * 64  # the digest section as linked: hashed as part of the file
 _ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 224: "amdgpu", 243: "riscv"}
 _EM_AMDGPU = 224
 _AMDHSA_TARGET = re.compile(rb"amdgcn-amd-amdhsa-[a-z]*-(gfx[0-9a-f]+)")
@@ -32,6 +42,8 @@ def source(manifest: dict) -> str:
         # `extern` gives the const array external linkage, so dlsym can find it.
         f'extern "C" __attribute__((used, visibility("default"), section("{SECTION}")))\n'
         f"const unsigned char tvmopt_manifest[{len(data) + 1}] = {{{body},0}};\n"
+        f'extern "C" __attribute__((used, section("{DIGEST_SECTION}")))\n'
+        f'const char tvmopt_digest[{len(_UNSEALED)}] = {{{",".join(str(b) for b in _UNSEALED)}}};\n'
     )
 
 
@@ -50,25 +62,76 @@ def elf_section(path: str | Path, name: str) -> tuple[str, bytes | None]:
     """(machine, contents of section `name` or None) of an ELF64 little-endian file."""
     path = Path(path)
     with _mapped(path) as data:
-        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-            raise TvmoptError(f"{path}: not a 64-bit ELF shared library; pass a library built by "
-                              "`tvmopt build`")
-        try:
-            machine, = struct.unpack_from("<H", data, 18)
-            shoff, = struct.unpack_from("<Q", data, 40)
-            shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 58)
-            headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                       for i in range(shnum)]
-            names_off, names_size = headers[shstrndx][4], headers[shstrndx][5]
-            names = data[names_off:names_off + names_size]
-            contents = None
-            for h in headers:
-                if names[h[0]:names.index(b"\0", h[0])].decode() == name:
-                    contents = data[h[4]:h[4] + h[5]] if h[1] != 8 else b""  # 8 = NOBITS
-                    break
-        except (struct.error, ValueError, IndexError):
-            raise TvmoptError(f"{path}: a damaged ELF file; rebuild it with `tvmopt build`") from None
-    return _ELF_MACHINES.get(machine, f"machine-{machine}"), contents
+        machine, span = _section_span(path, data, name)
+        return machine, None if span is None else data[span[0]:span[0] + span[1]]
+
+
+def _section_span(path: Path, data, name: str) -> tuple[str, tuple[int, int] | None]:
+    """(machine, (file offset, size) of section `name` or None)."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise TvmoptError(f"{path}: not a 64-bit ELF shared library; pass a library built by "
+                          "`tvmopt build`")
+    try:
+        machine, = struct.unpack_from("<H", data, 18)
+        shoff, = struct.unpack_from("<Q", data, 40)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 58)
+        headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                   for i in range(shnum)]
+        names_off, names_size = headers[shstrndx][4], headers[shstrndx][5]
+        names = data[names_off:names_off + names_size]
+        span = None
+        for h in headers:
+            if names[h[0]:names.index(b"\0", h[0])].decode() == name:
+                span = (h[4], h[5] if h[1] != 8 else 0)  # 8 = NOBITS
+                break
+    except (struct.error, ValueError, IndexError):
+        raise TvmoptError(f"{path}: a damaged ELF file; rebuild it with `tvmopt build`") from None
+    if span is not None and span[0] + span[1] > len(data):
+        raise TvmoptError(f"{path}: a truncated ELF file; copy it again or rebuild it")
+    return _ELF_MACHINES.get(machine, f"machine-{machine}"), span
+
+
+def _digest(data, span: tuple[int, int]) -> str:
+    """sha256 of the file with the digest section as linked (zeros)."""
+    h = hashlib.sha256()
+    offset, size = span
+    h.update(data[:offset])
+    h.update(_UNSEALED[:size])
+    h.update(data[offset + size:])
+    return h.hexdigest()
+
+
+def seal(path: str | Path) -> None:
+    """Write the file's digest into its digest section (once, right after linking)."""
+    path = Path(path)
+    with _mapped(path) as data:
+        _, span = _section_span(path, data, DIGEST_SECTION)
+        digest = _digest(data, span)
+    with open(path, "r+b") as f:
+        f.seek(span[0])
+        f.write(digest.encode())
+
+
+def integrity(path: str | Path) -> str:
+    """"intact", "damaged" (bytes changed since the build) or "unrecorded" (an older tvmopt)."""
+    path = Path(path)
+    with _mapped(path) as data:
+        _, span = _section_span(path, data, DIGEST_SECTION)
+        if span is None or span[1] != len(_UNSEALED):
+            return "unrecorded"
+        recorded = bytes(data[span[0]:span[0] + span[1]]).decode(errors="replace")
+        return "intact" if recorded == _digest(data, span) else "damaged"
+
+
+def verify(path: str | Path) -> None:
+    """Refuse a library whose bytes changed since it was built (before anything of it runs)."""
+    status = integrity(path)
+    if status == "damaged":
+        raise TvmoptError(f"{path}: damaged: its bytes differ from those it was built with; "
+                          "copy it again or rebuild it, and do not load it")
+    if status == "unrecorded":
+        log.warning("%s records no digest (built by an older tvmopt): its bytes are not "
+                    "verified; rebuild it to have them checked", path)
 
 
 def read(path: str | Path) -> dict:

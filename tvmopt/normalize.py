@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import TvmoptError, first_line
+from .errors import TvmoptError, first_line, onnxruntime_cause
 from .frontend import TensorSpec, model_opset
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _fold_constants(model, real_inputs: set[str], changes: list[Change]):
         except Exception as e:  # noqa: BLE001 - ORT reports through its own exception types
             # Folding is an aid; TVM may still import the model as it is.
             log.warning("constant folding with ONNX Runtime failed (%s); importing unfolded",
-                        first_line(e))
+                        onnxruntime_cause(e))
             return model
     after = Counter(n.op_type for n in folded.graph.node)
     if after == before:

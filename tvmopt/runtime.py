@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from . import manifest as artifact_manifest
-from .errors import TvmoptError, first_line
+from .errors import TvmoptError, first_line, onnxruntime_cause
 from .formatting import shape as _shape
 from .frontend import TensorSpec
 from .targets import host_arch
 
 log = logging.getLogger(__name__)
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """NumPy's dtype for a tensor dtype name; bfloat16 is ml_dtypes' (a dependency of TVM)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def as_bfloat16(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """.npz files store bfloat16 arrays as raw 2-byte values (dtype V2): read them back as such."""
+    if spec.dtype == "bfloat16" and arr.dtype == np.dtype("V2"):
+        return arr.view(numpy_dtype("bfloat16"))
+    return arr
+
 
 def device_for(manifest: dict, path: Path):
     """The TVM device to run on, or a clear error when this machine cannot run the artifact."""
@@ -99,14 +118,16 @@ class Model:
         if spec.name not in given:
             raise TvmoptError(f"missing input {spec.name!r} ({_fmt(spec)}); the model's inputs are: "
                               + ", ".join(s.name for s in self.inputs))
-        arr = np.asarray(given[spec.name])
+        arr = as_bfloat16(np.asarray(given[spec.name]), spec)
         if tuple(arr.shape) != tuple(spec.shape):
             raise TvmoptError(f"input {spec.name!r} has shape {_shape(arr.shape)}, the model was "
                               f"built for {_shape(spec.shape)}; rebuild with --input-shape "
                               f"{spec.name}={_shape(arr.shape)} or reshape the data")
-        if arr.dtype != np.dtype(spec.dtype):
+        if arr.dtype != numpy_dtype(spec.dtype):
+            cast = ("arr.astype(ml_dtypes.bfloat16)" if spec.dtype == "bfloat16"
+                    else f"arr.astype('{spec.dtype}')")
             raise TvmoptError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects "
-                              f"{spec.dtype}; convert it (e.g. arr.astype('{spec.dtype}'))")
+                              f"{spec.dtype}; convert it (e.g. {cast})")
         return np.ascontiguousarray(arr)
 
 
@@ -148,6 +169,7 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
     if sha256 is not None:
         check_sha256(path, sha256)
     manifest = artifact_manifest.read(path)
+    artifact_manifest.verify(path)
     device = device_for(manifest, path)
     try:
         lib = tvm.runtime.load_module(str(path.resolve()))
@@ -165,11 +187,12 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
 
 def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic test inputs: floats in [0, 1), integers in [0, 8), booleans."""
+    _check_fits_in_memory(specs)
     rng = np.random.default_rng(seed)
     out = {}
     for spec in specs:
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
+        dtype = numpy_dtype(spec.dtype)
+        if dtype.kind == "f" or spec.dtype == "bfloat16":
             out[spec.name] = rng.random(spec.shape, dtype=np.float32).astype(dtype)
         elif dtype.kind in "iu":
             out[spec.name] = rng.integers(0, 8, size=spec.shape).astype(dtype)
@@ -180,6 +203,29 @@ def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarra
     return out
 
 
+def _check_fits_in_memory(specs: list[TensorSpec]) -> None:
+    """Refuse inputs bigger than the free memory before allocating them: past the free memory
+    the kernel's OOM killer ends the process without a word."""
+    import psutil
+
+    sizes = {s.name: math.prod(s.shape) * numpy_dtype(s.dtype).itemsize for s in specs}
+    free = psutil.virtual_memory().available
+    if sum(sizes.values()) > free:
+        name = max(sizes, key=sizes.get)
+        spec = next(s for s in specs if s.name == name)
+        raise TvmoptError(f"input {name!r} ({_fmt(spec)}) alone needs {_bytes(sizes[name])}, and "
+                          f"this machine has {_bytes(free)} free; rebuild with a smaller "
+                          f"--input-shape {name}=...")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    raise AssertionError
+
+
 def onnxruntime_outputs(model_path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The reference: ONNX Runtime on the CPU, same inputs, outputs by name."""
     try:
@@ -188,9 +234,20 @@ def onnxruntime_outputs(model_path, inputs: dict[str, np.ndarray]) -> dict[str, 
         raise TvmoptError("--check needs ONNX Runtime: pip install onnxruntime") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
+    try:
+        session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        # ONNX Runtime's Python API takes bfloat16 only as an OrtValue of raw 16-bit words.
+        feeds = {name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                     arr.view(np.uint16), onnx.TensorProto.BFLOAT16)
+                 if arr.dtype == numpy_dtype("bfloat16") else arr
+                 for name, arr in inputs.items()}
+        outputs = session.run(names, feeds)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        raise TvmoptError(f"--check: ONNX Runtime {ort.__version__} cannot run {model_path} "
+                          f"({onnxruntime_cause(e)}); the build itself succeeded: drop --check, or "
+                          "check against a newer onnxruntime") from None
+    return dict(zip(names, outputs))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,12 @@ class _Group(click.Group):
             ctx.exit(130)  # the shell's code for Ctrl-C
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # `tvmopt ... | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)  # the shell's code for SIGPIPE
+        except MemoryError as e:
+            raise click.ClickException(f"out of memory ({first_line(e) or 'no detail'}); use "
+                                       "smaller input shapes, or a machine with more memory") from None
         except Exception as e:  # a bug in tvmopt or TVM: still one line unless asked
             if os.environ.get("TVMOPT_DEBUG"):
                 raise

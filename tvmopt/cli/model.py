@@ -34,6 +34,7 @@ def inspect(path, target_spec, model_options, as_json):
         from .. import manifest as artifact_manifest
 
         manifest = artifact_manifest.read(path)
+        manifest["integrity"] = artifact_manifest.integrity(path)
         if as_json:
             echo_json(manifest)
             return
@@ -84,9 +85,9 @@ def _normalization(model, model_options) -> list[dict]:
     if not model_options.normalize:
         return []
     specs = frontend.graph_inputs(model)
-    if model_options.input_shapes or all(s.is_static for s in specs):
-        specs = frontend.resolve_inputs(model, model_options.input_shapes)
     try:
+        if model_options.input_shapes or all(s.is_static for s in specs):
+            specs = frontend.resolve_inputs(model, model_options.input_shapes)
         return [c.as_dict() for c in normalize.normalize(model, specs)[1]]
     except TvmoptError as e:  # inspect still reports everything else about the model
         return [{"step": "fails", "detail": str(e)}]
@@ -108,6 +109,11 @@ def _print_manifest(path, m):
     click.echo(f"artifact  {path}  (tvmopt {m['tvmopt_version']}, TVM {m['tvm_version']})")
     click.echo(f"model     {m['model']}  sha256 {m['model_sha256']}")
     click.echo(f"target    {m['target_key']}  (preset {m['preset']}, {m['elf_machine']} ELF)")
+    click.echo("bytes     " + {"intact": "intact (match the digest recorded at build time)",
+                               "damaged": "DAMAGED: they differ from the digest recorded at "
+                                          "build time; do not load this file",
+                               "unrecorded": "not verifiable (no digest: an older tvmopt)"}
+               [m["integrity"]])
     click.echo(f"precision {m['precision']}  layout {m['layout']}")
     if "amdgpu_code_objects" in m:
         click.echo(f"device    AMDGPU code object(s) for {', '.join(m['amdgpu_code_objects']) or 'none'}")
@@ -278,7 +284,8 @@ def _quote(arg: str) -> str:
 @click.option("--input", "input_files", multiple=True, metavar="NAME=FILE.npy",
               help="One input from a .npy file (repeatable).")
 @click.option("-o", "--output", "out", type=click.Path(),
-              help="Save the outputs (by ONNX output name) to this .npz.")
+              help="Save the outputs (by ONNX output name) to this .npz (numpy stores bfloat16 "
+                   "as raw 2-byte values: read them with .view(ml_dtypes.bfloat16)).")
 @sha256_option
 def run(library, inputs_npz, input_files, out, sha256):
     """Run a built .so on inputs from .npz/.npy files; outputs keep their ONNX names."""
@@ -293,7 +300,7 @@ def run(library, inputs_npz, input_files, out, sha256):
     model = runtime.load(library, sha256=sha256)
     inputs = {}
     if inputs_npz:
-        inputs.update(_load_npz(inputs_npz))
+        inputs.update(_load_npz(inputs_npz, model.inputs))
     for item in input_files:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
@@ -301,9 +308,11 @@ def run(library, inputs_npz, input_files, out, sha256):
         inputs[name] = _load_npy(Path(file))
     outputs = model(inputs)
     for name, arr in outputs.items():
+        values = arr.astype("float32") if arr.dtype.name == "bfloat16" else arr
         click.echo(f"{name}: {_shape(arr.shape)} {arr.dtype}  "
-                   f"min {arr.min():.6g} max {arr.max():.6g} mean {arr.mean():.6g}"
-                   if arr.size and arr.dtype.kind in "fiu" else f"{name}: {_shape(arr.shape)} {arr.dtype}")
+                   f"min {values.min():.6g} max {values.max():.6g} mean {values.mean():.6g}"
+                   if arr.size and values.dtype.kind in "fiu"
+                   else f"{name}: {_shape(arr.shape)} {arr.dtype}")
     if out is not None:
         import numpy as np
 
@@ -317,13 +326,18 @@ def _is_npz(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"  # a zip archive, as numpy writes .npz files
 
 
-def _load_npz(path: Path) -> dict:
+def _load_npz(path: Path, specs) -> dict:
     import zipfile
 
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            example = " ".join(f"--input {s.name}={path}" for s in specs[:1])
+            raise TvmoptError(f"--inputs {path}: a .npy file (one unnamed array); pass it as "
+                              f"{example}, or save every input by name with np.savez")
+        with loaded as f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise TvmoptError(f"--inputs {path}: not a readable .npz file ({e})") from None

@@ -112,12 +112,54 @@ def known_migrations() -> tuple[str, ...]:
 
 def connect(path: Path | str, readonly: bool) -> sqlite3.Connection:
     """Autocommit (tvmopt opens its transactions itself), waiting on a busy lock."""
-    if readonly:  # a read-only open never creates the file
-        path = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-    conn = sqlite3.connect(path, uri=readonly, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+    if not readonly:
+        return _connect(path, uri=False)
+    # A read-only open never creates the file. Reading a WAL-mode file needs its -shm index, which
+    # SQLite cannot create in a directory this user may not write to; a file with nothing in its
+    # WAL is complete on its own and is then read as immutable.
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    conn = _connect(uri, uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as e:
+        conn.close()
+        if "readonly" not in str(e) and "unable to open" not in str(e):
+            raise
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise TvmoptError(
+                f"database {path}: {wal.name} holds changes not yet in the file and this user "
+                f"cannot write to {Path(path).parent or '.'}; run any `tvmopt db` command there "
+                "once as its owner, or copy the .db and its -wal file somewhere writable"
+            ) from None
+    return _connect(uri + "&immutable=1", uri=True)
+
+
+def _connect(path: str | Path, uri: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                            check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     return conn
+
+
+def check_writable(conn: sqlite3.Connection, path: Path) -> None:
+    """Fail now, not at the first record a tune commits, when the file or its directory is
+    read-only for this user (SQLite then opens it read-only without saying so)."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"PRAGMA user_version = {int(version)}")  # a page write, rolled back
+        finally:
+            conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as e:
+        if "readonly" not in str(e):
+            raise
+        raise TvmoptError(
+            f"database {path}: this user cannot write to it or to its directory ({e}); pass --db "
+            "with a writable copy, and `tvmopt db merge` it into the shared file later"
+        ) from None
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -166,7 +208,9 @@ def applied_migrations(path: Path) -> list[str]:
             applied = [m.name for m in migrations.applied(db)]
             if applied:
                 conn.execute("SELECT count(*) FROM records").fetchone()
-    except sqlite3.DatabaseError as e:
+    except sqlite3.OperationalError as e:  # permissions, locks, I/O: the file may well be intact
+        raise TvmoptError(f"database {path}: cannot be read ({e})") from None
+    except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
         raise TvmoptError(
             f"database {path}: unreadable ({e}); it is corrupt: restore it from a copy"
         ) from None

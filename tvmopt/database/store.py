@@ -32,8 +32,8 @@ import sqlite_utils
 
 from ..errors import TvmoptError, first_line
 from .identity import canonical_json, record_identity, sha256, target_identity, workload_identity
-from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, connect, known_migrations,
-                     migrations)
+from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, check_writable, connect,
+                     known_migrations, migrations)
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,25 @@ def open_database(path: str | Path | None = None, *, readonly: bool = False) -> 
         applied = []
         path.parent.mkdir(parents=True, exist_ok=True)
     if readonly:
+        if not applied:  # a zero-byte (or table-less) file: SQLite's empty database
+            return _empty_store(path)
         return TuningStore(path, connect(path, readonly=True))
-    conn = connect(path, readonly=False)
     try:
+        conn = connect(path, readonly=False)
+    except sqlite3.OperationalError as e:
+        raise TvmoptError(f"database {path}: cannot be created or opened for writing ({e}); "
+                          "pass --db with a path in a directory you can write to") from None
+    try:
+        check_writable(conn, path)
         _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         store = TuningStore(path, conn)
         if len(applied) < len(known_migrations()):
             with store.write():
                 migrations.apply(store.db)
+    except TvmoptError:
+        conn.close()
+        raise
     except sqlite3.DatabaseError as e:
         conn.close()
         raise TvmoptError(f"database {path}: cannot be opened for writing ({e})") from None
