@@ -133,3 +133,55 @@ def one_relu(path: Path, shape=(1, 4), *, dtype: int = TensorProto.FLOAT, cast: 
     model.ir_version = ir_version
     onnx.save(model, str(path))  # unchecked: some of these are meant to be refused
     return path
+
+
+def split_with_num_outputs(path: Path, width: int) -> Path:
+    """An opset-17 Split carrying opset 18's `num_outputs` (some torch 2.11 exports): the model
+    fails ONNX's checker as written, and its meaning is unambiguous."""
+    nodes = [helper.make_node("Split", ["x"], ["a", "b", "c"], name="split", axis=1,
+                              num_outputs=3),
+             helper.make_node("Concat", ["c", "a"], ["y"], name="concat", axis=1),
+             helper.make_node("Relu", ["b"], ["z"], name="relu")]
+    graph = helper.make_graph(
+        nodes, "split18", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def data_dependent_loop(path: Path) -> Path:
+    """A Loop whose trip count comes from the input's values."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((1, 4), np.float32), "one")])
+    nodes = [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+             helper.make_node("Cast", ["top"], ["trips"], to=TensorProto.INT64),
+             helper.make_node("Loop", ["trips", "", "x"], ["y"], name="repeat", body=body)]
+    graph = helper.make_graph(nodes, "loop", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return _save(graph, path)
+
+
+def non_max_suppression(path: Path) -> Path:
+    """Detection post-processing: NonMaxSuppression over 2 images x 3 classes x 50 boxes."""
+    nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score"],
+                              ["selected"], name="nms")]
+    graph = helper.make_graph(
+        nodes, "nms",
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [2, 50, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 3, 50])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
+        [numpy_helper.from_array(np.array([7], np.int64), "max_out"),
+         numpy_helper.from_array(np.array([0.4], np.float32), "iou"),
+         numpy_helper.from_array(np.array([0.2], np.float32), "score")])
+    return _save(graph, path)

@@ -42,7 +42,8 @@ def test_the_zoo_covers_what_users_bring():
     metas = [meta for _, meta in zoo.ZOO.values()]
     families = {m["family"] for m in metas}
     assert {"residual", "depthwise-separable", "squeeze-excitation", "channel-shuffle",
-            "dense-concat", "transformer-encoder", "transformer-decoder"} <= families
+            "dense-concat", "transformer-encoder", "transformer-decoder", "recurrent",
+            "resize-to-size"} <= families
     assert {m["exporter"] for m in metas} >= {"legacy", "dynamo", "onnx.helper"}
     assert min(m["opset"] for m in metas) == 11 and max(m["opset"] for m in metas) == 21
     assert any(m["external_data"] for m in metas)
@@ -159,3 +160,43 @@ def test_op_without_converter_is_listed_by_inspect(tmp_path, invoke):
     onnx.save(model, path)
     info = json.loads(invoke("inspect", path, "--json").stdout)
     assert info["unsupported_ops"] == [{"node": "my_celu", "op_type": "Celu"}]
+
+
+@pytest.mark.parametrize("width, how", [(12, "split into 3 equal parts"),
+                                        (10, "split 10 as [4, 4, 2]")])
+def test_split_with_opset18_num_outputs_is_repaired_and_said(invoke, tmp_path, width, how):
+    import models
+
+    path = models.split_with_num_outputs(tmp_path / "m.onnx", width)
+    before = path.read_bytes()
+    result = invoke("build", path, "--target", "host", "-o", tmp_path / "m.so", "--check")
+    assert result.exit_code == 0 and "check passed" in result.output, result.output
+    assert f"num_outputs=3 in an opset-17 model; {how}" in result.output
+    assert "repair: Split node 'split'" in invoke("inspect", path).output
+    assert path.read_bytes() == before  # mended in memory only
+
+
+def test_a_data_dependent_loop_is_named_with_what_to_do(invoke, tmp_path):
+    import models
+
+    result = invoke("build", models.data_dependent_loop(tmp_path / "m.onnx"), "--target", "host",
+                    "-o", tmp_path / "m.so")
+    assert_one_line_error(result, "Loop (node repeat)", "onnx.utils.extract_model")
+
+
+def test_non_max_suppression_builds_and_matches_onnxruntime(tmp_path):
+    import numpy as np
+
+    import models
+
+    path = models.non_max_suppression(tmp_path / "m.onnx")
+    model = tvmopt.load(build.build(path, targets.resolve("host"), tmp_path / "m.so").path)
+    rng = np.random.default_rng(0)
+    corners = rng.random((2, 50, 2)) * 10
+    inputs = {"boxes": np.concatenate([corners, corners + rng.random((2, 50, 2)) * 4 + 1],
+                                      -1).astype(np.float32),
+              "scores": rng.random((2, 3, 50)).astype(np.float32)}
+    selected = model(inputs)["selected"]
+    assert len(selected) > 6  # overlapping boxes: some suppressed, some kept
+    np.testing.assert_array_equal(selected,
+                                  runtime.onnxruntime_outputs(path, inputs)["selected"])

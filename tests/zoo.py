@@ -506,6 +506,70 @@ def gpt_decoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden
 # written with onnx.helper
 
 
+def recurrent_tagger(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """Sequence tagger: token embedding -> 2-layer bidirectional LSTM started from learned initial
+    states -> batch-first GRU -> per-token head. Recurrent ops have no TVM converter; tvmopt
+    unrolls them (tvmopt/recurrent.py). Inputs input_ids (batch x sequence, both dynamic)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Tagger(nn.Module):
+        def __init__(self, hidden=24):
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, 16)
+            self.lstm = nn.LSTM(16, hidden, num_layers=2, bidirectional=True)
+            self.h0 = nn.Parameter(torch.randn(4, 1, hidden) * 0.5)
+            self.c0 = nn.Parameter(torch.randn(4, 1, hidden) * 0.5)
+            self.gru = nn.GRU(2 * hidden, hidden, batch_first=True)
+            self.head = nn.Linear(hidden, 5)
+
+        def forward(self, input_ids):
+            x = self.embed(input_ids).transpose(0, 1)            # sequence-first for the LSTM
+            batch = input_ids.size(0)
+            state = (self.h0.expand(-1, batch, -1).contiguous(),
+                     self.c0.expand(-1, batch, -1).contiguous())
+            y, _ = self.lstm(x, state)
+            y, _ = self.gru(y.transpose(0, 1))                   # batch-first
+            return self.head(y)
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    axes = {0: "batch", 1: "sequence"}
+    model = _export(Tagger(), (ids,), path, input_names=["input_ids"], output_names=["tags"],
+                    dynamic_axes={"input_ids": axes, "tags": axes}, opset=opset,
+                    exporter=exporter)
+    return _save(model, path)
+
+
+def upsampling_decoder(path: Path, *, opset: int = 11, exporter: str = "legacy") -> Path:
+    """Segmentation-style decoder: strided conv encoder, then `F.interpolate(size=...)` back to
+    the input's size (bilinear and nearest): at opset 11 every such Resize has an empty `scales`
+    input next to `sizes`."""
+    torch = _torch()
+    nn = torch.nn
+    F = nn.functional
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+            self.out = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            size = x.shape[-2:]
+            y = self.down(x)
+            up = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            return self.out(up + F.interpolate(y, size=size, mode="nearest"))
+
+    torch.manual_seed(0)
+    model = _export(Decoder(), (torch.randn(BATCH, *IMAGE),), path, input_names=["input"],
+                    output_names=["mask"], dynamic_axes={"input": {0: "batch"},
+                                                         "mask": {0: "batch"}},
+                    opset=opset, exporter=exporter)
+    return _save(model, path)
+
+
 def helper_opset21(path: Path, *, opset: int = 21, batch="batch", seq="sequence") -> Path:
     """A transformer block written by hand at opset 21, in the idioms of opset >= 18 exports:
     Reshape targets from Shape(start=, end=) + Concat, Gelu (opset 20), LayerNormalization,
@@ -632,6 +696,16 @@ ZOO: dict[str, tuple] = {
                                    dynamic=("batch", "sequence"))),
     "mobilenet_v2_opset11": (_variant(mobilenet_v2, opset=11),
                              _meta("depthwise-separable", _IMAGE_SHAPE, "legacy", 11)),
+    # recurrent layers (unrolled) and Resize with sizes, through both exporters
+    "recurrent_tagger": (recurrent_tagger, _meta("recurrent", {"input_ids": (BATCH, SEQ)},
+                                                 "legacy", 17, dynamic=("batch", "sequence"))),
+    "recurrent_tagger_dynamo": (_variant(recurrent_tagger, exporter="dynamo", opset=18),
+                                _meta("recurrent", {"input_ids": (BATCH, SEQ)}, "dynamo", 18,
+                                      dynamic=("batch", "sequence"))),
+    "upsampling_decoder": (upsampling_decoder, _meta("resize-to-size", _IMAGE_SHAPE, "legacy",
+                                                     11)),
+    "upsampling_decoder_dynamo": (_variant(upsampling_decoder, exporter="dynamo", opset=18),
+                                  _meta("resize-to-size", _IMAGE_SHAPE, "dynamo", 18)),
     "helper_opset21": (helper_opset21, _meta("transformer-block", {"x": (BATCH, SEQ, 32)},
                                              "onnx.helper", 21,
                                              dynamic=("batch", "sequence"))),

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -135,6 +136,7 @@ class LoadedModel:
     proto: onnx.ModelProto
     data_files: list[Path]  # its external data, read from beside it (loading drops their names)
     sha256: str  # of the .onnx bytes, extended by the data files
+    repairs: tuple[str, ...] = ()  # exporter bugs mended in memory so that the model validates
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -184,6 +186,9 @@ def load(path: str | Path) -> LoadedModel:
             raise TvmoptError(f"{path}: cannot read its external data ({first_line(e)}); "
                               "re-export the model") from None
         log.info("loaded external data from %s", ", ".join(f.name for f in data_files))
+    repairs = tuple(_repair_split_num_outputs(model))
+    for repair in repairs:
+        log.warning("%s: repaired an exporter bug: %s", path.name, repair)
     try:
         # In memory where protobuf can hold the model; past 2 GiB the checker reads the files.
         onnx.checker.check_model(model if model.ByteSize() < _PROTOBUF_LIMIT else str(path))
@@ -191,7 +196,64 @@ def load(path: str | Path) -> LoadedModel:
         raise TvmoptError(
             f"{path}: the ONNX checker rejects this model ({first_line(e)}); re-export it"
         ) from None
-    return LoadedModel(path, model, data_files, _model_sha256(onnx_sha256, data_files))
+    return LoadedModel(path, model, data_files, _model_sha256(onnx_sha256, data_files), repairs)
+
+
+def _repair_split_num_outputs(model: onnx.ModelProto) -> list[str]:
+    """Split nodes carrying opset 18's `num_outputs` in an older-opset model (some torch 2.11
+    exports): the attribute goes, and its meaning becomes the explicit `split` sizes."""
+    opset = model_opset(model)
+    broken = [n for n in model.graph.node if n.op_type == "Split" and n.domain in ("", "ai.onnx")
+              and any(a.name == "num_outputs" for a in n.attribute)]
+    if opset >= 18 or not broken:
+        return []
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        shapes = {vi.name: vi.type.tensor_type.shape for vi in (
+            *inferred.graph.input, *inferred.graph.value_info)}
+    except Exception:  # noqa: BLE001 - shapes only make the repair exact; it works without
+        shapes = {}
+    shapes.update({t.name: onnx.TensorShapeProto(dim=[onnx.TensorShapeProto.Dimension(
+        dim_value=d) for d in t.dims]) for t in model.graph.initializer})
+    repaired = []
+    for node in broken:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        parts, given = int(attrs["num_outputs"]), len(node.output)
+        name = node.name or node.output[0]
+        if parts != given:
+            raise TvmoptError(f"Split node {name!r} says num_outputs={parts} but has {given} "
+                              "outputs (and num_outputs needs opset 18); re-export the model")
+        kept = [a for a in node.attribute if a.name != "num_outputs"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        has_sizes = "split" in attrs or (len(node.input) > 1 and node.input[1])
+        size = _dim(shapes.get(node.input[0]), int(attrs.get("axis", 0)))
+        if has_sizes:
+            how = "kept its split sizes"
+        elif size is None or size % parts == 0:
+            how = f"split into {parts} equal parts"  # what an opset-13 Split without sizes does
+        else:  # opset 18: parts of ceil(size / parts), the last one smaller
+            chunk = -(-size // parts)
+            sizes = [min(chunk, size - i * chunk) for i in range(parts)]
+            how = f"split {size} as {sizes}"
+            if opset >= 13:
+                const = f"{name}/split_sizes"
+                model.graph.initializer.append(onnx.numpy_helper.from_array(
+                    np.array(sizes, np.int64), const))
+                del node.input[1:]
+                node.input.append(const)
+            else:
+                node.attribute.append(onnx.helper.make_attribute("split", sizes))
+        repaired.append(f"Split node {name!r}: opset-18 attribute num_outputs={parts} in an "
+                        f"opset-{opset} model; {how}")
+    return repaired
+
+
+def _dim(shape, axis: int) -> int | None:
+    if shape is None or not shape.dim:
+        return None
+    dim = shape.dim[axis]
+    return dim.dim_value if dim.HasField("dim_value") else None
 
 
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -226,11 +288,21 @@ def model_opset(model: onnx.ModelProto) -> int:
     return onnx.defs.onnx_opset_version()
 
 
+# Ops without a converter whose work depends on the data (what post-processing is made of).
+_DATA_DEPENDENT = {
+    "Loop": "runs its body graph a number of times that may depend on the data",
+    "Scan": "iterates a body graph over its inputs",
+}
+
+
 def _supported_ops() -> set[str]:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    # Constant and If are handled by the importer itself rather than through its converter map.
-    return set(_get_convert_map()) | {"Constant", "If"}
+    from .recurrent import GATES
+
+    # Constant and If are handled by the importer itself rather than through its converter map;
+    # recurrent layers are unrolled before import.
+    return set(_get_convert_map()) | {"Constant", "If"} | set(GATES)
 
 
 def _all_nodes(graph: onnx.GraphProto):
@@ -415,12 +487,21 @@ def import_model(model: onnx.ModelProto, inputs: list[TensorSpec]) -> Imported:
     from tvm.relax.frontend.onnx import from_onnx
 
     missing = unsupported_nodes(model)
+    dynamic = [u for u in missing if u.op_type in _DATA_DEPENDENT]
+    if dynamic:
+        u = dynamic[0]
+        raise TvmoptError(
+            f"{u.op_type} (node {u.node}) {_DATA_DEPENDENT[u.op_type]}, which a compiler of "
+            "static graphs cannot build; cut the model before it (onnx.utils.extract_model) and "
+            "run that part in your application"
+        )
     if missing:
         listed = ", ".join(f"{u.op_type} (node {u.node})" for u in missing[:20])
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         raise TvmoptError(
             f"the ONNX importer has no converter for: {listed}{more}; replace these ops before "
-            "export or run `tvmopt inspect` for the full list"
+            "export, cut the model before them (onnx.utils.extract_model), or run "
+            "`tvmopt inspect` for the full list"
         )
     # The importer prints its own error lines to stdout before raising; tvmopt reports them.
     with _identifier_input_names(model) as names, _NodeTracker() as tracker, \

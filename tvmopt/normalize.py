@@ -6,11 +6,13 @@ TVM's ONNX importer does well on a clean static graph and stumbles on what expor
   or leaves an operator it cannot lower;
 - ops at opsets older than its oldest converter for them (it then silently applies the newer
   semantics, e.g. Clip's bounds as inputs rather than attributes);
-- Clip / HardSigmoid / HardSwish, which it imports in forms its fp16 pass cannot rewrite.
+- Clip / HardSigmoid / HardSwish, which it imports in forms its fp16 pass cannot rewrite;
+- recurrent layers (LSTM, GRU, RNN), for which it has no converter (`tvmopt.recurrent`).
 
 Each step rewrites the graph in ONNX with ONNX's and ONNX Runtime's own tools: fix the input dims
 the user gave, convert the opset where needed, fold constant shape arithmetic (ONNX Runtime's
-basic, standard-ops-only graph optimizer), infer shapes, and spell out the clamps. Every change is
+basic, standard-ops-only graph optimizer), infer shapes, unroll recurrent layers, and spell out the
+clamps. Every change is
 reported, and `tvmopt inspect` shows the list.
 """
 
@@ -28,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from .errors import TvmoptError, first_line, onnxruntime_cause
 from .frontend import TensorSpec, model_opset
+from .recurrent import unroll_recurrent
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,14 @@ def normalize(model: onnx.ModelProto, inputs: list[TensorSpec]) -> tuple[onnx.Mo
     model = _convert_opset(model, changes)
     model = _fold_constants(model, {t.name for t in inputs}, changes)
     model = _infer_shapes(model, changes)
+    model, unrolled = unroll_recurrent(model)
+    if unrolled:
+        changes.append(Change("unroll-recurrent", unrolled))
+        # Not folded by ONNX Runtime a second time: its MatMul+Add fusion names what it adds
+        # (e.g. "gemm_input_shape") the same on every pass, and then refuses its own output.
+        # TVM's FoldConstant slices the weights instead.
+        model = _infer_shapes(model, [])
+    _drop_empty_resize_scales(model, changes)
     _spell_out_clamps(model, changes)
     for change in changes:
         log.info("normalise: %s", change)
@@ -189,6 +200,25 @@ def _infer_shapes(model, changes: list[Change]):
     if gained > 0:
         changes.append(Change("infer-shapes", f"shapes for {gained} intermediate values"))
     return inferred
+
+
+def _drop_empty_resize_scales(model, changes: list[Change]) -> None:
+    """Resize with an empty `scales` and a `sizes` input (every opset-11 `F.interpolate(size=)`
+    export): ONNX means "use sizes"; TVM's importer sees two inputs and refuses."""
+    empty = {t.name for t in model.graph.initializer if 0 in t.dims}
+    empty |= {n.output[0] for n in model.graph.node if n.op_type == "Constant" and any(
+        a.name == "value" and 0 in a.t.dims for a in n.attribute)}  # if folding did not run
+    dropped = 0
+    for node in model.graph.node:
+        if (node.op_type == "Resize" and len(node.input) >= 4 and node.input[3]
+                and node.input[2] in empty):
+            node.input[2] = ""
+            if node.input[1] in empty:  # an empty roi is no roi
+                node.input[1] = ""
+            dropped += 1
+    if dropped:
+        changes.append(Change("resize-sizes", f"Resize x{dropped}: an empty scales input "
+                              "dropped in favour of sizes"))
 
 
 def _spell_out_clamps(model, changes: list[Change]) -> None:

@@ -71,9 +71,10 @@ def prepare(model: str | Path | frontend.LoadedModel, preset: Preset,
     run the graph pipeline."""
     loaded = model if isinstance(model, frontend.LoadedModel) else frontend.load(model)
     inputs = frontend.resolve_inputs(loaded.proto, options.input_shapes)
-    changes: list[normalize.Change] = []
+    changes = [normalize.Change("repair", r) for r in loaded.repairs]
     if options.normalize:
-        loaded.proto, changes = normalize.normalize(loaded.proto, inputs)
+        loaded.proto, normalized = normalize.normalize(loaded.proto, inputs)
+        changes += normalized
     imported = frontend.import_model(loaded.proto, inputs)
     target = preset.tvm_target()
     with imported.explain_failures("the graph passes"):

@@ -226,8 +226,10 @@ def _bytes(n: int) -> str:
     raise AssertionError
 
 
-def onnxruntime_outputs(model_path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The reference: ONNX Runtime on the CPU, same inputs, outputs by name."""
+def onnxruntime_outputs(model: str | Path | bytes,
+                        inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The reference: ONNX Runtime on the CPU (a model file, or a serialized model), same inputs,
+    outputs by name."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -235,7 +237,8 @@ def onnxruntime_outputs(model_path, inputs: dict[str, np.ndarray]) -> dict[str, 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                       providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         # ONNX Runtime's Python API takes bfloat16 only as an OrtValue of raw 16-bit words.
         feeds = {name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
@@ -244,7 +247,8 @@ def onnxruntime_outputs(model_path, inputs: dict[str, np.ndarray]) -> dict[str, 
                  for name, arr in inputs.items()}
         outputs = session.run(names, feeds)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise TvmoptError(f"--check: ONNX Runtime {ort.__version__} cannot run {model_path} "
+        what = "the model" if isinstance(model, bytes) else model
+        raise TvmoptError(f"--check: ONNX Runtime {ort.__version__} cannot run {what} "
                           f"({onnxruntime_cause(e)}); the build itself succeeded: drop --check, or "
                           "check against a newer onnxruntime") from None
     return dict(zip(names, outputs))
