@@ -11,7 +11,13 @@ from tvmopt.prepare import ModelOptions, prepare
 from tvmopt.tasks import extract_tasks
 
 
-@pytest.mark.parametrize("name", models.LIGHT_MODELS)
+# Plain conv stacks with big dense layers, architecturally covered by alexnet: each takes 20-60 s
+# to build on 2 cores, so they run with `-m slow`.
+_PLAIN_AND_BIG = {"vgg19", "zfnet512"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _PLAIN_AND_BIG
+                                  else n for n in models.LIGHT_MODELS])
 def test_light_models_match_onnxruntime(name, tmp_path):
     path = models.LIGHT_DIR / f"light_{name}.onnx"
     result = build.build(path, targets.resolve("host"), tmp_path / f"{name}.so")

@@ -73,6 +73,14 @@ def test_a_database_in_a_read_only_directory_is_read(read_only_dir, tmp_path):
         "m.onnx", "team.db"]
 
 
+def test_output_into_a_read_only_directory_is_one_line(read_only_dir, tmp_path):
+    code, out = _tvmopt_as_a_user("build", read_only_dir / "m.onnx", "--target", "host", "-o",
+                                  read_only_dir / "m.so", cwd=tmp_path)
+    assert code == 1 and "cannot write to" in out and "choose a writable directory" in out, out
+    assert "Traceback" not in out and sorted(p.name for p in read_only_dir.iterdir()) == [
+        "m.onnx", "team.db"]
+
+
 def test_a_read_only_database_file_fails_tune_before_tuning(tmp_path, conv_model):
     db = tmp_path / "team.db"
     empty_database(db).chmod(0o444)
