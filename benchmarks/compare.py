@@ -166,10 +166,13 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
     x = torch.from_numpy(value).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
     (output_name,) = reference
     rows = []
-    compile_mode = "max-autotune-no-cudagraphs" if args.device == "cuda" else "default"
-    for label, fn in (("PyTorch eager", net), ("torch.compile", None)):
+    modes = args.torch_compile_modes or (["reduce-overhead"] if args.device == "cuda"
+                                         else ["default"])
+    for label, fn, compile_mode in (("PyTorch eager", net, None),
+                                    *((f"torch.compile {m}", None, m) for m in modes)):
         compile_s = None
         if fn is None:
+            torch._dynamo.reset()
             fn = torch.compile(net, mode=compile_mode)
             start = time.perf_counter()
             with torch.inference_mode():
@@ -183,7 +186,7 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
                 samples = time_calls(call, warmup=args.warmup, iterations=args.iterations)
             out = fn(x).float().cpu().numpy()
         detail = f"torch {torch.__version__}, {args.precision}, {args.layout}"
-        if compile_s is not None:
+        if compile_mode is not None:
             detail += f", mode={compile_mode}, first call (compile) {compile_s:.1f} s"
         rows.append({"runtime": label, "p50_ms": p50_ms(samples),
                      "p90_ms": float(np.percentile(samples, 90)) * 1e3,
@@ -212,6 +215,9 @@ def main(argv=None) -> dict:
                         help="input shape for --torch, e.g. 1x3x224x224")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--db", type=Path, default=None, help="tuning database for the tuned row")
+    parser.add_argument("--torch-compile-modes", nargs="*", metavar="MODE",
+                        help="torch.compile modes to measure [default: reduce-overhead (CUDA "
+                             "graphs, the batch-1 peer) on cuda, default on cpu]")
     parser.add_argument("--tune-trials", type=int, default=0, help="tune into --db first")
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")

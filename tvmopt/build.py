@@ -24,7 +24,7 @@ from .outputs import check_output, written_whole
 from .prepare import ModelOptions, prepare
 from .targets import Preset
 from .tasks import Task, extract_tasks, kernel_tasks, kernels
-from .toolchain import linker, toolchain
+from .toolchain import gpu_pass_config, linker, toolchain
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,17 @@ def _stage(seconds: dict, name: str, step: int, total: int):
 
 
 def build(model: str | Path | LoadedModel, preset: Preset, out_path, *, db_path=None,
-          options: ModelOptions = ModelOptions(), cuda_graph: bool = False) -> BuildResult:
+          options: ModelOptions = ModelOptions(), cuda_graph: bool | None = None) -> BuildResult:
     """ONNX model in, deployable `.so` out, using the database's tuned schedules for this target.
 
-    `cuda_graph` captures the model's static regions as CUDA graphs (CUDA targets only). The
+    `cuda_graph` replays the model's static regions as CUDA graphs: one launch for a region of
+    kernels, where launch overhead dominates small batches. None (the default) turns it on for
+    CUDA targets (every tvmopt build has static shapes); True on another target is an error. The
     database is only read, and a missing default database means no tuned records.
     """
     if cuda_graph and preset.family != "cuda":
         raise TvmoptError(f"--cuda-graph needs a CUDA target; {preset.name} is {preset.family}")
+    cuda_graph = preset.family == "cuda" if cuda_graph is None else cuda_graph
     fcompile = linker(preset.cc)  # a missing compiler fails now, not after minutes of compiling
     loaded = model if isinstance(model, LoadedModel) else load(model)
     with open_database(db_path, readonly=True) as store:
@@ -130,7 +133,7 @@ def _compile(mod, target, *, cuda_graph: bool):
         backend_pipeline.dataflow_lower_passes(target) + backend_pipeline.finalize_passes(target),
         name="tvmopt_lower")
     # RewriteCUDAGraph (in the CUDA finalize passes) acts only when this is set.
-    config = {"relax.backend.use_cuda_graph": True} if cuda_graph else {}
+    config = {**gpu_pass_config(target), "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=3, config=config):
         return tvm.compile(mod, target, relax_pipeline=pipeline)
 

@@ -39,12 +39,6 @@ def _nhwc_passes(relax, target):
     ]
 
 
-def _accumulator_dtype(target) -> str:
-    # TVM 0.27's tensor-core schedules fail to build an fp32 accumulator whose fused epilogue
-    # casts back to fp16 ("tvm_access_ptr element type must match"), so GPUs accumulate in fp16.
-    return "float16" if target.kind.name in ("cuda", "rocm") else "float32"
-
-
 PIPELINE: tuple[GraphPass, ...] = (
     GraphPass(
         "fold-batchnorm",
@@ -61,10 +55,17 @@ PIPELINE: tuple[GraphPass, ...] = (
     GraphPass("layout-nhwc", "convert conv2d to NHWC/OHWI (--layout NHWC)", _nhwc_passes,
               lambda opts: opts.layout == "NHWC"),
     GraphPass(
+        "fp16-range-constants",
+        "clamp finite constants beyond fp16's range (e.g. masks of float32's most negative value) "
+        "to +-65504 before fp16, as Hugging Face does in fp16: 0 x -inf would be NaN",
+        lambda relax, target: [_clamp_to_fp16_range()],
+        lambda opts: opts.precision == "fp16",
+    ),
+    GraphPass(
         "mixed-precision-fp16",
-        "run conv/matmul and elementwise ops in fp16 (--precision fp16); accumulate in fp32 on "
-        "CPUs, in fp16 on GPUs",
-        lambda relax, target: [relax.transform.ToMixedPrecision(out_dtype=_accumulator_dtype(target))],
+        "run conv/matmul and elementwise ops in fp16 (--precision fp16), accumulating in fp32 "
+        "as cuDNN and PyTorch do",
+        lambda relax, target: [relax.transform.ToMixedPrecision(out_dtype="float32")],
         lambda opts: opts.precision == "fp16",
     ),
     GraphPass(
@@ -84,6 +85,41 @@ PIPELINE: tuple[GraphPass, ...] = (
 )
 
 PASS_NAMES = tuple(p.name for p in PIPELINE)
+
+FP16_MAX = 65504.0
+
+
+def _clamp_to_fp16_range():
+    """A module pass replacing float32 constants that hold finite values beyond fp16's range."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    clamped = []
+
+    @relax.expr_functor.mutator
+    class Clamp(relax.PyExprMutator):
+        def visit_generic_const_(self, const):  # Relax constants are GenericConst in 0.27
+            if str(const.value.dtype) != "float32":
+                return const
+            values = const.value.numpy()
+            beyond = np.isfinite(values) & (np.abs(values) > FP16_MAX)
+            if not beyond.any():
+                return const
+            clamped.append(int(beyond.sum()))
+            return relax.const(np.where(beyond, np.sign(values) * FP16_MAX, values), "float32")
+
+    @tvm.transform.module_pass(opt_level=0, name="ClampToFp16Range")
+    def clamp(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = Clamp(mod).visit_expr(func)
+        if clamped:
+            log.info("fp16: %d value(s) in %d constant(s) beyond fp16's range clamped to +-%g",
+                     sum(clamped), len(clamped), FP16_MAX)
+        return mod
+
+    return clamp
 
 
 def describe_pipeline() -> str:

@@ -269,7 +269,11 @@ def compare(actual: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> 
         if a.shape != b.shape:
             raise TvmoptError(f"output {name!r}: shape {_shape(a.shape)} vs ONNX Runtime's "
                               f"{_shape(b.shape)}")
-        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-        scale = float(np.max(np.abs(b))) if b.size else 0.0
+        if np.any(np.isnan(a) != np.isnan(b)) or np.any(np.isinf(a) != np.isinf(b)):
+            out.append(Mismatch(name, math.inf, math.inf))  # NaN or inf where the other is not
+            continue
+        finite = np.isfinite(b)
+        diff = float(np.max(np.abs(a[finite] - b[finite]))) if finite.any() else 0.0
+        scale = float(np.max(np.abs(b[finite]))) if finite.any() else 0.0
         out.append(Mismatch(name, diff, diff / scale if scale > 0 else diff))
     return out

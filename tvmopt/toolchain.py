@@ -106,3 +106,14 @@ def environment(values: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def gpu_pass_config(target) -> dict:
+    """PassContext settings for compiling CUDA kernels, the same in tuning workers and the build.
+
+    Tensor-core kernels with an fp32 accumulator and a fused fp16 epilogue fail in lower_intrin.cc
+    ("tvm_access_ptr element type must match", apache/tvm #20079) once StorageRewrite has merged
+    their buffers; with the rewrite off they build. (`tirx.merge_static_smem`, the other known
+    workaround, breaks plain fp32 DLight convs: "buffer_byte_offsets" check failure.)
+    """
+    return {"tirx.disable_storage_rewrite": True} if target.kind.name == "cuda" else {}

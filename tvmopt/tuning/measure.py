@@ -97,8 +97,8 @@ class PersistentBuilder:
         from tvm.support.popen_pool import StatusKind
 
         results = []
-        jobs = [(build_cpu_candidate if b.target.kind.name == "llvm" else None, None, b.mod,
-                 b.target, None) for b in build_inputs]
+        jobs = [(build_cpu_candidate if b.target.kind.name == "llvm" else build_gpu_candidate,
+                 None, b.mod, b.target, None) for b in build_inputs]
         for outcome in self._executor().map_with_error_catching(lambda x: _worker_func(*x), jobs):
             if outcome.status == StatusKind.COMPLETE:
                 results.append(BuilderResult(outcome.value, None))
@@ -139,6 +139,17 @@ def build_cpu_candidate(mod, target, _params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def build_gpu_candidate(mod, target, params):
+    """MetaSchedule's default_build, with the pass settings the final build uses."""
+    import tvm
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+
+    from ..toolchain import gpu_pass_config
+
+    with tvm.transform.PassContext(config=gpu_pass_config(target)):
+        return default_build(mod, target, params)
 
 
 def make_runner(target, options: TuneOptions):
