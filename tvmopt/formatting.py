@@ -17,3 +17,14 @@ def duration(sec: float) -> str:
     """Wall-clock time of long work: 4m05s, 1h30m."""
     sec = int(round(sec))
     return f"{sec // 3600}h{sec % 3600 // 60:02d}m" if sec >= 3600 else f"{sec // 60}m{sec % 60:02d}s"
+
+
+def byte_size(n: int) -> str:
+    """An amount of memory: 512 B, 5.7 MiB, 36.4 TiB."""
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+    raise AssertionError("unreachable")

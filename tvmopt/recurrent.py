@@ -100,8 +100,8 @@ class _Emitter:
     def columns(self, tensor: str, start: int, stop: int, axis: int = -1) -> str:
         return self.op("Slice", tensor, self.const([start]), self.const([stop]), self.const([axis]))
 
-    def reshape(self, tensor: str, shape, output: str | None = None) -> str:
-        return self.op("Reshape", tensor, self.const(list(shape)), output=output)
+    def reshape(self, tensor: str, shape) -> str:
+        return self.op("Reshape", tensor, self.const(list(shape)))
 
 
 class _Layer:
@@ -264,16 +264,17 @@ class _Layer:
         state["h"] = e.op("Add", candidate, e.op("Mul", z, e.op("Sub", prev, candidate)))
 
     def _outputs(self, ys, last_h, last_c) -> None:
+        """Y joins the directions on axis 1, Y_h and Y_c on axis 0; batch-first layouts put the
+        batch first again ([batch, seq, dirs, h] and [batch, dirs, h])."""
         e = self.emit
-        names = list(self.node.output) + [""] * (3 - len(self.node.output))
-        y_name, h_name, c_name = names[:3]
-        transpose_y, transpose_state = [2, 0, 1, 3], [1, 0, 2]
-        for name, parts, perm in ((y_name, ys, transpose_y), (h_name, last_h, transpose_state),
-                                  (c_name, last_c if self.op == "LSTM" else [], transpose_state)):
+        y_name, h_name, c_name = (list(self.node.output) + ["", "", ""])[:3]
+        for name, parts, axis, perm in ((y_name, ys, 1, [2, 0, 1, 3]),
+                                        (h_name, last_h, 0, [1, 0, 2]),
+                                        (c_name, last_c if self.op == "LSTM" else [], 0, [1, 0, 2])):
             if not name or not parts:
                 continue
-            joined = e.op("Concat", *parts, axis=1 if parts is ys else 0)
-            if self.layout:  # back to [batch, seq, dirs, h] and [batch, dirs, h]
+            joined = e.op("Concat", *parts, axis=axis)
+            if self.layout:
                 e.op("Transpose", joined, perm=perm, output=name)
             else:
                 e.op("Identity", joined, output=name)

@@ -12,6 +12,7 @@ import onnx
 
 from . import manifest as artifact_manifest
 from .errors import TvmoptError, first_line, onnxruntime_cause
+from .formatting import byte_size
 from .formatting import shape as _shape
 from .frontend import TensorSpec
 from .targets import host_arch
@@ -167,9 +168,10 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
 
     path = Path(path)
     if sha256 is not None:
-        check_sha256(path, sha256)
+        check_sha256(path, sha256)  # the file the user trusts: its own digest adds nothing
+    else:
+        artifact_manifest.verify(path)
     manifest = artifact_manifest.read(path)
-    artifact_manifest.verify(path)
     device = device_for(manifest, path)
     try:
         lib = tvm.runtime.load_module(str(path.resolve()))
@@ -211,19 +213,10 @@ def _check_fits_in_memory(specs: list[TensorSpec]) -> None:
     sizes = {s.name: math.prod(s.shape) * numpy_dtype(s.dtype).itemsize for s in specs}
     free = psutil.virtual_memory().available
     if sum(sizes.values()) > free:
-        name = max(sizes, key=sizes.get)
-        spec = next(s for s in specs if s.name == name)
-        raise TvmoptError(f"input {name!r} ({_fmt(spec)}) alone needs {_bytes(sizes[name])}, and "
-                          f"this machine has {_bytes(free)} free; rebuild with a smaller "
-                          f"--input-shape {name}=...")
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    raise AssertionError
+        spec = max(specs, key=lambda s: sizes[s.name])
+        raise TvmoptError(f"input {spec.name!r} ({_fmt(spec)}) alone needs "
+                          f"{byte_size(sizes[spec.name])}, and this machine has {byte_size(free)} "
+                          f"free; rebuild with a smaller --input-shape {spec.name}=...")
 
 
 def onnxruntime_outputs(model: str | Path | bytes,
