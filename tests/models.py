@@ -185,3 +185,24 @@ def non_max_suppression(path: Path) -> Path:
          numpy_helper.from_array(np.array([0.4], np.float32), "iou"),
          numpy_helper.from_array(np.array([0.2], np.float32), "score")])
     return _save(graph, path)
+
+
+def shared_anchor(path: Path, channels: int = 8, size: int = 8) -> Path:
+    """Two 3x3 convs of one shape with different epilogues (relu; residual add then relu): two
+    kernels with one anchor block, which tuning searches once."""
+    rng = np.random.default_rng(7)
+    c = channels
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "x"], ["res"], name="residual"),
+        helper.make_node("Relu", ["res"], ["y"], name="relu2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "shared_anchor",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
+        [_const(rng, "w1", (c, c, 3, 3), 0.2), _const(rng, "b1", (c,)),
+         _const(rng, "w2", (c, c, 3, 3), 0.2), _const(rng, "b2", (c,))])
+    return _save(graph, path)

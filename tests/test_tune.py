@@ -44,7 +44,12 @@ def test_tune_stores_records_and_reports_tasks(tuned, tiny):
     assert task["name"].startswith("fused_conv2d") and task["flops"] > 0 and task["weight"] == 1
     assert task["best_sec"] > 0 and task["gflops"] > 0 and task["tensor_core"] is False
     assert set(report["seconds"]) == {"search", "build", "measure", "database"}
-    assert "trials 16/32" in stderr and "ETA" in stderr  # progress lines when not a terminal
+    # Progress lines when not a terminal. The baseline (here the plain loop nest) is measured
+    # first, so the estimate exists from the first line; then a small first round, then a full one.
+    lines = [line for line in stderr.splitlines() if line.startswith("tasks ")]
+    assert [line.split()[3] for line in lines] == ["1/32", "17/32", "32/32"]
+    assert "est. latency ?" not in lines[0] and "ETA" in lines[0]
+    assert task["best_sec"] <= task["baseline_sec"]
     with open_database(db, readonly=True) as store:
         (run,) = list(store.db["runs"].rows)
         measured = store.count_records() + store.db["failures"].count
@@ -138,7 +143,7 @@ def _wait_for_progress(proc, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
-        if line.startswith("tasks "):
+        if line.startswith("tasks ") and line.rstrip().endswith("]"):  # after a search round
             return line
     raise AssertionError("no progress line from tvmopt tune")
 
@@ -171,7 +176,8 @@ def test_a_stop_signal_finishes_the_batch_and_prints_resume(tiny, tmp_path, how,
     assert "stopped: interrupted after the current batch" in out and "Traceback" not in err
     assert f"resume with: tvmopt tune {tiny}" in err
     records, failures, trials, ended = _measured(db)
-    assert failures == 0 and records == trials and trials % 8 == 0 and trials >= 8 and ended
+    # The baseline, then whole rounds of 8.
+    assert failures == 0 and records == trials and (trials - 1) % 8 == 0 and trials >= 9 and ended
 
 
 def test_a_second_ctrl_c_stops_at_once_and_still_prints_resume(tiny, tmp_path):
@@ -191,7 +197,7 @@ def test_a_second_ctrl_c_stops_at_once_and_still_prints_resume(tiny, tmp_path):
     assert "internal error" not in err and "Traceback" not in err
     assert f"stopped at once; resume with: tvmopt tune {tiny}" in err
     records, failures, trials, ended = _measured(db)
-    assert records + failures == trials == 8 and ended  # the first round only
+    assert records + failures == trials == 1 + 8 and ended  # the baseline and the first round
 
 
 def test_kill_9_tuner_keeps_committed_records(tiny, tmp_path):
@@ -261,13 +267,36 @@ def test_tune_through_rpc_tracker_and_two_servers(tiny, tmp_path, rpc_tracker, i
     assert devices == {f"rpc:tvmopt-test@{rpc_tracker}"}
 
 
-def test_time_budget_stops_the_run(tiny, tmp_path, invoke):
-    result = invoke("tune", tiny, "--target", "host", "--trials", "100000", "--batch-size", "8",
-                    "--time-budget", "30s", "--db", tmp_path / "t.db", "--json")
+def test_time_budget_and_shared_anchor_tuning(tmp_path, invoke):
+    """Two kernels with one anchor conv are searched once; the winner is measured on both. The
+    run stops when the next round would not fit in the budget."""
+    model = models.shared_anchor(tmp_path / "shared.onnx")
+    db = tmp_path / "t.db"
+    result = invoke("tune", model, "--target", "host", "--trials", "100000", "--batch-size", "8",
+                    "--time-budget", "60s", "--db", db, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["stop_reason"].startswith("time budget reached")
-    assert 0 < report["trials_this_run"] < 100000
+    assert report["elapsed_s"] <= 60 + 15
+    leader, sibling = report["tasks"]
+    assert sibling["finished"] == f"tuned with {leader['name']}"
+    assert leader["trials"] >= 1 + 8 > sibling["trials"] > 1  # baseline + rounds; baseline + transfers
+    assert sibling["best_sec"] < sibling["baseline_sec"]
+    lib = build.build(model, targets.resolve("host"), tmp_path / "m.so", db_path=db)
+    assert set(lib.manifest["kernel_providers"].values()) == {"tuned"}
+    x = runtime.random_inputs(tvmopt.load(lib.path).inputs)
+    (m,) = runtime.compare(tvmopt.load(lib.path)(x), runtime.onnxruntime_outputs(model, x))
+    assert m.max_rel < 1e-4
+
+
+def test_a_measured_baseline_alone_builds_as_untuned(tiny, tmp_path, invoke):
+    db = tmp_path / "b.db"
+    result = invoke("tune", tiny, "--target", "host", "--trials", "1", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    (task,) = json.loads(result.stdout)["tasks"]
+    assert task["trials"] == 1 and task["best_sec"] == task["baseline_sec"] > 0
+    lib = build.build(tiny, targets.resolve("host"), tmp_path / "m.so", db_path=db)
+    assert lib.tuned == [] and set(lib.manifest["kernel_providers"].values()) == {"unscheduled"}
 
 
 # --- bad input --------------------------------------------------------------------------------

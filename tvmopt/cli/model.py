@@ -213,10 +213,11 @@ def _tune_table(report) -> str:
             t.task.name, f"{t.task.flops / 1e6:.2f}", t.task.weight, t.total_trials,
             _fmt_sec(t.best_sec) if t.best_sec else "-",
             f"{t.gflops:.1f}" if t.gflops else "-",
+            f"{t.baseline_sec / t.best_sec:.1f}x" if t.baseline_sec and t.best_sec else "-",
             "yes" if t.tensor_core else "no", t.finished or "",
         ])
-    return table(rows, ["task", "MFLOP", "weight", "trials", "best", "GFLOP/s", "tensor core",
-                         "stopped"])
+    return table(rows, ["task", "MFLOP", "weight", "trials", "best", "GFLOP/s", "vs untuned",
+                        "tensor core", "stopped"])
 
 
 @cli.command()

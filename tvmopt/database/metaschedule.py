@@ -24,6 +24,14 @@ def record_to_json(record) -> list:
     return _plain(_ffi_api.TuningRecordAsJSON(record))
 
 
+def stored_trace(trace, mod) -> str:
+    """A schedule's trace on workload `mod`, spelled as the store keeps it (`trace_json`)."""
+    from .identity import canonical_json
+
+    return canonical_json(record_to_json(
+        ms.database.TuningRecord(trace, ms.database.Workload(mod)))[0])
+
+
 def _plain(obj):
     import tvm
     from tvm.tirx import FloatImm, IntImm

@@ -298,6 +298,23 @@ class TuningStore:
             f"SELECT count(*) FROM {table} WHERE workload_id = ? AND target_sha256 = ?",
             [workload_id, target_sha256]).fetchone()[0] for table in ("records", "failures"))
 
+    def measured_sec(self, workload_id: int, target_sha256: str, trace_json: str) -> float | None:
+        """The best mean latency measured for this schedule (a trace, as `canonical_json` spells
+        it) of the workload on the target, or None."""
+        return self.conn.execute(
+            "SELECT min(mean_sec) FROM records WHERE workload_id = ? AND target_sha256 = ? AND "
+            "trace_json = ?", [workload_id, target_sha256, trace_json]).fetchone()[0]
+
+    def has_measured(self, workload_id: int, target_sha256: str, trace_json: str) -> bool:
+        """Whether this schedule (a trace, as `canonical_json` spells it) was measured for the
+        workload on the target, successfully or not."""
+        return self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM records WHERE workload_id = ? AND target_sha256 = ? AND "
+            "trace_json = ?) OR EXISTS (SELECT 1 FROM failures WHERE workload_id = ? AND "
+            "target_sha256 = ? AND trace_sha256 = ?)",
+            [workload_id, target_sha256, trace_json, workload_id, target_sha256,
+             sha256(trace_json)]).fetchone()[0] == 1
+
     def count_records(self, target_sha256: str | None = None) -> int:
         if target_sha256 is None:
             return self.conn.execute("SELECT count(*) FROM records").fetchone()[0]

@@ -1,7 +1,7 @@
 """Provider 2: TVM's default schedules for kernels nobody tuned: DLight's rules on GPUs.
 
 CPUs get none yet (DLight's CPU rules cover only GEMV and reductions); their kernels stay
-unscheduled.
+unscheduled. The tuner measures these same schedules first, as each task's baseline record.
 """
 
 from __future__ import annotations
@@ -13,20 +13,40 @@ class DefaultSchedules:
     name = "default"
 
     def provide(self, kernels, ctx) -> dict[str, object]:
-        import tvm
-        from tvm import relax
-        from tvm.s_tir import dlight as dl
+        out = {}
+        for kernel in kernels:
+            sch = default_schedule(kernel.func, ctx.target)
+            if sch is not None:
+                out[kernel.name] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        return out
 
-        if not kernels or not relax.pipeline.BackendDispatcher.is_gpu_target(ctx.target):
-            return {}
-        mod = tvm.IRModule({k.name: k.func for k in kernels})
-        with rule_target(ctx.target):
-            mod = dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
-            )(mod)
-        return {gv.name_hint: func for gv, func in mod.functions.items()
-                if func.attrs is not None and func.attrs.get("tirx.is_scheduled")}
+
+def default_schedule(func, target):
+    """The traced Schedule DLight gives `func` on a GPU target; None on CPUs or when no rule
+    applies (the kernel then stays unscheduled)."""
+    from tvm import relax, s_tir
+    from tvm.s_tir import dlight as dl
+
+    if not relax.pipeline.BackendDispatcher.is_gpu_target(target):
+        return None
+    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+             dl.gpu.Fallback())
+    chosen = rule_target(target)
+    with chosen:
+        for rule in rules:
+            space = rule.apply(func, chosen, False)
+            if space is not None:
+                return space if isinstance(space, s_tir.Schedule) else space[0]
+    return None
+
+
+def baseline_schedule(workload, target):
+    """What a kernel of `workload` (a task's module) gets from the build without a tuned record,
+    as a traced Schedule: its default schedule, or else its plain loop nest."""
+    from tvm import s_tir
+
+    sch = default_schedule(workload["main"], target)
+    return sch if sch is not None else s_tir.Schedule(workload)
 
 
 def rule_target(target):

@@ -1,7 +1,9 @@
 """Provider 1: kernels with a tuned record for this exact target get the best record's schedule.
 
 One database lookup per task (kernels of one structure share it), replacing TVM's
-MetaScheduleApplyDatabase, which would look each kernel up a second time.
+MetaScheduleApplyDatabase, which would look each kernel up a second time. When the best record
+is the baseline itself (the default schedule or plain loop nest, which the tuner measures first),
+the kernel is left to the later providers, so the manifest says where it really came from.
 """
 
 from __future__ import annotations
@@ -25,8 +27,17 @@ class TunedRecords:
                 workload_id = ctx.store.find_workload(kernel.task.mod)
                 best = (ctx.store.best_records(workload_id, target_sha256, 1)
                         if workload_id is not None else [])
-                best_by_task[kernel.task.name] = best[0] if best else None
+                best_by_task[kernel.task.name] = (
+                    best[0] if best and not _is_default(best[0], kernel.task.mod, ctx.target)
+                    else None)
             record = best_by_task[kernel.task.name]
             if record is not None:
                 out[kernel.name] = apply_record(kernel.func, record)
         return out
+
+
+def _is_default(record, workload, target) -> bool:
+    from ..database.metaschedule import stored_trace
+    from .defaults import baseline_schedule
+
+    return record.trace_json == stored_trace(baseline_schedule(workload, target).trace, workload)

@@ -20,8 +20,10 @@ class TaskProgress:
     trials: int = 0  # measured by this run
     best_sec: float | None = None
     stale_rounds: int = 0
+    rounds: int = 0  # search rounds run by this run
     finished: str | None = None  # why the task stopped, once it has
     tensor_core: bool = False
+    baseline_sec: float | None = None  # its default schedule (or plain loop nest), as measured
 
     @property
     def total_trials(self) -> int:
@@ -37,7 +39,7 @@ class TaskProgress:
         return {
             **self.task.as_dict(),
             "trials": self.total_trials, "trials_this_run": self.trials,
-            "best_sec": self.best_sec, "gflops": self.gflops,
+            "best_sec": self.best_sec, "baseline_sec": self.baseline_sec, "gflops": self.gflops,
             "tensor_core": self.tensor_core, "finished": self.finished,
         }
 

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..database import FAILED_RUN_SEC, open_database, target_identity
 from ..errors import TvmoptError, first_line
@@ -85,11 +85,12 @@ class _Clock:
     search_s: float | None = None  # per round
     per_candidate_s: float | None = None  # build + measure + database, per candidate
 
-    def observe(self, search_s: float, rest_s: float, n: int) -> None:
-        per = rest_s / max(n, 1)
+    def observe(self, search_s: float | None, rest_s: float, n: int) -> None:
+        """A round's search time (None for a round that was not searched) and the rest."""
         blend = (lambda old, new: new if old is None else 0.7 * old + 0.3 * new)
-        self.search_s = blend(self.search_s, search_s)
-        self.per_candidate_s = blend(self.per_candidate_s, per)
+        if search_s is not None:
+            self.search_s = blend(self.search_s, search_s)
+        self.per_candidate_s = blend(self.per_candidate_s, rest_s / max(n, 1))
 
     def round_s(self, n: int) -> float | None:
         if self.search_s is None:
@@ -102,13 +103,43 @@ _SEARCH_LOG = logging.getLogger("tvmopt.search")
 _SEARCH_LOG.setLevel(logging.WARNING)
 
 
+@dataclass
+class _Round:
+    """Candidates on their way through build and measurement, for one task's search round (`ctx`
+    set) or for the baselines of many tasks. Schedules transferred to the task's anchor-block
+    siblings ride along, measured once the task's own results are in."""
+
+    entries: list  # (TaskProgress, MeasureCandidate)
+    ctx: object = None  # the searched task's TuneContext
+    search_s: float = 0.0
+    measure_s: float = 0.0  # building and measuring it, transfers included
+    results: list = field(default_factory=list)
+    transfers: list = field(default_factory=list)  # (TaskProgress, MeasureCandidate)
+    transfer_results: list = field(default_factory=list)
+    transfer_failed: list = field(default_factory=list)  # siblings the transfer could not serve
+
+    @property
+    def task(self) -> TaskProgress | None:
+        return self.entries[0][0] if self.ctx is not None else None
+
+
+# A task's first search round measures this many candidates, so every task has searched
+# schedules early (breadth first); later rounds measure a full --batch-size.
+FIRST_ROUND = 16
+
+
 class Tuner:
     """Tunes a model's tasks for one target into the tuning database.
 
-    Each round picks the task where a better kernel saves the most (weight x current best latency,
-    with every task measured once first), asks its evolutionary search for a batch of candidates,
-    builds them in parallel, measures them (locally or on RPC servers), stores every result, and
-    retrains the shared XGBoost cost model.
+    It first measures every task's baseline (the schedule the build would use untuned) in one
+    batch, so the model estimate exists within minutes and no tuned kernel can be slower than
+    it. Then each round picks a task (every task gets a small first round before any gets a
+    second; after that, where a better kernel saves the most: weight x current best latency),
+    asks its evolutionary search for a batch, builds the batch in parallel, measures it (locally
+    or on RPC servers), stores every result, and retrains the shared XGBoost cost model. Kernels
+    with the same anchor conv/matmul and other epilogues share one search: the winning schedule
+    is transferred to them and measured on each. When measurement happens off this CPU (a GPU, an
+    RPC device), the next round's search runs while the current round is measured.
     """
 
     def __init__(self, tasks: list[Task], target, precision: str, store, options: TuneOptions,
@@ -128,6 +159,11 @@ class Tuner:
         self.on_progress = on_progress or log_progress
         self.clock = _Clock()
         self.device_type = "cpu" if target.kind.name == "llvm" else target.kind.name
+        # Searching while measuring on this same CPU would disturb the timings.
+        self.overlap = self.device_type != "cpu" or bool(options.rpc_tracker)
+        self.siblings: dict[str, list[TaskProgress]] = {}  # leader task name -> its siblings
+        self._builder = self._runner = self._report = None
+        self._baselines: dict[str, tuple] = {}
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -142,6 +178,39 @@ class Tuner:
         if best:
             progress.best_sec = best[0].mean_sec
             progress.tensor_core = uses_tensor_cores(best[0].trace_json)
+            progress.baseline_sec = self.store.measured_sec(workload_id, tsha,
+                                                            self._baseline(progress)[1])
+
+    def _baseline(self, progress: TaskProgress):
+        """(the task's baseline as a traced Schedule, its trace as stored): what the build gives
+        the kernel untuned, the default schedule or the plain loop nest."""
+        from ..database.metaschedule import stored_trace
+        from ..kernels.defaults import baseline_schedule
+
+        name = progress.task.name
+        if name not in self._baselines:
+            sch = baseline_schedule(progress.task.mod, self.target)
+            self._baselines[name] = sch, stored_trace(sch.trace, progress.task.mod)
+        return self._baselines[name]
+
+    def _group_by_anchor(self, report: TuneReport) -> None:
+        """Tasks whose anchor block (the conv/matmul) is the same share a search: the heaviest
+        leads, the others are marked as tuned with it (MetaSchedule's anchor-block equality,
+        kept per fused kernel in the database so every record is measured on its own kernel)."""
+        import tvm_ffi
+        from tvm.s_tir.analysis import find_anchor_sblock
+
+        leaders: dict[int, TaskProgress] = {}
+        for p in report.tasks:  # heaviest first
+            anchor = find_anchor_sblock(p.task.mod)
+            if anchor is None:
+                continue
+            key = tvm_ffi.structural_hash(anchor, map_free_vars=True)
+            leader = leaders.setdefault(key, p)
+            if leader is not p and tvm_ffi.structural_equal(
+                    find_anchor_sblock(leader.task.mod), anchor, map_free_vars=True):
+                self.siblings.setdefault(leader.task.name, []).append(p)
+                p.finished = f"tuned with {leader.task.name}"
 
     def _warm_start(self, cost_model) -> int:
         """Train the cost model on this target's records (AutoTVM's load_history, for XGBoost)."""
@@ -169,11 +238,14 @@ class Tuner:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> TuneReport:
+        from concurrent.futures import ThreadPoolExecutor
+
         from tvm.s_tir import meta_schedule as ms
 
         opts = self.options
         report = TuneReport(target_identity(self.target)[1], [TaskProgress(t) for t in self.tasks],
                             budget=opts.trials)
+        self._report = report
         for p in report.tasks:
             self._prior_state(p)
         if report.trials_total >= opts.trials:
@@ -182,11 +254,12 @@ class Tuner:
             for p in report.tasks:
                 p.finished = p.finished or "budget"
             return report
+        self._group_by_anchor(report)
         # Only now start the measuring and building processes: a spent budget needs neither.
-        runner, device = make_runner(self.target, opts)
+        self._runner, device = make_runner(self.target, opts)
         workers = opts.workers or os.cpu_count() or 1
-        builder = PersistentBuilder(max_workers=workers)
-        builder.start()
+        self._builder = PersistentBuilder(max_workers=workers)
+        self._builder.start()
         cost_model = ms.cost_model.XGBModel(num_tuning_cores=workers, adaptive_training=True)
         warm = self._warm_start(cost_model)
         if warm:
@@ -199,15 +272,25 @@ class Tuner:
         contexts: dict[str, object] = {}
         start = time.perf_counter()
         stop = _StopAfterBatch(lambda signum: self._exit_now(report.run_uid, signum))
+        in_flight = None  # (round, future) being built and measured in the background
         try:
-            with stop:
+            with stop, ThreadPoolExecutor(max_workers=1) as measurer:
+                baselines = self._baseline_round(report)
+                if baselines is not None and not stop.requested:
+                    self._measure(baselines)
+                    self._finish(report, (baselines, None), database, cost_model, start)
                 while True:
                     report.elapsed_s = time.perf_counter() - start
                     reason = self._should_stop(report, stop.requested)
-                    if reason:
-                        report.stop_reason = reason
+                    busy = in_flight[0].task if in_flight else None
+                    progress = None if reason else self._pick(report, busy)
+                    if progress is None:
+                        if in_flight:  # its results may reopen or end the tuning
+                            self._finish(report, in_flight, database, cost_model, start)
+                            in_flight = None
+                            continue
+                        report.stop_reason = reason or "every task converged or reached its trial limit"
                         break
-                    progress = self._pick(report)
                     n = self._batch_size(report, progress)
                     if progress.task.name not in contexts:
                         contexts[progress.task.name] = self._context(progress, database,
@@ -216,15 +299,24 @@ class Tuner:
                     if ctx is None:
                         progress.finished = "no schedule space"
                         continue
-                    self._round(report, progress, ctx, n, builder, runner, database, cost_model)
-                    report.elapsed_s = time.perf_counter() - start
-                    report.eta_s = self._eta(report)
-                    self.on_progress(report, progress)
+                    rnd = self._search(progress, ctx, n)
+                    if in_flight:
+                        self._finish(report, in_flight, database, cost_model, start)
+                        in_flight = None
+                    if rnd is None:
+                        continue
+                    if self.overlap:
+                        in_flight = (rnd, measurer.submit(self._measure, rnd))
+                    else:
+                        self._measure(rnd)
+                        self._finish(report, (rnd, None), database, cost_model, start)
+                if in_flight:
+                    self._finish(report, in_flight, database, cost_model, start)
         finally:
             report.interrupted = stop.requested
             report.stop_signal = stop.signal_name
             report.elapsed_s = time.perf_counter() - start
-            builder.shutdown()
+            self._builder.shutdown()
             self.store.end_run(report.run_uid, report.trials_this_run)
             for ctx in contexts.values():
                 if ctx is not None:
@@ -232,14 +324,21 @@ class Tuner:
                         ctx.post_tuning()
         return report
 
+    def _finish(self, report, in_flight, database, cost_model, start) -> None:
+        rnd, future = in_flight
+        if future is not None:
+            future.result()
+        self._commit(report, rnd, database, cost_model)
+        report.elapsed_s = time.perf_counter() - start
+        report.eta_s = self._eta(report)
+        self.on_progress(report, rnd.task)
+
     def _should_stop(self, report: TuneReport, interrupted: bool) -> str | None:
         opts = self.options
         if interrupted:
             return "interrupted after the current batch"
         if report.trials_total >= opts.trials:
             return f"trial budget reached ({opts.trials})"
-        if all(p.finished for p in report.tasks):
-            return "every task converged or reached its trial limit"
         if opts.time_budget_s is not None:
             left = opts.time_budget_s - report.elapsed_s
             smallest = self.clock.round_s(min(4, opts.batch_size))
@@ -256,18 +355,27 @@ class Tuner:
             eta = min(eta, self.options.time_budget_s - report.elapsed_s)
         return max(eta, 0.0)
 
-    def _pick(self, report: TuneReport) -> TaskProgress:
-        open_tasks = [p for p in report.tasks if not p.finished]
-        unmeasured = [p for p in open_tasks if p.best_sec is None]
-        if unmeasured:  # measure every task once before comparing them
-            return max(unmeasured, key=lambda p: p.task.weight * p.task.flops)
+    def _share(self, progress: TaskProgress) -> float:
+        """The model time a task's search can improve: its own and its anchor siblings'."""
+        group = [progress, *self.siblings.get(progress.task.name, ())]
+        return sum(p.task.weight * (p.best_sec if p.best_sec is not None else 1.0) for p in group)
+
+    def _pick(self, report: TuneReport, busy: TaskProgress | None) -> TaskProgress | None:
+        open_tasks = [p for p in report.tasks if not p.finished and p is not busy]
+        if not open_tasks:
+            return None
+        fresh = [p for p in open_tasks if p.rounds == 0]
+        if fresh:  # breadth first: a first round for every task before any gets a second
+            return max(fresh, key=self._share)
         # The gain from a task is bounded by its share of the model's time; favour the tasks
         # where that share is large and that have had few trials.
-        return max(open_tasks, key=lambda p: p.task.weight * p.best_sec / math.sqrt(1 + p.trials))
+        return max(open_tasks, key=lambda p: self._share(p) / math.sqrt(1 + p.trials))
 
     def _batch_size(self, report: TuneReport, progress: TaskProgress) -> int:
         opts = self.options
         n = min(opts.batch_size, opts.trials - report.trials_total)
+        if progress.rounds == 0:
+            n = min(n, FIRST_ROUND)
         if opts.trials_per_task is not None:
             n = min(n, opts.trials_per_task - progress.total_trials)
         if opts.time_budget_s is not None and self.clock.per_candidate_s:
@@ -299,30 +407,90 @@ class Tuner:
                 log.debug("design space for %s failed (attempt %d): %s", progress.task.name,
                           attempt + 1, first_line(e))
                 continue
-            ctx.pre_tuning(max_trials=max(cap - progress.prior_trials, n), num_trials_per_iter=n,
-                           design_spaces=spaces, database=database, cost_model=cost_model)
+            # Every round may ask for a full batch; a smaller one takes the first candidates.
+            ctx.pre_tuning(max_trials=max(cap - progress.prior_trials, opts.batch_size),
+                           num_trials_per_iter=opts.batch_size, design_spaces=spaces,
+                           database=database, cost_model=cost_model)
             return ctx
         log.warning("task %s: MetaSchedule could not generate a schedule space; it keeps TVM's "
                     "default schedule", progress.task.name)
         return None
 
-    def _round(self, report, progress, ctx, n, builder, runner, database, cost_model) -> None:
+    def _baseline_round(self, report: TuneReport) -> _Round | None:
+        """Each task's baseline not yet measured for this target, heaviest first, in one round."""
         from tvm.s_tir import meta_schedule as ms
 
+        tsha = target_identity(self.target)[0]
+        room = self.options.trials - report.trials_total
+        entries = []
+        for p in report.tasks:
+            if len(entries) >= room:
+                break
+            sch, trace_json = self._baseline(p)
+            workload_id = self.store.find_workload(p.task.mod)
+            if workload_id is not None and self.store.has_measured(workload_id, tsha, trace_json):
+                continue
+            args = ms.arg_info.ArgInfo.from_prim_func(p.task.mod["main"])
+            entries.append((p, ms.MeasureCandidate(sch, args)))
+        return _Round(entries) if entries else None
+
+    def _search(self, progress: TaskProgress, ctx, n: int) -> _Round | None:
         t0 = time.perf_counter()
         candidates = ctx.generate_measure_candidates()
-        t1 = time.perf_counter()
-        report.seconds["search"] += t1 - t0
+        search_s = time.perf_counter() - t0
+        self._report.seconds["search"] += search_s
         if not candidates:
             progress.finished = "search space exhausted"
-            return
-        candidates = list(candidates)[:n]
-        built = builder.build([ms.builder.BuilderInput(c.sch.mod, self.target) for c in candidates])
-        t2 = time.perf_counter()
-        report.seconds["build"] += t2 - t1
+            return None
+        return _Round([(progress, c) for c in list(candidates)[:n]], ctx=ctx, search_s=search_s)
+
+    def _measure(self, rnd: _Round) -> None:
+        """Build and measure a round, then the leader's new best transferred to its siblings.
+        Runs in the background while the next round is searched (when `overlap`)."""
+        start = time.perf_counter()
+        rnd.results = self._build_and_run([c for _, c in rnd.entries])
+        siblings = self.siblings.get(rnd.task.task.name) if rnd.task is not None else None
+        best = _best(rnd.entries, rnd.results)
+        if siblings and best is not None and (rnd.task.best_sec is None
+                                              or best[0] < rnd.task.best_sec):
+            rnd.transfers, rnd.transfer_failed = self._transfer(rnd.task, best[1], siblings)
+            rnd.transfer_results = self._build_and_run([c for _, c in rnd.transfers])
+        rnd.measure_s = time.perf_counter() - start
+
+    def _transfer(self, leader: TaskProgress, leader_candidate, siblings):
+        """The leader's schedule applied to each sibling kernel through their shared anchor."""
+        import tvm
+        from tvm.s_tir import meta_schedule as ms
+        from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
+
+        transfers, failed = [], []
+        for sibling in siblings:
+            sch = tvm.s_tir.Schedule(sibling.task.mod)
+            try:
+                schedule_using_anchor_trace(sch, leader_candidate.sch.trace, self.target)
+            except Exception as e:  # noqa: BLE001 - TVM raises ScheduleError and others here
+                log.debug("anchor trace of %s does not apply to %s: %s", leader.task.name,
+                          sibling.task.name, first_line(e))
+                failed.append(sibling)
+                continue
+            args = ms.arg_info.ArgInfo.from_prim_func(sibling.task.mod["main"])
+            transfers.append((sibling, ms.MeasureCandidate(sch, args)))
+        return transfers, failed
+
+    def _build_and_run(self, candidates) -> list:
+        from tvm.s_tir import meta_schedule as ms
+
+        if not candidates:
+            return []
+        seconds = self._report.seconds
+        t0 = time.perf_counter()
+        built = self._builder.build([ms.builder.BuilderInput(c.sch.mod, self.target)
+                                     for c in candidates])
+        t1 = time.perf_counter()
+        seconds["build"] += t1 - t0
         results: list = [None] * len(candidates)
         runnable = [(i, b) for i, b in enumerate(built) if b.error_msg is None]
-        futures = runner.run([
+        futures = self._runner.run([
             ms.runner.RunnerInput(b.artifact_path, self.device_type, candidates[i].args_info)
             for i, b in runnable])
         for (i, _), future in zip(runnable, futures):
@@ -330,30 +498,61 @@ class Tuner:
         for i, b in enumerate(built):
             if b.error_msg is not None:
                 results[i] = ms.runner.RunnerResult(None, b.error_msg)
-        t3 = time.perf_counter()
-        report.seconds["measure"] += t3 - t2
+        seconds["measure"] += time.perf_counter() - t1
         for b in built:
             if b.artifact_path:
                 shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-        workload = ms.database.Workload(progress.task.mod)
+        return results
+
+    def _commit(self, report: TuneReport, rnd: _Round, database, cost_model) -> None:
+        """Store a measured round in one transaction, then update the search and the tasks."""
+        from tvm.s_tir import meta_schedule as ms
+
+        t0 = time.perf_counter()
+        entries = [*zip(rnd.entries, rnd.results), *zip(rnd.transfers, rnd.transfer_results)]
         with self.store.write():  # the round's records land together, or not at all
-            self.store.add_workload(progress.task.mod, name=progress.task.name)
-            for c, r in zip(candidates, results):
+            for (p, c), r in entries:
+                self.store.add_workload(p.task.mod, name=p.task.name)
                 database.commit_tuning_record(ms.database.TuningRecord(
-                    c.sch.trace, workload, r.run_secs if r.error_msg is None else None,
-                    self.target, c.args_info))
-        ctx.notify_runner_results(candidates, results)
-        cost_model.update(ctx, candidates, results)
-        t4 = time.perf_counter()
-        report.seconds["database"] += t4 - t3
-        self.clock.observe(t1 - t0, t4 - t1, len(candidates))
-        progress.trials += len(candidates)
-        self._update_best(progress, candidates, results)
+                    c.sch.trace, ms.database.Workload(p.task.mod),
+                    r.run_secs if r.error_msg is None else None, self.target, c.args_info))
+        leader = rnd.task
+        if leader is not None:
+            candidates = [c for _, c in rnd.entries]
+            rnd.ctx.notify_runner_results(candidates, rnd.results)
+            cost_model.update(rnd.ctx, candidates, rnd.results)
+        report.seconds["database"] += time.perf_counter() - t0
+        for (p, c), r in entries:
+            p.trials += 1
+            self._update_best(p, c, r, baseline=leader is None)
+        for sibling in rnd.transfer_failed:  # it gets its own search instead
+            self.siblings[leader.task.name].remove(sibling)
+            sibling.finished = None
+        self.clock.observe(rnd.search_s if leader is not None else None,
+                           rnd.measure_s + time.perf_counter() - t0, len(entries))
+        if leader is None:
+            return
+        leader.rounds += 1
+        best = _best(rnd.entries, rnd.results)
+        if best is not None and (leader.best_sec is None or best[0] < leader.best_sec * 0.99):
+            leader.stale_rounds = 0
+        else:
+            leader.stale_rounds += 1
         cap = self.options.trials_per_task
-        if cap is not None and progress.total_trials >= cap:
-            progress.finished = "trial limit per task"
-        elif progress.stale_rounds >= self.options.patience:
-            progress.finished = "converged"
+        if cap is not None and leader.total_trials >= cap:
+            leader.finished = "trial limit per task"
+        elif leader.stale_rounds >= self.options.patience:
+            leader.finished = "converged"
+
+    def _update_best(self, progress: TaskProgress, candidate, result, *, baseline: bool) -> None:
+        sec = _mean_sec(result)
+        if sec is None:
+            return
+        if baseline:
+            progress.baseline_sec = sec
+        if progress.best_sec is None or sec < progress.best_sec:
+            progress.best_sec = sec
+            progress.tensor_core = uses_tensor_cores(str(candidate.sch.trace))
 
     def _exit_now(self, run_uid: str, signum: int) -> None:
         """A second stop signal: exit at once, as kill -9 would but tidily. The round's records
@@ -371,21 +570,19 @@ class Tuner:
         sys.stderr.flush()
         os._exit(128 + signum)
 
-    def _update_best(self, progress: TaskProgress, candidates, results) -> None:
-        measured = [(sum(map(float, r.run_secs)) / len(r.run_secs), c) for c, r in
-                    zip(candidates, results) if r.error_msg is None and r.run_secs
-                    and max(map(float, r.run_secs)) < FAILED_RUN_SEC]
-        if not measured:
-            progress.stale_rounds += 1
-            return
-        best_sec, best = min(measured, key=lambda x: x[0])
-        if progress.best_sec is None or best_sec < progress.best_sec * 0.99:
-            progress.stale_rounds = 0
-        else:
-            progress.stale_rounds += 1
-        if progress.best_sec is None or best_sec < progress.best_sec:
-            progress.best_sec = best_sec
-            progress.tensor_core = uses_tensor_cores(str(best.sch.trace))
+
+def _mean_sec(result) -> float | None:
+    """A measurement's mean latency, or None for a failed or timed-out candidate."""
+    if result.error_msg is not None or not result.run_secs:
+        return None
+    secs = [float(s) for s in result.run_secs]
+    return sum(secs) / len(secs) if max(secs) < FAILED_RUN_SEC else None
+
+
+def _best(entries, results):
+    """(latency, candidate) of the fastest measured candidate, or None."""
+    measured = [(sec, c) for (_, c), r in zip(entries, results) if (sec := _mean_sec(r)) is not None]
+    return min(measured, key=lambda x: x[0]) if measured else None
 
 
 def tune(model, preset: Preset, *, db_path=None, model_options: ModelOptions = ModelOptions(),
