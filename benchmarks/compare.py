@@ -5,9 +5,11 @@
         --device cuda --precision fp16 --layout NHWC --db gpu.db
     python benchmarks/compare.py --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \\
         --export resnet18.onnx     # the same model as a file, e.g. to tune it first
+    python benchmarks/compare.py --torch benchmarks/peer_models.py:bert_base --device cuda \\
+        --precision fp16           # a factory that brings its own inputs (ids and mask)
 
 Rows: tvmopt untuned (TVM's default schedules) and tuned (records from --db; `--tune-trials N`
-tunes first), ONNX Runtime (CUDA when onnxruntime-gpu is installed, else CPU) and, with
+tunes into it first), ONNX Runtime (CUDA when onnxruntime-gpu is installed, else CPU) and, with
 `--torch MODULE:FACTORY` (or FILE.py:FACTORY), PyTorch eager and `torch.compile` on the very module
 the ONNX file is exported from. Each row is timed per call after warmup, with its inputs already
 on the device: tvmopt by TVM's time evaluator (CUDA events on a GPU), PyTorch on a GPU by CUDA
@@ -50,13 +52,29 @@ def load_factory(spec: str):
     return getattr(module, name)
 
 
-def export_torch(net, example, path: Path) -> None:
+def export_torch(net, example: dict, path: Path) -> None:
     import torch
 
     with warnings.catch_warnings():  # the TorchScript exporter warns that it is the legacy one
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (example,), str(path), input_names=["input"], output_names=["output"],
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(net, tuple(example.values()), str(path), input_names=list(example),
+                          output_names=["output"], opset_version=17, dynamo=False)
+
+
+def torch_model(spec: str, input_shape: str | None):
+    """(module in eval mode, {input name: example tensor}) from a factory that returns a module
+    (its one input shaped by --input-shape) or a (module, example inputs) pair."""
+    import torch
+
+    torch.manual_seed(0)
+    made = load_factory(spec)()
+    if isinstance(made, tuple):
+        net, example = made
+    else:
+        if not input_shape:
+            sys.exit(f"--torch {spec}: this factory returns a bare module; give --input-shape")
+        net, example = made, {"input": torch.randn(*(int(d) for d in input_shape.split("x")))}
+    return net.eval(), example
 
 
 def p50_ms(samples_s: list[float]) -> float:
@@ -107,13 +125,16 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
 
     preset = targets.resolve("cuda" if args.device == "cuda" else "host")
     options = ModelOptions(precision=args.precision, layout=args.layout)
+    tuned_db = args.db or (default_path()[0] if args.tune_trials else None)
     if args.tune_trials:
-        tuning.tune(model_path, preset, db_path=args.db, model_options=options,
+        tuning.tune(model_path, preset, db_path=tuned_db, model_options=options,
                     options=tuning.TuneOptions(trials=args.tune_trials))
     rows = []
     open_database(tmp / "empty.db").close()
-    for label, db, source in (("tvmopt untuned", tmp / "empty.db", "an empty database"),
-                              ("tvmopt tuned", args.db, args.db or default_path()[0])):
+    builds = [("tvmopt untuned", tmp / "empty.db", "an empty database")]
+    if tuned_db is not None:
+        builds.append(("tvmopt tuned", tuned_db, tuned_db))
+    for label, db, source in builds:
         result = build.build(model_path, preset, tmp / f"{label.split()[1]}.so", db_path=db,
                              options=options)
         report = bench.bench(result.path, bench.BenchOptions(warmup=args.warmup,
@@ -162,8 +183,14 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
     net = net.to(device=device, dtype=dtype)
     memory_format = torch.channels_last if args.layout == "NHWC" else torch.contiguous_format
     net = net.to(memory_format=memory_format)
-    (value,) = inputs.values()
-    x = torch.from_numpy(value).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
+
+    def tensor(value):
+        t = torch.from_numpy(value).to(device)
+        if t.is_floating_point():
+            t = t.to(dtype)
+        return t.contiguous(memory_format=memory_format) if t.dim() == 4 else t
+
+    xs = [tensor(v) for v in inputs.values()]
     (output_name,) = reference
     rows = []
     modes = args.torch_compile_modes or (["reduce-overhead"] if args.device == "cuda"
@@ -176,15 +203,15 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
             fn = torch.compile(net, mode=compile_mode)
             start = time.perf_counter()
             with torch.inference_mode():
-                fn(x)
+                fn(*xs)
             compile_s = time.perf_counter() - start
         with torch.inference_mode():
-            call = lambda: fn(x)  # noqa: E731
+            call = lambda: fn(*xs)  # noqa: E731
             if args.device == "cuda":
                 samples = time_cuda_events(call, warmup=args.warmup, iterations=args.iterations)
             else:
                 samples = time_calls(call, warmup=args.warmup, iterations=args.iterations)
-            out = fn(x).float().cpu().numpy()
+            out = fn(*xs).float().cpu().numpy()
         detail = f"torch {torch.__version__}, {args.precision}, {args.layout}"
         if compile_mode is not None:
             detail += f", mode={compile_mode}, first call (compile) {compile_s:.1f} s"
@@ -212,9 +239,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--torch", dest="torch_factory", metavar="MODULE:FACTORY",
                         help="PyTorch module factory; the ONNX file is exported from it")
     parser.add_argument("--input-shape", default=None, metavar="DIMS",
-                        help="input shape for --torch, e.g. 1x3x224x224")
+                        help="input shape for a --torch factory that returns a bare module, "
+                             "e.g. 1x3x224x224")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--db", type=Path, default=None, help="tuning database for the tuned row")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="tuning database for a tuned row [default: no tuned row]")
     parser.add_argument("--torch-compile-modes", nargs="*", metavar="MODE",
                         help="torch.compile modes to measure [default: reduce-overhead (CUDA "
                              "graphs, the batch-1 peer) on cuda, default on cpu]")
@@ -239,24 +268,20 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="tvmopt-compare-") as tmp:
         tmp = Path(tmp)
-        net = None
+        net = example = None
         if args.torch_factory:
-            import torch
-
-            torch.manual_seed(0)
-            net = load_factory(args.torch_factory)().eval()
-            if not args.input_shape:
-                parser.error("--torch needs --input-shape")
-            shape = tuple(int(d) for d in args.input_shape.split("x"))
+            net, example = torch_model(args.torch_factory, args.input_shape)
             if args.export is not None:
-                export_torch(net, torch.randn(*shape), args.export)
-                print(f"exported {args.export} (torch {torch.__version__})")
+                export_torch(net, example, args.export)
+                print(f"exported {args.export}")
                 return {}
             if args.model is None:
                 args.model = tmp / "model.onnx"
-                export_torch(net, torch.randn(*shape), args.model)
-        specs = resolve_inputs(load_model(args.model), {})
-        inputs = runtime.random_inputs(specs, seed=0)
+                export_torch(net, example, args.model)
+        if example is not None:  # the factory's own inputs: token ids in range, a real mask
+            inputs = {name: t.numpy() for name, t in example.items()}
+        else:
+            inputs = runtime.random_inputs(resolve_inputs(load_model(args.model), {}), seed=0)
         reference = runtime.onnxruntime_outputs(args.model, inputs)
         rows = tvmopt_rows(args, args.model, inputs, reference, tmp)
         rows.append(onnxruntime_row(args, args.model, inputs, reference))

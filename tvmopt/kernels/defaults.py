@@ -1,4 +1,5 @@
-"""Provider 2: TVM's default schedules for kernels nobody tuned: DLight's rules on GPUs.
+"""Provider 2: default schedules for kernels nobody tuned, on GPUs: tensor-core GEMMs tiled to
+fill the GPU (`tensorcore_gemm`), then DLight's rules for everything else.
 
 CPUs get none yet (DLight's CPU rules cover only GEMV and reductions); their kernels stay
 unscheduled. The tuner measures these same schedules first, as each task's baseline record.
@@ -7,6 +8,8 @@ unscheduled. The tuner measures these same schedules first, as each task's basel
 from __future__ import annotations
 
 import re
+
+from .tensorcore_gemm import TensorCoreGemm
 
 
 class DefaultSchedules:
@@ -22,15 +25,15 @@ class DefaultSchedules:
 
 
 def default_schedule(func, target):
-    """The traced Schedule DLight gives `func` on a GPU target; None on CPUs or when no rule
-    applies (the kernel then stays unscheduled)."""
+    """The traced Schedule the default rules give `func` on a GPU target; None on CPUs or when
+    no rule applies (the kernel then stays unscheduled)."""
     from tvm import relax, s_tir
     from tvm.s_tir import dlight as dl
 
     if not relax.pipeline.BackendDispatcher.is_gpu_target(target):
         return None
-    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-             dl.gpu.Fallback())
+    rules = (TensorCoreGemm(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+             dl.gpu.GeneralReduction(), dl.gpu.Fallback())
     chosen = rule_target(target)
     with chosen:
         for rule in rules:
