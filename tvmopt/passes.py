@@ -30,6 +30,9 @@ class GraphPass:
     summary: str
     make: Callable[[object, object], list]  # (tvm.relax, target) -> the TVM passes
     applies: Callable[[PipelineOptions], bool] = lambda opts: True
+    # Set for an optimisation the model is correct without: if TVM fails in it, the module
+    # stays as it was and this says so (else the failure ends the build).
+    skipped_on_failure: str | None = None
 
 
 def _nhwc_passes(relax, target):
@@ -67,6 +70,7 @@ PIPELINE: tuple[GraphPass, ...] = (
         "as cuDNN and PyTorch do",
         lambda relax, target: [relax.transform.ToMixedPrecision(out_dtype="float32")],
         lambda opts: opts.precision == "fp16",
+        skipped_on_failure="the model stays fp32",
     ),
     GraphPass(
         "legalize",
@@ -127,8 +131,9 @@ def describe_pipeline() -> str:
 
 
 def run_pipeline(mod, target, options: PipelineOptions = PipelineOptions(), *,
-                 only: tuple[str, ...] | None = None):
-    """Run the graph pipeline (or the passes named in `only`, in pipeline order)."""
+                 only: tuple[str, ...] | None = None, skipped: list[str] | None = None):
+    """Run the graph pipeline (or the passes named in `only`, in pipeline order). A pass that may
+    be skipped and fails leaves the module as it was, with a line appended to `skipped`."""
     import tvm
     from tvm import relax
 
@@ -142,7 +147,18 @@ def run_pipeline(mod, target, options: PipelineOptions = PipelineOptions(), *,
         for gp in PIPELINE:
             if (only is not None and gp.name not in only) or not gp.applies(options):
                 continue
-            mod = tvm.transform.Sequential(gp.make(relax, target), name=gp.name)(mod)
+            try:
+                mod = tvm.transform.Sequential(gp.make(relax, target), name=gp.name)(mod)
+            except Exception as e:  # noqa: BLE001 - TVM raises assorted types from C++
+                if gp.skipped_on_failure is None:
+                    raise
+                from .errors import first_line
+
+                line = f"{gp.name} failed in TVM ({first_line(e)}): {gp.skipped_on_failure}"
+                log.warning("%s", line)
+                if skipped is not None:
+                    skipped.append(line)
+                continue
             log.debug("pass %s done", gp.name)
     return mod
 

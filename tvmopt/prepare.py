@@ -77,7 +77,10 @@ def prepare(model: str | Path | frontend.LoadedModel, preset: Preset,
         changes += normalized
     imported = frontend.import_model(loaded.proto, inputs)
     target = preset.tvm_target()
+    skipped: list[str] = []
     with imported.explain_failures("the graph passes"):
         mod = passes.run_pipeline(imported.mod, target,
-                                  passes.PipelineOptions(options.precision, options.layout))
+                                  passes.PipelineOptions(options.precision, options.layout),
+                                  skipped=skipped)
+    changes += [normalize.Change("skipped", line) for line in skipped]
     return Prepared(loaded, inputs, mod, changes, imported)
