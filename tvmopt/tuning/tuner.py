@@ -17,10 +17,8 @@ import logging
 import math
 import os
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..database import FAILED_RUN_SEC, open_database, target_identity
@@ -30,72 +28,13 @@ from ..prepare import ModelOptions, prepare
 from ..targets import Preset
 from ..tasks import Task, extract_tasks
 from ..toolchain import toolchain
+from .control import RoundClock, StopAfterBatch
 from .measure import PersistentBuilder, make_runner
 from .options import TuneOptions
 from .report import ProgressCallback, TaskProgress, TuneReport, log_progress
 from .space import SEARCH_SETTINGS, search_target, space_generator, uses_tensor_cores
 
 log = logging.getLogger("tvmopt.tuning")
-
-
-class _StopAfterBatch:
-    """First Ctrl-C or SIGTERM: finish the batch being measured, then stop. Second: stop now.
-
-    SIGTERM is what `timeout`, systemd and CI runners send; it gets the same clean stop. The build
-    and measurement workers ignore both (`measure.ignore_stop_signals`), so a terminal's Ctrl-C,
-    which reaches the whole process group, does not kill the batch in flight.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, stop_now: Callable[[int], None]):
-        self.signal_name: str | None = None  # the first stop signal received
-        self.stop_now = stop_now  # called with the signal number on a second one; exits
-        self._previous: dict = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.requested:
-            log.warning("%s again: stopping now; the batch in flight is not recorded", name)
-            self.stop_now(signum)
-        self.signal_name = name
-        log.warning("%s: stopping after the current batch (send it again to stop at once)",
-                    "Ctrl-C" if name == "SIGINT" else name)
-
-    def __exit__(self, *exc):
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-
-
-@dataclass
-class _Clock:
-    """Estimates of how long a round takes, for the time budget and the ETA."""
-
-    search_s: float | None = None  # per round
-    per_candidate_s: float | None = None  # build + measure + database, per candidate
-
-    def observe(self, search_s: float | None, rest_s: float, n: int) -> None:
-        """A round's search time (None for a round that was not searched) and the rest."""
-        blend = (lambda old, new: new if old is None else 0.7 * old + 0.3 * new)
-        if search_s is not None:
-            self.search_s = blend(self.search_s, search_s)
-        self.per_candidate_s = blend(self.per_candidate_s, rest_s / max(n, 1))
-
-    def round_s(self, n: int) -> float | None:
-        if self.search_s is None:
-            return None
-        return self.search_s + n * self.per_candidate_s
 
 
 # MetaSchedule narrates every evolutionary step at INFO; tvmopt reports progress itself.
@@ -157,7 +96,7 @@ class Tuner:
         self.model_sha256 = model_sha256
         self.command = command
         self.on_progress = on_progress or log_progress
-        self.clock = _Clock()
+        self.clock = RoundClock()
         self.device_type = "cpu" if target.kind.name == "llvm" else target.kind.name
         # Searching while measuring on this same CPU would disturb the timings.
         self.overlap = self.device_type != "cpu" or bool(options.rpc_tracker)
@@ -271,7 +210,7 @@ class Tuner:
         database = self.store.for_target(self.target, device=device, run_uid=report.run_uid)
         contexts: dict[str, object] = {}
         start = time.perf_counter()
-        stop = _StopAfterBatch(lambda signum: self._exit_now(report.run_uid, signum))
+        stop = StopAfterBatch(lambda signum: self._exit_now(report.run_uid, signum))
         in_flight = None  # (round, future) being built and measured in the background
         try:
             with stop, ThreadPoolExecutor(max_workers=1) as measurer:
@@ -522,9 +461,12 @@ class Tuner:
             rnd.ctx.notify_runner_results(candidates, rnd.results)
             cost_model.update(rnd.ctx, candidates, rnd.results)
         report.seconds["database"] += time.perf_counter() - t0
+        cap = self.options.trials_per_task
         for (p, c), r in entries:
             p.trials += 1
             self._update_best(p, c, r, baseline=leader is None)
+            if cap is not None and p.total_trials >= cap and not p.finished:
+                p.finished = "trial limit per task"
         for sibling in rnd.transfer_failed:  # it gets its own search instead
             self.siblings[leader.task.name].remove(sibling)
             sibling.finished = None
@@ -538,10 +480,7 @@ class Tuner:
             leader.stale_rounds = 0
         else:
             leader.stale_rounds += 1
-        cap = self.options.trials_per_task
-        if cap is not None and leader.total_trials >= cap:
-            leader.finished = "trial limit per task"
-        elif leader.stale_rounds >= self.options.patience:
+        if leader.stale_rounds >= self.options.patience and not leader.finished:
             leader.finished = "converged"
 
     def _update_best(self, progress: TaskProgress, candidate, result, *, baseline: bool) -> None:
