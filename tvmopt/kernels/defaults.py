@@ -43,13 +43,18 @@ def default_schedule(func, target):
     return None
 
 
-def baseline_schedule(workload, target):
-    """What a kernel of `workload` (a task's module) gets from the build without a tuned record,
-    as a traced Schedule: its default schedule, or else its plain loop nest."""
+def baseline(workload, target):
+    """What a kernel of `workload` (a task's module) gets from the build without a tuned record:
+    (its default schedule, or else its plain loop nest, as a traced Schedule; that trace spelled
+    as the tuning store keeps it, to find the baseline's record)."""
     from tvm import s_tir
 
+    from ..database.metaschedule import stored_trace
+
     sch = default_schedule(workload["main"], target)
-    return sch if sch is not None else s_tir.Schedule(workload)
+    if sch is None:
+        sch = s_tir.Schedule(workload)
+    return sch, stored_trace(sch.trace, workload)
 
 
 def rule_target(target):

@@ -63,8 +63,10 @@ class TensorCoreGemm:
         main_block = reductions[0]
         block_stmt = sch.get(main_block)
         index_maps = get_index_map(block_stmt)
-        if not index_maps or get_in_out_dtypes(block_stmt) not in (
-                ("float16", "float32"), ("float16", "float16")):
+        if not index_maps:
+            return None
+        in_dtype, out_dtype = get_in_out_dtypes(block_stmt)
+        if in_dtype != "float16" or out_dtype not in ("float32", "float16"):
             return None
         # The GEMM it is, whatever its layout: [batch, M, N, K].
         extents = index_maps[0].map_shape([iv.dom.extent for iv in block_stmt.iter_vars])
@@ -142,7 +144,6 @@ class TensorCoreGemm:
         init_inner = sch.get_child_blocks(sch.decompose_reduction(block_outer, k0))[0]
 
         # fp32 accumulation when the kernel accumulates in fp32 (tvmopt's mixed precision does).
-        out_dtype = get_in_out_dtypes(block_stmt)[1]
         intrins = get_wmma_intrin_group(load_scope="shared.dyn", store_scope="shared.dyn",
                                         in_dtype="float16", out_dtype=out_dtype, trans_b=True)
         try:

@@ -37,7 +37,6 @@ class TunedRecords:
 
 
 def _is_default(record, workload, target) -> bool:
-    from ..database.metaschedule import stored_trace
-    from .defaults import baseline_schedule
+    from .defaults import baseline
 
-    return record.trace_json == stored_trace(baseline_schedule(workload, target).trace, workload)
+    return record.trace_json == baseline(workload, target)[1]

@@ -123,13 +123,11 @@ class Tuner:
     def _baseline(self, progress: TaskProgress):
         """(the task's baseline as a traced Schedule, its trace as stored): what the build gives
         the kernel untuned, the default schedule or the plain loop nest."""
-        from ..database.metaschedule import stored_trace
-        from ..kernels.defaults import baseline_schedule
+        from ..kernels.defaults import baseline
 
         name = progress.task.name
         if name not in self._baselines:
-            sch = baseline_schedule(progress.task.mod, self.target)
-            self._baselines[name] = sch, stored_trace(sch.trace, progress.task.mod)
+            self._baselines[name] = baseline(progress.task.mod, self.target)
         return self._baselines[name]
 
     def _group_by_anchor(self, report: TuneReport) -> None:
