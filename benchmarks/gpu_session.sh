@@ -3,28 +3,33 @@
 # in calls that each fit the host's 10-minute limit (the host keeps /root/work while warm):
 #
 #   bash benchmarks/gpu_session.sh untuned "$OUT"   # export; default-schedule A/B; compare both
-#   bash benchmarks/gpu_session.sh tune "$OUT"      # 7 more minutes of ResNet-50 tuning (resumes
-#                                                   # from tuning_logs/h100-sm90a.db)
-#   bash benchmarks/gpu_session.sh tune-bert "$OUT" # the same for BERT-base
+#   bash benchmarks/gpu_session.sh start-tune "$OUT" resnet50 30m  # a tune in the background
+#   bash benchmarks/gpu_session.sh wait-tune "$OUT" 540   # wait up to 540 s; db + log to $OUT
 #   bash benchmarks/gpu_session.sh tuned "$OUT"     # compare with the database; profile; the db
 #
+# A tune outlives the 10-minute call (setsid) and is followed by wait-tune calls back to back (the
+# host goes back ~30 s after a call). It starts from an empty database unless .gpu/db/gpu.db was
+# carried (a database brought back from an earlier host, to resume).
 # Run from the repository root with tvmopt importable (PYTHONPATH=/root/site:$PWD on the host).
 set -uo pipefail
-phase=${1:?usage: gpu_session.sh untuned|tune|tune-bert|tuned OUT}
+phase=${1:?usage: gpu_session.sh untuned|start-tune|wait-tune|tuned OUT}
 out=${2:?usage: gpu_session.sh PHASE OUT}
 work=/root/work
 db=$work/gpu.db
 resnet=$work/resnet50.onnx
 bert=$work/bert_base.onnx
 mkdir -p "$work" "$out"
-[ -f "$db" ] || cp tuning_logs/h100-sm90a.db "$db"
+[ -f "$db" ] || [ ! -f .gpu/db/gpu.db ] || cp .gpu/db/gpu.db "$db"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv"
 fp16=(--target cuda --precision fp16)
 peer=benchmarks/peer_models.py
+export_models() {
+  [ -f "$resnet" ] || python3 benchmarks/compare.py --torch $peer:resnet50 --export "$resnet"
+  [ -f "$bert" ] || python3 benchmarks/compare.py --torch $peer:bert_base --export "$bert"
+}
 case "$phase" in
   untuned)
-    python3 benchmarks/compare.py --torch $peer:resnet50 --export "$resnet" > "$out/export.txt" 2>&1
-    python3 benchmarks/compare.py --torch $peer:bert_base --export "$bert" >> "$out/export.txt" 2>&1
+    export_models > "$out/export.txt" 2>&1
     # DLight tiles every tensor-core GEMM 128x128 and leaves those with a dimension <= 64 on CUDA
     # cores; tvmopt's default tiles each GEMM to fill the GPU. Both untuned, timed back to back:
     python3 - "$resnet" "$bert" "$work" > "$out/default_ab.txt" 2>&1 <<'PY'
@@ -50,13 +55,31 @@ PY
     python3 benchmarks/compare.py "$bert" --torch $peer:bert_base --device cuda --precision fp16 \
       --iterations 100 -o "$out/compare_bert.json" > "$out/compare_bert.txt" 2>&1
     ;;
-  tune)
-    python3 -m tvmopt tune "$resnet" "${fp16[@]}" --layout NHWC --db "$db" --trials 5000 \
-      --time-budget 8m --json > "$out/tune_$(date +%s).json" 2> "$out/tune.log"
+  start-tune)
+    model=${3:?usage: gpu_session.sh start-tune OUT resnet50|bert_base BUDGET}
+    budget=${4:?usage: gpu_session.sh start-tune OUT MODEL BUDGET}
+    export_models > "$out/export.txt" 2>&1
+    layout=(); [ "$model" = resnet50 ] && layout=(--layout NHWC)
+    setsid nohup python3 -m tvmopt tune "$work/$model.onnx" "${fp16[@]}" "${layout[@]}" \
+      --db "$db" --trials 100000 --time-budget "$budget" --json \
+      > "$work/tune_$model.json" 2> "$work/tune_$model.log" < /dev/null &
+    echo $! > "$work/tune.pid"
+    sleep 5; head -5 "$work/tune_$model.log"
     ;;
-  tune-bert)
-    python3 -m tvmopt tune "$bert" "${fp16[@]}" --db "$db" --trials 5000 \
-      --time-budget 7m --json > "$out/tune_bert_$(date +%s).json" 2> "$out/tune_bert.log"
+  wait-tune)
+    deadline=$((SECONDS + ${3:?usage: gpu_session.sh wait-tune OUT SECONDS}))
+    while kill -0 "$(cat "$work/tune.pid")" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 5; done
+    kill -0 "$(cat "$work/tune.pid")" 2>/dev/null && echo "tune still running" || echo "tune done"
+    # TVM's C++ warnings about rejected candidates drown the progress lines; keep them countable.
+    for log in "$work"/tune_*.log; do
+      grep -v "Trace replay failed" "$log" > "$out/$(basename "$log")"
+      echo "$(basename "$log"): $(grep -c "Trace replay failed" "$log") trace-replay warnings"
+      tail -3 "$out/$(basename "$log")"
+    done
+    cp "$work"/tune_*.json "$out/" 2>/dev/null
+    # a consistent copy while the tuner writes
+    python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
+      "$db" "$out/gpu.db"
     ;;
   tuned)
     python3 benchmarks/compare.py "$resnet" --torch $peer:resnet50 --device cuda --precision fp16 \
