@@ -38,12 +38,24 @@ def test_zoo_model_matches_onnxruntime(zoo_models, tmp_path, name):
     assert fp16 <= 1e-2
 
 
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_zoo_model_compiles_for_hopper_in_fp16(zoo_models, tmp_path, name):
+    """The CUDA half of the fp16 check (tests/test_gpu.py runs these artifacts on a GPU): every
+    zoo model converts to fp16 (the mixed-precision pass is not skipped) and compiles."""
+    options = ModelOptions(input_shapes=zoo.ZOO[name][1]["input_shapes"], precision="fp16")
+    result = build.build(zoo_models[name], targets.resolve("cuda-sm90a"), tmp_path / "m.so",
+                         options=options)
+    assert result.path.stat().st_size > 0 and result.manifest["precision"] == "fp16"
+    assert not [c for c in result.manifest["normalization"] if c.startswith("skipped:")]
+
+
 def test_the_zoo_covers_what_users_bring():
     metas = [meta for _, meta in zoo.ZOO.values()]
     families = {m["family"] for m in metas}
     assert {"residual", "depthwise-separable", "squeeze-excitation", "channel-shuffle",
             "dense-concat", "transformer-encoder", "transformer-decoder", "recurrent",
-            "resize-to-size"} <= families
+            "resize-to-size", "relative-attention-encoder", "masked-fill-encoder",
+            "windowed-attention", "mixture-of-experts"} <= families
     assert {m["exporter"] for m in metas} >= {"legacy", "dynamo", "onnx.helper"}
     assert min(m["opset"] for m in metas) == 11 and max(m["opset"] for m in metas) == 21
     assert any(m["external_data"] for m in metas)

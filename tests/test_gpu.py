@@ -3,9 +3,11 @@ preset and its artifacts run and match ONNX Runtime."""
 
 import json
 
+import numpy as np
 import pytest
 
 import models
+import zoo
 from conftest import assert_one_line_error
 import tvmopt
 from tvmopt import build, runtime, targets
@@ -38,7 +40,7 @@ def test_cuda_fp16_artifact_is_close_to_onnxruntime(tmp_path, conv_model):
     model = tvmopt.load(lib)
     inputs = runtime.random_inputs(model.inputs, seed=6)
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(conv_model, inputs))
-    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
+    assert mismatches and all(m.max_rel <= 2e-2 for m in mismatches), mismatches
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +78,17 @@ def test_cuda_graph_artifact_matches_and_bench_checks_the_mode(invoke, tmp_path,
     assert_one_line_error(invoke("bench", lib, "--no-cuda-graph"), "built with CUDA graphs")
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "bert_encoder", "gpt_decoder"])
+@pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_zoo_models_run_on_the_gpu_in_fp16(tmp_path, name):
-    import zoo
-
+    """The quality bar for fp16: every zoo model (float32-min masks, relative and windowed
+    attention, TopK/Einsum routing among them) is finite and within 2e-2 of fp32 ONNX Runtime."""
     builder, meta = zoo.ZOO[name]
     path = builder(tmp_path / f"{name}.onnx")
     options = ModelOptions(input_shapes=meta["input_shapes"], precision="fp16")
     model = tvmopt.load(build.build(path, targets.resolve("cuda"), tmp_path / "m.so",
                                     options=options).path)
     inputs = runtime.random_inputs(model.inputs, seed=8)
-    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
-    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
+    outputs = model(inputs)
+    assert all(np.isfinite(v).all() for v in outputs.values())
+    mismatches = runtime.compare(outputs, runtime.onnxruntime_outputs(path, inputs))
+    assert mismatches and all(m.max_rel <= 2e-2 for m in mismatches), mismatches

@@ -503,6 +503,305 @@ def gpt_decoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden
 
 
 # ---------------------------------------------------------------------------------------------
+# fp16 hazards: what broke real users' models in fp16 (NaN from float32-min masks, ops the
+# mixed-precision pass could not convert)
+
+
+def _float32_min_bias(attention_mask, dtype):
+    """Hugging Face's extended mask: 0 where attended, float32's most negative value elsewhere
+    (any non-zero mask value counts as "attend", so random integer inputs make sense)."""
+    torch = _torch()
+    keep = (attention_mask > 0).to(dtype)[:, None, None, :]
+    return (1.0 - keep) * torch.finfo(torch.float32).min
+
+
+def t5_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden: int = 32,
+               heads: int = 4, layers: int = 2, buckets: int = 32, max_distance: int = 64) -> Path:
+    """T5-style encoder: RMS norm (pre-norm), bias-free projections, unscaled scores plus a
+    bucketed relative-position bias (log-spaced buckets computed from the sequence length) and a
+    float32-min attention mask, softmax in float32, ReLU feed-forward."""
+    import math
+
+    torch = _torch()
+    nn = torch.nn
+
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(1.0 + 0.1 * torch.randn(hidden))
+
+        def forward(self, x):
+            variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+            return self.weight * (x * torch.rsqrt(variance + 1e-6))
+
+    def relative_buckets(seq, device):
+        context = torch.arange(seq, dtype=torch.long, device=device)[:, None]
+        memory = torch.arange(seq, dtype=torch.long, device=device)[None, :]
+        relative = memory - context
+        half = buckets // 2  # bidirectional: one half for each direction
+        bucket = (relative > 0).to(torch.long) * half
+        relative = torch.abs(relative)
+        exact = half // 2
+        large = exact + (torch.log(relative.float() / exact) / math.log(max_distance / exact)
+                         * (half - exact)).to(torch.long)
+        large = torch.min(large, torch.full_like(large, half - 1))
+        return bucket + torch.where(relative < exact, relative, large)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden, bias=False)
+                                              for _ in range(4))
+
+        def forward(self, x, position_bias):
+            b, s = x.size(0), x.size(1)
+
+            def split(t):
+                return t.view(b, s, heads, hidden // heads).transpose(1, 2)
+
+            scores = torch.matmul(split(self.q(x)), split(self.k(x)).transpose(-1, -2))
+            weights = torch.softmax((scores + position_bias).float(), dim=-1).type_as(scores)
+            ctx = torch.matmul(weights, split(self.v(x))).transpose(1, 2).contiguous()
+            return self.o(ctx.view(b, s, hidden))
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2 = RMSNorm(), RMSNorm()
+            self.attn = Attention()
+            self.wi = nn.Linear(hidden, 4 * hidden, bias=False)
+            self.wo = nn.Linear(4 * hidden, hidden, bias=False)
+
+        def forward(self, x, position_bias):
+            x = x + self.attn(self.norm1(x), position_bias)
+            return x + self.wo(torch.relu(self.wi(self.norm2(x))))
+
+    class T5(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, hidden)
+            self.relative_bias = nn.Embedding(buckets, heads)
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+            self.norm = RMSNorm()
+
+        def forward(self, input_ids, attention_mask):
+            x = self.embed(input_ids)
+            seq = input_ids.size(1)
+            bias = self.relative_bias(relative_buckets(seq, input_ids.device))  # (q, k, heads)
+            position_bias = bias.permute(2, 0, 1).unsqueeze(0)
+            position_bias = position_bias + _float32_min_bias(attention_mask, x.dtype)
+            for layer in self.layers:
+                x = layer(x, position_bias)
+            return self.norm(x)
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    model = _export(T5(), (ids, mask), path, input_names=["input_ids", "attention_mask"],
+                    output_names=["last_hidden_state"],
+                    dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                  "last_hidden_state": axes},
+                    opset=opset, exporter=exporter)
+    return _save(model, path)
+
+
+def distilbert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
+                       hidden: int = 32, heads: int = 4, layers: int = 2) -> Path:
+    """DistilBERT-style encoder: queries scaled before QK^T, masked positions filled with
+    float32's most negative value (`masked_fill(mask == 0, finfo.min)`: a Where on a constant),
+    post-LN layers with GELU, no token types, no pooler."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.out = (nn.Linear(hidden, hidden) for _ in range(4))
+
+        def forward(self, x, attention_mask):
+            b, s = x.size(0), x.size(1)
+            dim = hidden // heads
+
+            def split(t):
+                return t.view(b, s, heads, dim).transpose(1, 2)
+
+            q = split(self.q(x)) / dim ** 0.5
+            scores = torch.matmul(q, split(self.k(x)).transpose(2, 3))
+            masked = (attention_mask == 0).view(b, 1, 1, s).expand_as(scores)
+            scores = scores.masked_fill(masked, torch.tensor(torch.finfo(scores.dtype).min))
+            ctx = torch.matmul(nn.functional.softmax(scores, dim=-1), split(self.v(x)))
+            return self.out(ctx.transpose(1, 2).contiguous().view(b, s, hidden))
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = Attention()
+            self.sa_layer_norm = nn.LayerNorm(hidden, eps=1e-12)
+            self.lin1 = nn.Linear(hidden, 4 * hidden)
+            self.lin2 = nn.Linear(4 * hidden, hidden)
+            self.output_layer_norm = nn.LayerNorm(hidden, eps=1e-12)
+
+        def forward(self, x, attention_mask):
+            x = self.sa_layer_norm(x + self.attention(x, attention_mask))
+            ffn = self.lin2(nn.functional.gelu(self.lin1(x)))
+            return self.output_layer_norm(x + ffn)
+
+    class DistilBert(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word = nn.Embedding(VOCAB, hidden)
+            self.position = nn.Embedding(128, hidden)
+            self.norm = nn.LayerNorm(hidden, eps=1e-12)
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+
+        def forward(self, input_ids, attention_mask):
+            pos = torch.arange(input_ids.size(1), dtype=torch.long, device=input_ids.device)
+            x = self.norm(self.word(input_ids) + self.position(pos)[None])
+            for layer in self.layers:
+                x = layer(x, attention_mask)
+            return x
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    model = _export(DistilBert(), (ids, mask), path, input_names=["input_ids", "attention_mask"],
+                    output_names=["last_hidden_state"],
+                    dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                  "last_hidden_state": axes},
+                    opset=opset, exporter=exporter)
+    return _save(model, path)
+
+
+def windowed_vit(path: Path, *, opset: int = 17, exporter: str = "legacy", dim: int = 32,
+                 heads: int = 2, window: int = 4) -> Path:
+    """Swin-style vision transformer: 4x4 patch embedding, two blocks of window attention (the
+    second on windows shifted with torch.roll and masked with -100), a relative-position bias
+    table gathered through a fixed index, window partition/reverse via view + permute, GELU
+    MLPs, mean-pooled head."""
+    torch = _torch()
+    nn = torch.nn
+    side = IMAGE[1] // 4  # tokens per side after the patch embedding
+    tokens = window * window
+
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
+                                        indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    relative_index = relative[..., 0] * (2 * window - 1) + relative[..., 1]
+
+    def partition(x):  # (b, h, w, c) -> (b * windows, tokens, c)
+        b, h, w, c = x.shape
+        x = x.view(b, h // window, window, w // window, window, c)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, tokens, c)
+
+    def reverse(windows, b):  # inverse of partition
+        x = windows.view(b, side // window, side // window, window, window, dim)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(b, side, side, dim)
+
+    def shifted_window_mask(shift):
+        regions = torch.zeros(side, side)
+        cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+        for label, (hs, ws) in enumerate((h, w) for h in cuts for w in cuts):
+            regions[hs, ws] = label
+        labels = partition(regions[None, :, :, None].expand(1, side, side, dim))[..., 0]
+        different = labels[:, None, :] != labels[:, :, None]
+        return torch.where(different, torch.tensor(-100.0), torch.tensor(0.0))  # (windows, t, t)
+
+    class Block(nn.Module):
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+            self.bias_table = nn.Parameter(0.1 * torch.randn((2 * window - 1) ** 2, heads))
+            self.register_buffer("relative_index", relative_index.flatten(), persistent=False)
+            self.register_buffer("mask", shifted_window_mask(shift) if shift else None,
+                                 persistent=False)
+            self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+        def attention(self, windows):
+            n = windows.size(0)
+            qkv = self.qkv(windows).view(n, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0] * (dim // heads) ** -0.5, qkv[1], qkv[2]
+            scores = q @ k.transpose(-2, -1)
+            bias = self.bias_table[self.relative_index].view(tokens, tokens, heads)
+            scores = scores + bias.permute(2, 0, 1)[None]
+            if self.mask is not None:
+                count = self.mask.size(0)
+                scores = scores.view(n // count, count, heads, tokens, tokens) + \
+                    self.mask[None, :, None]
+                scores = scores.view(n, heads, tokens, tokens)
+            ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, tokens, dim)
+            return self.proj(ctx)
+
+        def forward(self, x):  # (b, side * side, dim)
+            b = x.size(0)
+            y = self.norm1(x).view(b, side, side, dim)
+            if self.shift:
+                y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            y = reverse(self.attention(partition(y)), b)
+            if self.shift:
+                y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+            x = x + y.reshape(b, side * side, dim)
+            return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+
+    class Swin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(IMAGE[0], dim, 4, stride=4)
+            self.blocks = nn.Sequential(Block(0), Block(window // 2))
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, 10)
+
+        def forward(self, x):
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            return self.head(self.norm(self.blocks(x)).mean(1))
+
+    torch.manual_seed(0)
+    return _export_cnn(Swin(), path, opset=opset, exporter=exporter)
+
+
+def moe_router(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden: int = 32,
+               experts: int = 4, top: int = 2) -> Path:
+    """Mixture-of-experts layer: softmax router, TopK experts per token, gates scattered back to
+    a dense (token, expert) matrix (ScatterElements), experts applied with Einsum, combined with
+    a gate-weighted Einsum; input x (batch x sequence x hidden, both dynamic)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class MoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(hidden)
+            self.router = nn.Linear(hidden, experts)
+            # Well-separated router logits: a near-tie could pick other experts in fp16, a
+            # legitimate difference that a numerical check would flag.
+            with torch.no_grad():
+                self.router.weight.mul_(8.0)
+            self.w1 = nn.Parameter(torch.randn(experts, hidden, 2 * hidden) * hidden ** -0.5)
+            self.w2 = nn.Parameter(torch.randn(experts, 2 * hidden, hidden) * hidden ** -0.5)
+
+        def forward(self, x):
+            h = self.norm(x)
+            probs = torch.softmax(self.router(h), dim=-1)
+            weights, chosen = torch.topk(probs, top, dim=-1)
+            weights = weights / weights.sum(-1, keepdim=True)
+            gates = torch.zeros_like(probs).scatter(-1, chosen, weights)
+            inner = nn.functional.silu(torch.einsum("bsh,ehf->bsef", h, self.w1))
+            out = torch.einsum("bsef,efh->bseh", inner, self.w2)
+            return x + torch.einsum("bse,bseh->bsh", gates, out)
+
+    torch.manual_seed(0)
+    axes = {0: "batch", 1: "sequence"}
+    model = _export(MoE(), (torch.randn(BATCH, SEQ, hidden),), path, input_names=["x"],
+                    output_names=["y"], dynamic_axes={"x": axes, "y": axes}, opset=opset,
+                    exporter=exporter)
+    return _save(model, path)
+
+
+# ---------------------------------------------------------------------------------------------
 # written with onnx.helper
 
 
@@ -706,6 +1005,14 @@ ZOO: dict[str, tuple] = {
                                                      11)),
     "upsampling_decoder_dynamo": (_variant(upsampling_decoder, exporter="dynamo", opset=18),
                                   _meta("resize-to-size", _IMAGE_SHAPE, "dynamo", 18)),
+    # fp16 hazards: float32-min masks, relative and windowed attention, TopK/Einsum routing
+    "t5_encoder": (t5_encoder, _meta("relative-attention-encoder", _TOKENS, "legacy", 17,
+                                     dynamic=("batch", "sequence"))),
+    "distilbert_encoder": (distilbert_encoder, _meta("masked-fill-encoder", _TOKENS, "legacy",
+                                                     17, dynamic=("batch", "sequence"))),
+    "windowed_vit": (windowed_vit, _meta("windowed-attention", _IMAGE_SHAPE, "legacy", 17)),
+    "moe_router": (moe_router, _meta("mixture-of-experts", {"x": (BATCH, SEQ, 32)}, "legacy",
+                                     17, dynamic=("batch", "sequence"))),
     "helper_opset21": (helper_opset21, _meta("transformer-block", {"x": (BATCH, SEQ, 32)},
                                              "onnx.helper", 21,
                                              dynamic=("batch", "sequence"))),
