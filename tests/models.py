@@ -206,3 +206,51 @@ def shared_anchor(path: Path, channels: int = 8, size: int = 8) -> Path:
         [_const(rng, "w1", (c, c, 3, 3), 0.2), _const(rng, "b1", (c,)),
          _const(rng, "w2", (c, c, 3, 3), 0.2), _const(rng, "b2", (c,))])
     return _save(graph, path)
+
+
+def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq: int = 32,
+                   channels: int = 16, size: int = 8) -> Path:
+    """The layer classes the CUTLASS kernel library takes, for an fp16 NHWC build: on tokens
+    x (1 x seq x hidden) MatMul + bias + ReLU, MatMul + bias + SiLU, a plain MatMul, a batched
+    MatMul (attention scores); on an image y, 1x1 convs with bias + ReLU and with bias +
+    residual + ReLU. `epilogues="relu"` keeps only the two bias + ReLU layers (two kernel
+    instances: one GEMM, one 1x1 conv), for builds that must stay cheap to compile."""
+    rng = np.random.default_rng(11)
+    h, c = hidden, channels
+    inits = [_const(rng, "w1", (h, 2 * h), 0.2), _const(rng, "b1", (2 * h,)),
+             _const(rng, "k1", (2 * c, c, 1, 1), 0.3), _const(rng, "kb1", (2 * c,))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"]),
+        helper.make_node("Add", ["m1", "b1"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["t1" if epilogues == "all" else "tokens"]),
+        helper.make_node("Conv", ["y", "k1", "kb1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["image"]),
+    ]
+    outputs = ["tokens", "image"]
+    if epilogues == "all":
+        inits += [_const(rng, "w_out", (2 * h, h), 0.1), _const(rng, "w2", (h, h), 0.2),
+                  _const(rng, "b2", (h,)),
+                  _const(rng, "k2", (2 * c, 2 * c, 1, 1), 0.3), _const(rng, "kb2", (2 * c,))]
+        nodes = nodes[:-1] + [
+            helper.make_node("MatMul", ["t1", "w_out"], ["tokens"]),  # plain (no bias)
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "k2", "kb2"], ["c2"]),
+            helper.make_node("Add", ["c2", "r1"], ["res"]),
+            helper.make_node("Relu", ["res"], ["image"]),
+            helper.make_node("MatMul", ["tokens", "w2"], ["m2"]),
+            helper.make_node("Add", ["m2", "b2"], ["a2"]),
+            helper.make_node("Sigmoid", ["a2"], ["s2"]),
+            helper.make_node("Mul", ["a2", "s2"], ["silu"]),
+            helper.make_node("Transpose", ["silu"], ["silu_t"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["silu", "silu_t"], ["scores"]),  # batched over dim 0
+        ]
+        outputs.append("scores")
+    out_shapes = {"tokens": [1, seq, h if epilogues == "all" else 2 * h],
+                  "image": [1, 2 * c, size, size], "scores": [1, seq, seq]}
+    graph = helper.make_graph(
+        nodes, "library_layers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, h]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_shapes[o]) for o in outputs],
+        inits)
+    return _save(graph, path)

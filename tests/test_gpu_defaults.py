@@ -39,7 +39,7 @@ def test_dlight_reads_every_cuda_preset_arch_as_digits(name):
 def test_cuda_fp16_matmul_uses_tensor_cores_and_accumulates_in_fp32(tmp_path):
     # M=49 (ResNet-50's 7x7 stage at batch 1): DLight alone leaves a dim <= 64 on CUDA cores.
     path = _matmul(tmp_path / "mm.onnx", m=49)
-    preset, options = targets.resolve("cuda-sm90a"), ModelOptions(precision="fp16")
+    preset, options = targets.resolve("cuda-sm90a"), ModelOptions(precision="fp16", kernels="tvm")
     matmul = next(f for gv, f in prepare(path, preset, options).mod.functions.items()
                   if "matmul" in gv.name_hint)
     assert 'T.Buffer((T.int64(49), T.int64(256)), "float32")' in matmul.script()
@@ -50,7 +50,7 @@ def test_cuda_fp16_matmul_uses_tensor_cores_and_accumulates_in_fp32(tmp_path):
 
 def test_gemv_shaped_matmul_keeps_cuda_cores(tmp_path):
     """At M=1 a 16x16 tensor-core tile would be 94% padding."""
-    preset, options = targets.resolve("cuda-sm90a"), ModelOptions(precision="fp16")
+    preset, options = targets.resolve("cuda-sm90a"), ModelOptions(precision="fp16", kernels="tvm")
     mod = prepare(_matmul(tmp_path / "gemv.onnx", m=1), preset, options).mod
     matmul = next(f for gv, f in mod.functions.items() if "matmul" in gv.name_hint)
     assert "wmma" not in str(default_schedule(matmul, preset.tvm_target()).trace)

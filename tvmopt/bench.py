@@ -274,7 +274,10 @@ def profile(path: str | Path, *, repeat: int = 20, seed: int = 0,
     vm["main"](*args)
 
     kernels = model.manifest.get("kernels", {})
-    providers = model.manifest.get("kernel_providers", {})
+    providers = dict(model.manifest.get("kernel_providers", {}))
+    # Library layers call a shared kernel instance by its symbol (which names its tactic).
+    providers.update((lib["symbol"], "cutlass")
+                     for lib in model.manifest.get("library_kernels", {}).values())
     tuned_tasks = set(model.manifest.get("tuned_tasks", []))
     library = model.kernel_library()
     per_kernel: dict[str, list[float]] = {}

@@ -19,7 +19,7 @@ from . import manifest as artifact_manifest
 from .database import open_database, target_identity
 from .errors import TvmoptError, first_line
 from .frontend import LoadedModel, load
-from .kernels import BuildContext, Kernel, apply_providers
+from .kernels import BuildContext, Kernel, apply_providers, library
 from .outputs import check_output, written_whole
 from .prepare import ModelOptions, prepare
 from .targets import Preset
@@ -82,13 +82,15 @@ def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> Bui
         task_of = kernel_tasks(prepared.mod, tasks)
     with _stage(seconds, "compile", 2, 3):
         found = [Kernel(name, func, task_of.get(name)) for name, func in kernels(prepared.mod).items()]
-        mod, providers = apply_providers(prepared.mod, found, BuildContext(target, store))
+        provided = apply_providers(prepared.mod, found, BuildContext(
+            target, store, library_layers=library.layers(prepared.mod)))
+        providers = provided.providers
         tuned_names = {task_of[k].name for k, p in providers.items() if p == "tuned"}
         tuned = [t.name for t in tasks if t.name in tuned_names]  # heaviest first, as tasks are
         log.info("%d of %d tasks tuned (database %s); untuned tasks use TVM's default schedules",
                  len(tuned), len(tasks), store.path)
         with prepared.imported.explain_failures("compilation"):
-            executable = _compile(mod, target, cuda_graph=cuda_graph)
+            executable = _compile(provided.mod, target, cuda_graph=cuda_graph)
     tsha, tkey, _ = target_identity(target)
     manifest = {
         "format": artifact_manifest.FORMAT,
@@ -111,10 +113,12 @@ def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> Bui
         "tuned_tasks": tuned,
         "kernels": {name: task.name for name, task in task_of.items()},
         "kernel_providers": providers,
+        "library_kernels": {name: {"symbol": e.symbol, "tactic": e.tactic, "gemm": e.gemm}
+                            for name, e in provided.externs.items()},
         "cuda_graph": cuda_graph,
     }
     with _stage(seconds, "link", 3, 3):
-        _export(executable, manifest, out_path, fcompile, preset.cc)
+        _export(executable, manifest, out_path, fcompile, preset.cc, provided.link_objects)
     return BuildResult(out_path, manifest, tasks, tuned, seconds)
 
 
@@ -138,14 +142,18 @@ def _compile(mod, target, *, cuda_graph: bool):
         return tvm.compile(mod, target, relax_pipeline=pipeline)
 
 
-def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str) -> None:
-    """Link the library with its manifest; OUT.so appears whole or not at all."""
+def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str,
+            link_objects: list[Path]) -> None:
+    """Link the library with its manifest and kernel-library objects; OUT.so appears whole or
+    not at all."""
     with tempfile.TemporaryDirectory(prefix="tvmopt-") as tmp, written_whole(out_path) as partial:
         src = Path(tmp) / "tvmopt_manifest.cc"
         src.write_text(artifact_manifest.source(manifest))
         try:
-            executable.export_library(str(partial), fcompile=fcompile,
-                                      addons=[str(src)], workspace_dir=tmp)
+            options = library.toolchain().link_options() if link_objects else []
+            executable.export_library(str(partial), fcompile=fcompile, workspace_dir=tmp,
+                                      addons=[str(src), *map(str, link_objects)],
+                                      options=options)
         except Exception as e:  # the compiler driver reports through assorted exceptions
             raise TvmoptError(f"linking with {cc} failed: {first_line(e)}") from e
         artifact_manifest.seal(partial)

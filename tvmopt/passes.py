@@ -16,12 +16,14 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
 LAYOUTS = ("NCHW", "NHWC")
+KERNELS = ("all", "tvm")  # all: kernel libraries where they apply, TVM kernels elsewhere
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
     precision: str = "fp32"
     layout: str = "NCHW"
+    kernels: str = "all"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,14 @@ PIPELINE: tuple[GraphPass, ...] = (
         skipped_on_failure="the model stays fp32",
     ),
     GraphPass(
+        "partition-kernel-library",
+        "give fp16 GEMM-shaped layers (matmul, 1x1 NHWC conv, with bias, activation or residual "
+        "epilogues) kernels of their own that the CUTLASS library can run on Hopper "
+        "(--kernels all)",
+        lambda relax, target: _kernel_library_passes(relax, target),
+        lambda opts: opts.precision == "fp16" and opts.kernels == "all",
+    ),
+    GraphPass(
         "legalize",
         "lower Relax ops to TIR kernels",
         lambda relax, target: [
@@ -89,6 +99,12 @@ PIPELINE: tuple[GraphPass, ...] = (
 )
 
 PASS_NAMES = tuple(p.name for p in PIPELINE)
+
+
+def _kernel_library_passes(relax, target):
+    from .kernels import library  # imports TVM: only when a pipeline runs
+
+    return library.graph_passes(relax, target)
 
 FP16_MAX = 65504.0
 
@@ -141,6 +157,8 @@ def run_pipeline(mod, target, options: PipelineOptions = PipelineOptions(), *,
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if options.layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
+    if options.kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}")
     with target, tvm.transform.PassContext(opt_level=3):
         # Library dispatch first, as tvm.compile would, so tuned kernels match what the build sees.
         mod = tvm.transform.Sequential(relax.pipeline.library_dispatch_passes(target))(mod)

@@ -24,12 +24,15 @@ class ModelOptions:
     precision: str = "fp32"
     layout: str = "NCHW"
     normalize: bool = True  # clean the ONNX graph up before import (tvmopt.normalize)
+    kernels: str = "all"  # "tvm": no kernel library, TVM kernels for every layer
 
     def __post_init__(self):
         if self.precision not in passes.PRECISIONS:
             raise TvmoptError(f"precision {self.precision!r}: use one of {', '.join(passes.PRECISIONS)}")
         if self.layout not in passes.LAYOUTS:
             raise TvmoptError(f"layout {self.layout!r}: use one of {', '.join(passes.LAYOUTS)}")
+        if self.kernels not in passes.KERNELS:
+            raise TvmoptError(f"kernels {self.kernels!r}: use one of {', '.join(passes.KERNELS)}")
 
 
 @dataclass
@@ -80,7 +83,8 @@ def prepare(model: str | Path | frontend.LoadedModel, preset: Preset,
     skipped: list[str] = []
     with imported.explain_failures("the graph passes"):
         mod = passes.run_pipeline(imported.mod, target,
-                                  passes.PipelineOptions(options.precision, options.layout),
+                                  passes.PipelineOptions(options.precision, options.layout,
+                                                         options.kernels),
                                   skipped=skipped)
     changes += [normalize.Change("skipped", line) for line in skipped]
     return Prepared(loaded, inputs, mod, changes, imported)

@@ -63,12 +63,13 @@ def model_options(*, target_required: bool):
     receives `target_spec` and `model_options` (a prepare.ModelOptions)."""
     def decorate(f):
         @functools.wraps(f)
-        def with_options(*args, input_shapes, precision, layout, raw, **kwargs):
+        def with_options(*args, input_shapes, precision, layout, raw, kernels, **kwargs):
             from ..frontend import parse_input_shape
             from ..prepare import ModelOptions
 
             shapes = dict(parse_input_shape(v) for v in input_shapes)
-            return f(*args, model_options=ModelOptions(shapes, precision, layout, normalize=not raw),
+            return f(*args, model_options=ModelOptions(shapes, precision, layout, normalize=not raw,
+                                                  kernels=kernels),
                      **kwargs)
 
         for option in reversed([
@@ -83,6 +84,10 @@ def model_options(*, target_required: bool):
                          show_default=True),
             click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW",
                          show_default=True, help="Convolution layout; NHWC runs the layout-nhwc pass."),
+            click.option("--kernels", type=click.Choice(["all", "tvm"]), default="all",
+                         show_default=True,
+                         help="all: kernel libraries (CUTLASS on Hopper, fp16) where they apply, "
+                              "TVM kernels elsewhere; tvm: TVM kernels for every layer."),
             click.option("--no-normalize", "raw", is_flag=True,
                          help="Import the ONNX graph as it is, without tvmopt's clean-up (see "
                               "inspect); use the same choice for tune and build."),

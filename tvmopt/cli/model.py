@@ -125,6 +125,8 @@ def _print_manifest(path, m):
         counts = collections.Counter(m["kernel_providers"].values())
         click.echo(f"kernels   {len(m['kernel_providers'])}: "
                    + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
+    for name, lib in sorted(m.get("library_kernels", {}).items()):
+        click.echo(f"  {name}  GEMM {lib['gemm']}  tactic {lib['tactic']}")
 
 
 def _build_help() -> str:

@@ -1,0 +1,93 @@
+"""The CUTLASS kernel library (tvmopt/kernels/library): which layers it takes, the kernel
+instances it compiles (once, into the cache) and links into the artifact, and its fallbacks.
+Compiling needs nvcc and the nvidia-cutlass headers but no GPU; tests/test_gpu.py runs them."""
+
+import logging
+import subprocess
+
+import pytest
+
+import models
+from tvmopt import build, prepare, targets
+from tvmopt.kernels import library
+from tvmopt.kernels.library import nvcc
+from tvmopt.prepare import ModelOptions
+
+HOPPER = "cuda-sm90a"
+FP16_NHWC = ModelOptions(precision="fp16", layout="NHWC")
+
+
+def _layers(path, preset=HOPPER, options=FP16_NHWC):
+    return library.layers(prepare.prepare(path, targets.resolve(preset), options).mod)
+
+
+def test_every_gemm_shaped_layer_and_epilogue_is_offered_to_the_library(tmp_path):
+    layers = _layers(models.library_layers(tmp_path / "m.onnx"))
+    by_epilogue = sorted((l.b_layout, l.epilogue.name, l.batch) for l in layers.values())
+    assert by_epilogue == [("col", "bias_relu", 1), ("col", "bias_residual_relu", 1),
+                           ("row", "bias_relu", 1), ("row", "bias_silu", 1), ("row", "plain", 1),
+                           ("row", "plain", 1)]
+    (residual,) = [l for l in layers.values() if l.epilogue.residual]
+    # the 1x1 conv's GEMM: M = 8*8 pixels, N = K = 32 channels; its residual is its own input
+    assert (residual.m, residual.n, residual.k) == (64, 32, 32)
+    assert residual.args == {"a": 0, "b": 1, "bias": 2, "residual": 0}
+
+
+@pytest.mark.parametrize("preset, options", [
+    ("cuda-sm80", FP16_NHWC),  # no Ampere templates yet
+    (HOPPER, ModelOptions(precision="fp32", layout="NHWC")),
+    (HOPPER, ModelOptions(precision="fp16", layout="NHWC", kernels="tvm")),
+])
+def test_the_library_stays_out_where_it_does_not_apply(tmp_path, preset, options):
+    assert _layers(models.library_layers(tmp_path / "m.onnx"), preset, options) == {}
+
+
+def test_without_nvcc_the_build_says_so_and_uses_tvm_kernels(tmp_path, monkeypatch, caplog):
+    def missing():
+        raise nvcc.Unavailable("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda); install it")
+
+    monkeypatch.setattr(library, "toolchain", missing)
+    path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
+    with caplog.at_level(logging.WARNING):
+        result = build.build(path, targets.resolve(HOPPER), tmp_path / "m.so", options=FP16_NHWC)
+    assert "cutlass" not in result.manifest["kernel_providers"].values()
+    assert result.manifest["library_kernels"] == {}
+    (line,) = [r.getMessage() for r in caplog.records if "kernel library off" in r.getMessage()]
+    assert "nvcc not found" in line
+
+
+@pytest.fixture(scope="module")
+def kernel_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("kernel-cache")
+
+
+def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel_cache,
+                                                                 monkeypatch, invoke, caplog):
+    """Compile only (no GPU): the GEMM and the 1x1 conv run CUTLASS instances, two of them,
+    compiled once; a second build finds both in the cache."""
+    monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
+    path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
+    lib = tmp_path / "m.so"
+    with caplog.at_level(logging.INFO):
+        result = build.build(path, targets.resolve(HOPPER), lib, options=FP16_NHWC)
+    assert "compiling 2 CUTLASS kernel instance(s)" in caplog.text
+    assert "ETA" in caplog.text
+    kernels = result.manifest["library_kernels"]
+    assert len(kernels) == 2 and {k["symbol"].split("_")[3] for k in kernels.values()} == {
+        "row", "col"}
+    assert sorted(p for p in result.manifest["kernel_providers"].values()
+                  if p == "cutlass") == ["cutlass", "cutlass"]
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True,
+                              text=True, check=True).stdout
+    assert all(k["symbol"] in exported for k in kernels.values())
+    assert len(list((kernel_cache / "kernels").glob("*.o"))) == 2
+
+    shown = invoke("inspect", lib)
+    assert shown.exit_code == 0, shown.output
+    assert "2 cutlass" in shown.output
+    assert all(f"tactic {k['tactic']}" in shown.output for k in kernels.values())
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        build.build(path, targets.resolve(HOPPER), tmp_path / "again.so", options=FP16_NHWC)
+    assert "CUTLASS kernel instance" not in caplog.text

@@ -1,0 +1,75 @@
+"""Kernel-library tactics: the CUTLASS configurations a layer can run with, and the default one.
+
+A tactic is one compiled kernel instance: the thread-block tile, the cluster, the kernel schedule
+(Hopper's warp-specialized "cooperative" or "pingpong" kernels) and the tile scheduler
+("persistent", or "streamk", which splits K across SMs: the cure for batch-1 GEMMs whose output
+has fewer tiles than the GPU has SMs). Shapes are runtime arguments, so one instance serves every
+layer with the same operation, epilogue and tactic; the catalogue is kept small on purpose, since
+each instance costs ~76 s and 3.4 GB of nvcc.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SMS = 132  # H100 SXM; the default tactic only uses it to judge how well a tile fills the GPU
+
+
+@dataclass(frozen=True, order=True)
+class Tactic:
+    tile_m: int
+    tile_n: int
+    tile_k: int = 64
+    cluster_m: int = 1
+    cluster_n: int = 1
+    schedule: str = "cooperative"  # or "pingpong"
+    scheduler: str = "persistent"  # or "streamk"
+
+    @property
+    def name(self) -> str:
+        return (f"{self.tile_m}x{self.tile_n}x{self.tile_k}_c{self.cluster_m}x{self.cluster_n}_"
+                f"{self.schedule}_{self.scheduler}")
+
+    @classmethod
+    def parse(cls, name: str) -> "Tactic":
+        tile, cluster, schedule, scheduler = name.split("_")
+        m, n, k = (int(v) for v in tile.split("x"))
+        cm, cn = (int(v) for v in cluster[1:].split("x"))
+        return cls(m, n, k, cm, cn, schedule, scheduler)
+
+
+# Cooperative kernels split a tile between two consumer warp groups: tile_m >= 128. Ping-pong
+# kernels give each warp group its own 64-row tile. Stream-K runs on the cooperative kernel.
+CATALOGUE: tuple[Tactic, ...] = (
+    Tactic(128, 128),
+    Tactic(128, 256),
+    Tactic(128, 64),
+    Tactic(64, 128, schedule="pingpong"),
+    Tactic(64, 64, schedule="pingpong"),
+    Tactic(128, 128, cluster_m=2),
+    Tactic(128, 64, scheduler="streamk"),
+    Tactic(128, 128, scheduler="streamk"),
+)
+
+
+def candidates(m: int, n: int, k: int) -> list[Tactic]:
+    """The catalogue's tactics worth measuring for an M x N x K GEMM (all of them but those
+    whose tile is more than twice the problem in M or N)."""
+    fit = [t for t in CATALOGUE if t.tile_m <= max(64, 2 * m) and t.tile_n <= max(64, 2 * n)]
+    return fit or [default_tactic(m, n, k)]
+
+
+def default_tactic(m: int, n: int, k: int) -> Tactic:
+    """An untuned layer's tactic: the largest tile that still gives most SMs a tile; stream-K
+    when even small tiles leave most SMs idle and K is deep enough to split."""
+    for tactic in (Tactic(128, 128), Tactic(128, 64), Tactic(64, 64, schedule="pingpong")):
+        if _tiles(m, n, tactic) >= SMS * 3 // 4:
+            return tactic
+    if k >= 1024:
+        return Tactic(128, 64, scheduler="streamk")
+    return Tactic(64, 64, schedule="pingpong")
+
+
+def _tiles(m: int, n: int, tactic: Tactic) -> int:
+    return math.ceil(m / tactic.tile_m) * math.ceil(n / tactic.tile_n)
