@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
     from tvmopt.prepare import ModelOptions
 
     preset = targets.resolve("cuda" if args.device == "cuda" else "host")
-    options = ModelOptions(precision=args.precision, layout=args.layout)
+    options = ModelOptions(precision=args.precision, layout=args.layout, kernels=args.kernels[0])
     tuned_db = args.db or (default_path()[0] if args.tune_trials else None)
     if args.tune_trials:
         tuning.tune(model_path, preset, db_path=tuned_db, model_options=options,
@@ -134,9 +135,13 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
     builds = [("tvmopt untuned", tmp / "empty.db", "an empty database")]
     if tuned_db is not None:
         builds.append(("tvmopt tuned", tuned_db, tuned_db))
-    for label, db, source in builds:
-        result = build.build(model_path, preset, tmp / f"{label.split()[1]}.so", db_path=db,
-                             options=options)
+    builds = [(label + ("" if kernels == "all" else " (TVM kernels only)"), db, source, kernels)
+              for label, db, source in builds for kernels in args.kernels]
+    for label, db, source, kernels in builds:
+        start = time.perf_counter()
+        result = build.build(model_path, preset, tmp / f"{label.split()[1]}_{kernels}.so",
+                             db_path=db, options=replace(options, kernels=kernels))
+        build_s = time.perf_counter() - start
         report = bench.bench(result.path, bench.BenchOptions(warmup=args.warmup,
                                                              iterations=args.iterations))
         model = runtime.load(result.path)
@@ -145,7 +150,10 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
             "runtime": label, "p50_ms": report.latency_ms.p50, "p90_ms": report.latency_ms.p90,
             "max_rel_err": worst_error(outputs, reference),
             "detail": f"{preset.name}, {args.precision}, {len(result.tuned)}/{len(result.tasks)} "
-                      f"tasks tuned from {source}, CV {report.latency_ms.cv:.1%}",
+                      f"tasks tuned from {source}, CV {report.latency_ms.cv:.1%}, "
+                      f"{len(result.manifest['library_kernels'])} library layers, "
+                      f"built in {build_s:.0f} s",
+            "library_tactics": {k: v["tactic"] for k, v in result.manifest["library_kernels"].items()},
         })
     return rows
 
@@ -250,6 +258,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--tune-trials", type=int, default=0, help="tune into --db first")
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+    parser.add_argument("--kernels", nargs="+", choices=["all", "tvm"], default=["all"],
+                        help="tvmopt rows per kernel choice (all: with the kernel library)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--export", type=Path, default=None, metavar="PATH",

@@ -5,14 +5,17 @@
 #   bash benchmarks/gpu_session.sh untuned "$OUT"   # export; default-schedule A/B; compare both
 #   bash benchmarks/gpu_session.sh start-tune "$OUT" resnet50 30m  # a tune in the background
 #   bash benchmarks/gpu_session.sh wait-tune "$OUT" 540   # wait up to 540 s; db + log to $OUT
-#   bash benchmarks/gpu_session.sh tuned "$OUT"     # compare with the database; profile; the db
+#   bash benchmarks/gpu_session.sh warm-kernels "$OUT"  # compile CUTLASS instances (CPU only)
+#   bash benchmarks/gpu_session.sh tuned "$OUT" resnet50   # compare with the database, with and
+#                                                   # without the kernel library; profiles; the db
+#   bash benchmarks/gpu_session.sh gpu-tests "$OUT" # the gpu-marked tests
 #
 # A tune outlives the 10-minute call (setsid) and is followed by wait-tune calls back to back (the
 # host goes back ~30 s after a call). It starts from an empty database unless .gpu/db/gpu.db was
 # carried (a database brought back from an earlier host, to resume).
 # Run from the repository root with tvmopt importable (PYTHONPATH=/root/site:$PWD on the host).
 set -uo pipefail
-phase=${1:?usage: gpu_session.sh untuned|start-tune|wait-tune|tuned OUT}
+phase=${1:?usage: gpu_session.sh untuned|start-tune|wait-tune|warm-kernels|tuned|gpu-tests OUT}
 out=${2:?usage: gpu_session.sh PHASE OUT}
 work=/root/work
 db=$work/gpu.db
@@ -81,20 +84,44 @@ PY
     python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
       "$db" "$out/gpu.db"
     ;;
+  warm-kernels)
+    # Every kernel instance the tests and the models below need, compiled 16 at a time into the
+    # kernel cache; needs no GPU, so it can run beside a tune.
+    export_models > "$out/export.txt" 2>&1
+    python3 - > "$out/warm_kernels.txt" 2>&1 <<'PY'
+import logging
+from tvmopt.kernels.library import nvcc
+from tvmopt.kernels.library.sources import Epilogue, GemmSpec, gemm_source
+from tvmopt.kernels.library.tactics import CATALOGUE
+logging.basicConfig(level=logging.INFO)
+specs = [GemmSpec(layout, Epilogue(bias=True, activation="relu"), t)
+         for layout in ("row", "col") for t in CATALOGUE]
+nvcc.compile_all({s.symbol: gemm_source(s) for s in specs}, "sm_90a")
+PY
+    for m in resnet50 bert_base; do
+      layout=(); [ "$m" = resnet50 ] && layout=(--layout NHWC)
+      python3 -m tvmopt build "$work/$m.onnx" "${fp16[@]}" "${layout[@]}" --db "$db" \
+        -o "$work/warm_$m.so" >> "$out/warm_kernels.txt" 2>&1
+    done
+    tail -5 "$out/warm_kernels.txt"
+    ;;
   tuned)
-    python3 benchmarks/compare.py "$resnet" --torch $peer:resnet50 --device cuda --precision fp16 \
-      --layout NHWC --iterations 100 --db "$db" -o "$out/compare_resnet50_tuned.json" \
-      > "$out/compare_resnet50_tuned.txt" 2>&1
-    python3 benchmarks/compare.py "$bert" --torch $peer:bert_base --device cuda --precision fp16 \
-      --iterations 100 --db "$db" -o "$out/compare_bert_tuned.json" \
-      > "$out/compare_bert_tuned.txt" 2>&1
-    python3 -m tvmopt build "$resnet" "${fp16[@]}" --layout NHWC --db "$db" -o "$work/tuned.so" \
-      --no-cuda-graph 2> "$out/build.log"
-    python3 -m tvmopt profile "$work/tuned.so" > "$out/profile.txt" 2>&1
-    python3 -m tvmopt build "$bert" "${fp16[@]}" --db "$db" -o "$work/tuned_bert.so" \
-      --no-cuda-graph 2>> "$out/build.log"
-    python3 -m tvmopt profile "$work/tuned_bert.so" > "$out/profile_bert.txt" 2>&1
+    m=${3:?usage: gpu_session.sh tuned OUT resnet50|bert_base}
+    layout=(); [ "$m" = resnet50 ] && layout=(--layout NHWC)
+    python3 benchmarks/compare.py "$work/$m.onnx" --torch "$peer:$m" --device cuda \
+      --precision fp16 "${layout[@]}" --kernels tvm all --iterations 100 --db "$db" \
+      -o "$out/compare_${m}_tuned.json" > "$out/compare_${m}_tuned.txt" 2>&1
+    tail -12 "$out/compare_${m}_tuned.txt"
+    for kernels in tvm all; do
+      python3 -m tvmopt build "$work/$m.onnx" "${fp16[@]}" "${layout[@]}" --db "$db" \
+        --kernels $kernels -o "$work/profiled.so" --no-cuda-graph 2>> "$out/build.log"
+      python3 -m tvmopt profile "$work/profiled.so" > "$out/profile_${m}_$kernels.txt" 2>&1
+    done
     cp "$db" "$out/gpu.db"
+    ;;
+  gpu-tests)
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py > "$out/gpu_tests.txt" 2>&1
+    tail -15 "$out/gpu_tests.txt"
     ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac

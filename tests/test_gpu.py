@@ -12,6 +12,7 @@ from conftest import assert_one_line_error
 import tvmopt
 from tvmopt import build, runtime, targets
 from tvmopt import manifest as artifact_manifest
+from tvmopt.kernels.library.tactics import CATALOGUE, Tactic
 from tvmopt.prepare import ModelOptions
 
 pytestmark = pytest.mark.gpu
@@ -92,3 +93,30 @@ def test_zoo_models_run_on_the_gpu_in_fp16(tmp_path, name):
     assert all(np.isfinite(v).all() for v in outputs.values())
     mismatches = runtime.compare(outputs, runtime.onnxruntime_outputs(path, inputs))
     assert mismatches and all(m.max_rel <= 2e-2 for m in mismatches), mismatches
+
+
+def test_kernel_library_layers_match_onnxruntime(tmp_path):
+    """Every op class and epilogue the CUTLASS library takes, at its default tactics."""
+    path = models.library_layers(tmp_path / "m.onnx")
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "m.so",
+                         options=ModelOptions(precision="fp16", layout="NHWC"))
+    assert len(result.manifest["library_kernels"]) == 6
+    model = tvmopt.load(result.path)
+    inputs = runtime.random_inputs(model.inputs, seed=3)
+    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
+
+
+@pytest.mark.parametrize("tactic", [t.name for t in CATALOGUE])
+def test_every_catalogue_tactic_computes_the_same(tmp_path, monkeypatch, tactic):
+    from tvmopt.kernels import library
+
+    monkeypatch.setattr(library, "default_tactic", lambda m, n, k: Tactic.parse(tactic))
+    path = models.library_layers(tmp_path / "m.onnx", epilogues="relu", seq=200)
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "m.so",
+                         options=ModelOptions(precision="fp16", layout="NHWC"))
+    assert {k["tactic"] for k in result.manifest["library_kernels"].values()} == {tactic}
+    model = tvmopt.load(result.path)
+    inputs = runtime.random_inputs(model.inputs, seed=4)
+    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
