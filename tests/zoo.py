@@ -393,6 +393,26 @@ def _attention_module(hidden, heads):
     return SelfAttention()
 
 
+def _post_ln_layer(attention, hidden):
+    """BERT's encoder layer: x = LN(x + attention(x, mask)); LN(x + FFN(x)), erf GELU."""
+    nn = _torch().nn
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = attention
+            self.ln1 = nn.LayerNorm(hidden, eps=1e-12)
+            self.ff1 = nn.Linear(hidden, 4 * hidden)
+            self.ff2 = nn.Linear(4 * hidden, hidden)
+            self.ln2 = nn.LayerNorm(hidden, eps=1e-12)
+
+        def forward(self, x, mask):
+            x = self.ln1(x + self.attention(x, mask))
+            return self.ln2(x + self.ff2(nn.functional.gelu(self.ff1(x))))
+
+    return Layer()
+
+
 def bert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
                  hidden: int = 32, heads: int = 4, layers: int = 2) -> Path:
     """BERT-style encoder: int64 input_ids + attention_mask (batch x seq, both dynamic), word +
@@ -401,19 +421,6 @@ def bert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
     torch = _torch()
     nn = torch.nn
 
-    class Layer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = _attention_module(hidden, heads)
-            self.ln1 = nn.LayerNorm(hidden, eps=1e-12)
-            self.ff1 = nn.Linear(hidden, 4 * hidden)
-            self.ff2 = nn.Linear(4 * hidden, hidden)
-            self.ln2 = nn.LayerNorm(hidden, eps=1e-12)
-
-        def forward(self, x, bias):
-            x = self.ln1(x + self.attn(x, bias))
-            return self.ln2(x + self.ff2(nn.functional.gelu(self.ff1(x))))
-
     class Bert(nn.Module):
         def __init__(self):
             super().__init__()
@@ -421,7 +428,8 @@ def bert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
             self.pos = nn.Embedding(128, hidden)
             self.token_type = nn.Embedding(2, hidden)
             self.ln = nn.LayerNorm(hidden, eps=1e-12)
-            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+            self.layers = nn.ModuleList(_post_ln_layer(_attention_module(hidden, heads), hidden)
+                                        for _ in range(layers))
             self.pool = nn.Linear(hidden, hidden)
 
         def forward(self, input_ids, attention_mask):
@@ -515,6 +523,20 @@ def _float32_min_bias(attention_mask, dtype):
     return (1.0 - keep) * torch.finfo(torch.float32).min
 
 
+def _export_encoder(net, path: Path, *, opset: int, exporter: str) -> Path:
+    """An encoder taking (input_ids, attention_mask), returning last_hidden_state."""
+    torch = _torch()
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    model = _export(net, (ids, mask), path, input_names=["input_ids", "attention_mask"],
+                    output_names=["last_hidden_state"],
+                    dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                  "last_hidden_state": axes},
+                    opset=opset, exporter=exporter)
+    return _save(model, path)
+
+
 def t5_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden: int = 32,
                heads: int = 4, layers: int = 2, buckets: int = 32, max_distance: int = 64) -> Path:
     """T5-style encoder: RMS norm (pre-norm), bias-free projections, unscaled scores plus a
@@ -595,15 +617,7 @@ def t5_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden:
             return self.norm(x)
 
     torch.manual_seed(0)
-    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
-    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
-    axes = {0: "batch", 1: "sequence"}
-    model = _export(T5(), (ids, mask), path, input_names=["input_ids", "attention_mask"],
-                    output_names=["last_hidden_state"],
-                    dynamic_axes={"input_ids": axes, "attention_mask": axes,
-                                  "last_hidden_state": axes},
-                    opset=opset, exporter=exporter)
-    return _save(model, path)
+    return _export_encoder(T5(), path, opset=opset, exporter=exporter)
 
 
 def distilbert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
@@ -633,27 +647,14 @@ def distilbert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
             ctx = torch.matmul(nn.functional.softmax(scores, dim=-1), split(self.v(x)))
             return self.out(ctx.transpose(1, 2).contiguous().view(b, s, hidden))
 
-    class Layer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attention = Attention()
-            self.sa_layer_norm = nn.LayerNorm(hidden, eps=1e-12)
-            self.lin1 = nn.Linear(hidden, 4 * hidden)
-            self.lin2 = nn.Linear(4 * hidden, hidden)
-            self.output_layer_norm = nn.LayerNorm(hidden, eps=1e-12)
-
-        def forward(self, x, attention_mask):
-            x = self.sa_layer_norm(x + self.attention(x, attention_mask))
-            ffn = self.lin2(nn.functional.gelu(self.lin1(x)))
-            return self.output_layer_norm(x + ffn)
-
     class DistilBert(nn.Module):
         def __init__(self):
             super().__init__()
             self.word = nn.Embedding(VOCAB, hidden)
             self.position = nn.Embedding(128, hidden)
             self.norm = nn.LayerNorm(hidden, eps=1e-12)
-            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+            self.layers = nn.ModuleList(_post_ln_layer(Attention(), hidden)
+                                        for _ in range(layers))
 
         def forward(self, input_ids, attention_mask):
             pos = torch.arange(input_ids.size(1), dtype=torch.long, device=input_ids.device)
@@ -663,15 +664,7 @@ def distilbert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
             return x
 
     torch.manual_seed(0)
-    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
-    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
-    axes = {0: "batch", 1: "sequence"}
-    model = _export(DistilBert(), (ids, mask), path, input_names=["input_ids", "attention_mask"],
-                    output_names=["last_hidden_state"],
-                    dynamic_axes={"input_ids": axes, "attention_mask": axes,
-                                  "last_hidden_state": axes},
-                    opset=opset, exporter=exporter)
-    return _save(model, path)
+    return _export_encoder(DistilBert(), path, opset=opset, exporter=exporter)
 
 
 def windowed_vit(path: Path, *, opset: int = 17, exporter: str = "legacy", dim: int = 32,
