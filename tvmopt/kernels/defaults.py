@@ -1,4 +1,4 @@
-"""Provider 2: default schedules for kernels nobody tuned, on GPUs: tensor-core GEMMs tiled to
+"""Provider 3: default schedules for kernels nobody tuned, on GPUs: tensor-core GEMMs tiled to
 fill the GPU (`tensorcore_gemm`), then DLight's rules for everything else.
 
 CPUs get none yet (DLight's CPU rules cover only GEMV and reductions); their kernels stay

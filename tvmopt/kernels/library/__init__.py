@@ -1,4 +1,4 @@
-"""Provider 1: a kernel library (CUTLASS 3.x, Hopper) for the GEMM-shaped layers it covers.
+"""Provider 2 (after tuned records): a kernel library (CUTLASS 3.x, Hopper) for the GEMM-shaped layers it covers.
 
 The graph pass `partition-kernel-library` groups each layer the library can run into a kernel
 of its own and records it (`partition.py`); at build time this provider swaps such a kernel's
