@@ -87,8 +87,8 @@ def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> Bui
         providers = provided.providers
         tuned_names = {task_of[k].name for k, p in providers.items() if p == "tuned"}
         tuned = [t.name for t in tasks if t.name in tuned_names]  # heaviest first, as tasks are
-        log.info("%d of %d tasks tuned (database %s); untuned tasks use TVM's default schedules",
-                 len(tuned), len(tasks), store.path)
+        log.info("%d of %d tasks tuned (database %s); the rest use the kernel library or "
+                 "default schedules", len(tuned), len(tasks), store.path)
         with prepared.imported.explain_failures("compilation"):
             executable = _compile(provided.mod, target, cuda_graph=cuda_graph)
     tsha, tkey, _ = target_identity(target)

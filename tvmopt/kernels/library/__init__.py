@@ -1,4 +1,5 @@
-"""Provider 2 (after tuned records): a kernel library (CUTLASS 3.x, Hopper) for the GEMM-shaped layers it covers.
+"""Provider 2 (after tuned records): a kernel library (CUTLASS 3.x, Hopper) for the GEMM-shaped
+layers it covers.
 
 The graph pass `partition-kernel-library` groups each layer the library can run into a kernel
 of its own and records it (`partition.py`); at build time this provider swaps such a kernel's
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .nvcc import Unavailable, compile_all, toolchain
-from .partition import LAYERS_ATTR, Layer, layers, partition_pass
+from .partition import Layer, layers, partition_pass
 from .sources import GemmSpec, gemm_source, workspace_bytes
 from .tactics import default_tactic
 
@@ -76,5 +77,4 @@ def _arg_order(layer: Layer) -> tuple[int, ...]:
     return tuple(layer.args[role] for role in ("a", "b", "bias", "residual") if role in layer.args)
 
 
-__all__ = ["ExternKernel", "KernelLibrary", "LAYERS_ATTR", "graph_passes", "layers", "supports",
-           "toolchain"]
+__all__ = ["ExternKernel", "KernelLibrary", "graph_passes", "layers", "supports", "toolchain"]

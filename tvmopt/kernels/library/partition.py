@@ -43,7 +43,7 @@ class Layer:
 
 def layers(mod) -> dict[str, Layer]:
     """{kernel name: Layer} recorded by the partition pass (empty when it did not run)."""
-    found = (mod.attrs or {}).get(LAYERS_ATTR, {}) if mod.attrs is not None else {}
+    found = mod.attrs.get(LAYERS_ATTR, {}) if mod.attrs is not None else {}
     return {str(k): Layer.from_json(str(v)) for k, v in found.items()}
 
 
@@ -102,17 +102,13 @@ def _patterns():
                                         "silu": "silu"}.get(tail, "none"))
         name = f"{anchor_op.split('.')[-1]}_{epilogue.name}" + ("_reshaped" if reshape else "")
         out.append((f"tvmopt_library.{name}", x, notes, _check))
-    return sorted(out, key=lambda p: -_length(p[0]))
+    return sorted(out, key=lambda p: -p[0].count("_"))  # more parts: a longer chain
 
 
 def _add(x, y):
     from tvm.relax.dpl.pattern import is_op
 
     return is_op("relax.add")(x, y) | is_op("relax.add")(y, x)
-
-
-def _length(name: str) -> int:
-    return name.count("_")
 
 
 def _check(context) -> bool:
@@ -191,7 +187,8 @@ def _describe(func) -> Layer:
     anchor = next(c for c in calls if c.op.name in ("relax.matmul", "relax.nn.conv2d"))
     args = {"a": params[anchor.args[0]], "b": params[anchor.args[1]]}
     adds = [c for c in calls if c.op.name == "relax.add"]
-    roles = [r for r in ("bias", "residual") if f"{r}" in name.split("_")]
+    parts = name.split("_")
+    roles = [r for r in ("bias", "residual") if r in parts]
     for role, add in zip(roles, adds):
         (param,) = [x for x in add.args if x in params]
         args[role] = params[param]
@@ -201,7 +198,7 @@ def _describe(func) -> Layer:
     k = a_shape[-1] if conv else b_shape[-2]
     n = b_shape[0] if conv else b_shape[-1]
     batch = 1 if conv or len(b_shape) == 2 else _numel(b_shape[:-2])
-    activation = next((a for a in ("relu", "silu") if a in name.split("_")), "none")
+    activation = next((a for a in ("relu", "silu") if a in parts), "none")
     epilogue = Epilogue(bias="bias" in roles, activation=activation, residual="residual" in roles)
     return Layer(b_layout="col" if conv else "row", epilogue=epilogue, args=args,
                  m=_numel(a_shape) // (k * batch), n=n, k=k, batch=batch)

@@ -9,10 +9,9 @@ conv filter); a B of rank > 2 makes a batched GEMM over its leading dimensions.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from .tactics import Tactic
+from .tactics import SMS, Tactic
 
 ACTIVATIONS = {"none": "Identity", "relu": "ReLu", "gelu": "GELU", "silu": "SiLu"}
 _SCHEDULES = {  # (mainloop kernel schedule, epilogue schedule)
@@ -45,10 +44,7 @@ class GemmSpec:
 
     @property
     def symbol(self) -> str:
-        return (f"tvmopt_cutlass_gemm_{self.b_layout}_{self.epilogue.name}_{self.tactic.name}")
-
-    def digest(self) -> str:
-        return hashlib.sha256(gemm_source(self).encode()).hexdigest()[:16]
+        return f"tvmopt_cutlass_gemm_{self.b_layout}_{self.epilogue.name}_{self.tactic.name}"
 
 
 _HEADERS = """\
@@ -143,5 +139,5 @@ def workspace_bytes(tactic: Tactic) -> int:
     """Scratch memory an instance may ask for: stream-K keeps partial tiles of every SM in fp32;
     persistent kernels need none (a few bytes keep the argument a real tensor)."""
     if tactic.scheduler == "streamk":
-        return 2 * 132 * tactic.tile_m * tactic.tile_n * 4 + (1 << 16)
+        return 2 * SMS * tactic.tile_m * tactic.tile_n * 4 + (1 << 16)
     return 256

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SMS = 132  # H100 SXM; the default tactic only uses it to judge how well a tile fills the GPU
+SMS = 132  # H100 SXM: to judge how well a tile fills the GPU, and stream-K's scratch size
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Tactic:
     tile_m: int
     tile_n: int
@@ -51,13 +51,6 @@ CATALOGUE: tuple[Tactic, ...] = (
     Tactic(128, 64, scheduler="streamk"),
     Tactic(128, 128, scheduler="streamk"),
 )
-
-
-def candidates(m: int, n: int, k: int) -> list[Tactic]:
-    """The catalogue's tactics worth measuring for an M x N x K GEMM (all of them but those
-    whose tile is more than twice the problem in M or N)."""
-    fit = [t for t in CATALOGUE if t.tile_m <= max(64, 2 * m) and t.tile_n <= max(64, 2 * n)]
-    return fit or [default_tactic(m, n, k)]
 
 
 def default_tactic(m: int, n: int, k: int) -> Tactic:
