@@ -62,13 +62,14 @@ def export_torch(net, example: dict, path: Path) -> None:
                           output_names=["output"], opset_version=17, dynamo=False)
 
 
-def torch_model(spec: str, input_shape: str | None):
+def torch_model(spec: str, input_shape: str | None, batch: int | None = None):
     """(module in eval mode, {input name: example tensor}) from a factory that returns a module
-    (its one input shaped by --input-shape) or a (module, example inputs) pair."""
+    (its one input shaped by --input-shape) or a (module, example inputs) pair; `batch` goes to
+    a factory that takes it."""
     import torch
 
     torch.manual_seed(0)
-    made = load_factory(spec)()
+    made = load_factory(spec)(**({"batch": batch} if batch else {}))
     if isinstance(made, tuple):
         net, example = made
     else:
@@ -249,6 +250,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--input-shape", default=None, metavar="DIMS",
                         help="input shape for a --torch factory that returns a bare module, "
                              "e.g. 1x3x224x224")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size, for a --torch factory that takes `batch` "
+                             "(benchmarks/peer_models.py's do) [default: the factory's]")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--db", type=Path, default=None,
                         help="tuning database for a tuned row [default: no tuned row]")
@@ -280,7 +284,7 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         net = example = None
         if args.torch_factory:
-            net, example = torch_model(args.torch_factory, args.input_shape)
+            net, example = torch_model(args.torch_factory, args.input_shape, args.batch)
             if args.export is not None:
                 export_torch(net, example, args.export)
                 print(f"exported {args.export}")
@@ -305,6 +309,7 @@ def main(argv=None) -> dict:
         "model": args.torch_factory or args.model.name,
         "device": device_name(tvm.cuda(0) if args.device == "cuda" else tvm.cpu(0)),
         "precision": args.precision, "layout": args.layout, "iterations": args.iterations,
+        "batch": args.batch or 1,
         "date": datetime.date.today().isoformat(), "versions": versions(),
         "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
@@ -316,7 +321,7 @@ def main(argv=None) -> dict:
         print(f"{r['runtime']:<{name_w}}  {r['p50_ms']:9.4f}  {r['p90_ms']:9.4f}  "
               f"{r['speedup_vs_onnxruntime']:6.2f}x  {r['max_rel_err']:11.2e}  {r['detail']}")
     model_name = (args.torch_factory.rpartition(":")[2] if args.torch_factory
-                  else args.model.stem)
+                  else args.model.stem) + (f"_b{args.batch}" if args.batch else "")
     out = args.output or RESULTS / (
         f"compare_{model_name}_{args.device}_{args.precision}_{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 
-def resnet50():
-    """torchvision's ResNet-50, batch 1, 224x224."""
+def resnet50(batch: int = 1):
+    """torchvision's ResNet-50, 224x224."""
     import torchvision
 
-    return torchvision.models.resnet50(), {"input": torch.randn(1, 3, 224, 224)}
+    return torchvision.models.resnet50(), {"input": torch.randn(batch, 3, 224, 224)}
 
 
 class _LastHiddenState(nn.Module):
@@ -25,14 +25,14 @@ class _LastHiddenState(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def bert_base(seq: int = 128):
-    """transformers' BertModel with `BertConfig()` (BERT-base: 12 layers, hidden 768), batch 1,
-    sequence 128 with the last quarter padded, so the attention mask matters."""
+def bert_base(seq: int = 128, batch: int = 1):
+    """transformers' BertModel with `BertConfig()` (BERT-base: 12 layers, hidden 768), sequence
+    128 with the last quarter padded, so the attention mask matters."""
     from transformers import BertConfig, BertModel
 
     config = BertConfig()
     config._attn_implementation = "eager"  # the attention the ONNX exporters trace faithfully
-    ids = torch.randint(0, config.vocab_size, (1, seq))
-    mask = torch.ones(1, seq, dtype=torch.int64)
+    ids = torch.randint(0, config.vocab_size, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.int64)
     mask[:, seq * 3 // 4:] = 0
     return _LastHiddenState(BertModel(config)), {"input_ids": ids, "attention_mask": mask}

@@ -1,6 +1,8 @@
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,44 @@ def assert_one_line_error(result, *fragments):
     assert "Traceback" not in result.output and "internal error" not in result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A real TVM RPC tracker and two servers on 127.0.0.1, under key tvmopt-test."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                               "--port", str(port), "--port-end", str(port + 1)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        from tvm import rpc
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                tracker = rpc.connect_tracker("127.0.0.1", port)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "tracker did not start"
+                time.sleep(0.5)
+        for i in range(2):
+            server_port = free_port()
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
+                 "--key", "tvmopt-test", "--host", "127.0.0.1", "--port", str(server_port),
+                 "--port-end", str(server_port + 1)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while tracker.summary()["queue_info"].get("tvmopt-test", {}).get("free", 0) < 2:
+            assert time.monotonic() < deadline, tracker.summary()
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -211,8 +211,9 @@ def shared_anchor(path: Path, channels: int = 8, size: int = 8) -> Path:
 def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq: int = 32,
                    channels: int = 16, size: int = 8) -> Path:
     """The layer classes the CUTLASS kernel library takes, for an fp16 NHWC build: on tokens
-    x (1 x seq x hidden) MatMul + bias + ReLU, MatMul + bias + SiLU, a plain MatMul, a batched
-    MatMul (attention scores); on an image y, 1x1 convs with bias + ReLU and with bias +
+    x (1 x seq x hidden) MatMul + bias + ReLU, MatMul + bias + SiLU, MatMul + bias + GELU (erf,
+    as PyTorch exports it), a plain MatMul, a batched MatMul (attention scores); on an image y,
+    1x1 convs with bias + ReLU and with bias +
     residual + ReLU. `epilogues="relu"` keeps only the two bias + ReLU layers (two kernel
     instances: one GEMM, one 1x1 conv), for builds that must stay cheap to compile."""
     rng = np.random.default_rng(11)
@@ -230,7 +231,11 @@ def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq:
     if epilogues == "all":
         inits += [_const(rng, "w_out", (2 * h, h), 0.1), _const(rng, "w2", (h, h), 0.2),
                   _const(rng, "b2", (h,)),
-                  _const(rng, "k2", (2 * c, 2 * c, 1, 1), 0.3), _const(rng, "kb2", (2 * c,))]
+                  _const(rng, "k2", (2 * c, 2 * c, 1, 1), 0.3), _const(rng, "kb2", (2 * c,)),
+                  _const(rng, "w3", (h, h), 0.2), _const(rng, "b3", (h,)),
+                  numpy_helper.from_array(np.array(np.sqrt(2), np.float32), "sqrt2"),
+                  numpy_helper.from_array(np.array(1, np.float32), "one"),
+                  numpy_helper.from_array(np.array(0.5, np.float32), "half")]
         nodes = nodes[:-1] + [
             helper.make_node("MatMul", ["t1", "w_out"], ["tokens"]),  # plain (no bias)
             helper.make_node("Relu", ["c1"], ["r1"]),
@@ -243,10 +248,17 @@ def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq:
             helper.make_node("Mul", ["a2", "s2"], ["silu"]),
             helper.make_node("Transpose", ["silu"], ["silu_t"], perm=[0, 2, 1]),
             helper.make_node("MatMul", ["silu", "silu_t"], ["scores"]),  # batched over dim 0
+            helper.make_node("MatMul", ["tokens", "w3"], ["m3"]),
+            helper.make_node("Add", ["m3", "b3"], ["a3"]),
+            helper.make_node("Div", ["a3", "sqrt2"], ["d3"]),
+            helper.make_node("Erf", ["d3"], ["e3"]),
+            helper.make_node("Add", ["e3", "one"], ["p3"]),
+            helper.make_node("Mul", ["a3", "p3"], ["q3"]),
+            helper.make_node("Mul", ["q3", "half"], ["gelu"]),
         ]
-        outputs.append("scores")
+        outputs += ["scores", "gelu"]
     out_shapes = {"tokens": [1, seq, h if epilogues == "all" else 2 * h],
-                  "image": [1, 2 * c, size, size], "scores": [1, seq, seq]}
+                  "image": [1, 2 * c, size, size], "scores": [1, seq, seq], "gelu": [1, seq, h]}
     graph = helper.make_graph(
         nodes, "library_layers",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, h]),

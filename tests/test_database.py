@@ -40,12 +40,17 @@ SCHEMA = {
     "failures": {"id": int, "workload_id": int, "target_sha256": str, "target_key": str,
                  "trace_sha256": str, "run_uid": str, "created_at": str},
     "run_tasks": {"run_uid": str, "ir_sha256": str, "task": str, "weight": int},
+    "tactic_records": {"id": int, "uid": str, "layer_key": str, "provider": str, "tactic": str,
+                       "target_sha256": str, "target_key": str, "target_json": str,
+                       "run_secs_json": str, "mean_sec": float, "error": str, "device": str,
+                       "library_version": str, "run_uid": str, "created_at": str},
 }
 INDEXES = {  # (table, columns, unique)
     ("workloads", ("ir_sha256",), True), ("runs", ("uid",), True), ("records", ("uid",), True),
     ("records", ("workload_id", "target_sha256", "mean_sec"), False),
     ("failures", ("workload_id", "target_sha256", "trace_sha256"), True),
-    ("run_tasks", ("run_uid", "ir_sha256"), True),
+    ("run_tasks", ("run_uid", "ir_sha256"), True), ("tactic_records", ("uid",), True),
+    ("tactic_records", ("layer_key", "target_sha256", "mean_sec"), False),
 }
 
 
@@ -58,10 +63,11 @@ def test_schema_created_by_migrations(tmp_path):
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
     assert tables == SCHEMA
     assert indexes == INDEXES
-    assert applied == ["m001_initial", "m002_run_tasks", "m003_route_free_record_identity"]
+    assert applied == ["m001_initial", "m002_run_tasks", "m003_route_free_record_identity",
+                       "m004_tactic_records"]
     # reopening applies nothing twice
     with open_database(tmp_path / "t.db") as store:
-        assert store.db["_sqlite_migrations"].count == 3
+        assert store.db["_sqlite_migrations"].count == 4
 
 
 def test_lookup_is_target_aware(tmp_path):
@@ -150,7 +156,7 @@ def test_merge_is_idempotent_and_keeps_provenance(tmp_path, invoke):
     assert result.exit_code == 0, result.output
     assert "3 records" in result.output
     result = invoke("db", "merge", b, "--db", a)
-    assert "0 workloads, 0 runs, 0 records, 0 failures added" in result.output
+    assert "0 workloads, 0 runs, 0 records, 0 failures, 0 tactic records added" in result.output
     with open_database(a, readonly=True) as store:
         assert store.count_records() == 5
         devices = {r["device"] for r in store.db["records"].rows}

@@ -100,7 +100,7 @@ def test_kernel_library_layers_match_onnxruntime(tmp_path):
     path = models.library_layers(tmp_path / "m.onnx")
     result = build.build(path, targets.resolve("cuda"), tmp_path / "m.so",
                          options=ModelOptions(precision="fp16", layout="NHWC"))
-    assert len(result.manifest["library_kernels"]) == 6
+    assert len(result.manifest["library_kernels"]) == 7
     model = tvmopt.load(result.path)
     inputs = runtime.random_inputs(model.inputs, seed=3)
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
@@ -118,5 +118,51 @@ def test_every_catalogue_tactic_computes_the_same(tmp_path, monkeypatch, tactic)
     assert {k["tactic"] for k in result.manifest["library_kernels"].values()} == {tactic}
     model = tvmopt.load(result.path)
     inputs = runtime.random_inputs(model.inputs, seed=4)
+    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
+
+
+@pytest.mark.parametrize("through", ["this GPU", "RPC"])
+def test_tune_measures_every_tactic_and_the_build_runs_the_fastest(tmp_path, invoke, request,
+                                                                    through):
+    """Each layer's catalogue tactics are timed (locally, or on an RPC server on 127.0.0.1),
+    stored with a time or a reason, not measured twice; the build runs each layer's fastest
+    measured kernel, library tactic or TIR record, and still matches ONNX Runtime."""
+    from tvmopt.database import open_database
+
+    path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
+    db = tmp_path / "t.db"
+    tune = ["tune", path, "--target", "cuda", "--precision", "fp16", "--layout", "NHWC",
+            "--db", db, "--trials", "8", "--json"]
+    if through == "RPC":
+        tune += ["--rpc-tracker", request.getfixturevalue("rpc_tracker"), "--rpc-key",
+                 "tvmopt-test"]
+    result = invoke(*tune)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["tactics_measured"] == 2 * len(CATALOGUE)
+    with open_database(db, readonly=True) as store:
+        rows = list(store.db["tactic_records"].rows)
+    assert all((r["mean_sec"] is None) != (r["error"] is None) for r in rows), rows
+    best = {}
+    for r in rows:
+        if r["mean_sec"] and r["mean_sec"] < best.get(r["layer_key"], float("inf")):
+            best[r["layer_key"]] = r["mean_sec"]
+    assert len(best) == 2  # both layers have a tactic that ran
+    library_tasks = [t for t in report["tasks"] if t["library_sec"]]
+    assert sorted(t["library_sec"] for t in library_tasks) == pytest.approx(sorted(best.values()))
+    assert json.loads(invoke(*tune).stdout)["tactics_measured"] == 0
+
+    lib = tmp_path / "m.so"
+    built = build.build(path, targets.resolve("cuda"), lib, db_path=db,
+                        options=ModelOptions(precision="fp16", layout="NHWC"))
+    for task in library_tasks:
+        kernel = built.manifest["library_kernels"].get(task["name"])
+        if kernel is not None:
+            assert kernel["measured_sec"] == pytest.approx(task["library_sec"])
+        else:  # the layer kept a TIR kernel: its best record beat the library's
+            assert task["best_sec"] < task["library_sec"]
+    model = tvmopt.load(lib)
+    inputs = runtime.random_inputs(model.inputs, seed=9)
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
     assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches

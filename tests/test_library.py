@@ -25,8 +25,8 @@ def test_every_gemm_shaped_layer_and_epilogue_is_offered_to_the_library(tmp_path
     layers = _layers(models.library_layers(tmp_path / "m.onnx"))
     by_epilogue = sorted((l.b_layout, l.epilogue.name, l.batch) for l in layers.values())
     assert by_epilogue == [("col", "bias_relu", 1), ("col", "bias_residual_relu", 1),
-                           ("row", "bias_relu", 1), ("row", "bias_silu", 1), ("row", "plain", 1),
-                           ("row", "plain", 1)]
+                           ("row", "bias_gelu", 1), ("row", "bias_relu", 1), ("row", "bias_silu", 1),
+                           ("row", "plain", 1), ("row", "plain", 1)]
     (residual,) = [l for l in layers.values() if l.epilogue.residual]
     # the 1x1 conv's GEMM: M = 8*8 pixels, N = K = 32 channels; its residual is its own input
     assert (residual.m, residual.n, residual.k) == (64, 32, 32)
@@ -91,6 +91,90 @@ def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel
     with caplog.at_level(logging.INFO):
         build.build(path, targets.resolve(HOPPER), tmp_path / "again.so", options=FP16_NHWC)
     assert "CUTLASS kernel instance" not in caplog.text
+
+
+def _gemm_layer(tmp_path):
+    """The library model's GEMM layer: (model path, its Kernel, its Layer)."""
+    from tvmopt.kernels import Kernel
+    from tvmopt.tasks import extract_tasks, kernel_tasks, kernels
+
+    path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
+    mod = prepare.prepare(path, targets.resolve(HOPPER), FP16_NHWC).mod
+    task_of = kernel_tasks(mod, extract_tasks(mod, targets.resolve(HOPPER).tvm_target()))
+    (name, layer), = [(n, l) for n, l in library.layers(mod).items() if "matmul" in n]
+    return path, Kernel(name, kernels(mod)[name], task_of[name]), layer
+
+
+def _commit_tir(store, task, sec: float, *, tuned: bool) -> None:
+    """A TIR record of the task on the Hopper target: its baseline schedule, or (tuned) any
+    other schedule."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmopt.database.metaschedule import TargetDatabase
+    from tvmopt.kernels.defaults import baseline
+
+    target = targets.resolve(HOPPER).tvm_target()
+    sch, _ = baseline(task.mod, target)
+    if tuned:
+        sch.annotate(sch.get_output_blocks(sch.get_sblock("root"))[0], "tuned_variant", 1)
+    TargetDatabase(store, target).commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, ms.database.Workload(task.mod), [tvm.runtime.convert(sec)], target,
+        ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])))
+
+
+MEASURED = "128x64x64_c1x1_cooperative_persistent"
+
+
+@pytest.mark.parametrize("tir, tactic_sec, runs", [
+    ([], None, "default tactic"),  # untuned: the library's default
+    ([(10e-6, False)], None, "default tactic"),  # only the TIR default measured
+    ([(10e-6, True)], None, "tir"),  # a searched TIR record, no tactic measured
+    ([(10e-6, False)], 8e-6, "measured tactic"),
+    ([(10e-6, False)], 12e-6, "tir"),  # TVM's default schedule measured faster
+    ([(10e-6, False), (6e-6, True)], 8e-6, "tir"),
+    ([(10e-6, False), (9e-6, True)], 8e-6, "measured tactic"),
+])
+def test_each_layer_runs_the_fastest_measured_kernel(tmp_path, tir, tactic_sec, runs):
+    from tvmopt.database import open_database, target_identity
+    from tvmopt.kernels import BuildContext
+    from tvmopt.kernels.library import _choose
+    from tvmopt.kernels.library.tactics import Tactic, default_tactic
+
+    _, kernel, layer = _gemm_layer(tmp_path)
+    target = targets.resolve(HOPPER).tvm_target()
+    with open_database(tmp_path / "t.db") as store:
+        for sec, tuned in tir:
+            _commit_tir(store, kernel.task, sec, tuned=tuned)
+        if tactic_sec is not None:
+            store.add_tactic_record(layer.key, "cutlass", MEASURED, target, [tactic_sec])
+        choice = _choose(kernel, layer, BuildContext(target, store, {kernel.name: layer}),
+                         target_identity(target)[0])
+    expected = {"tir": None, "measured tactic": (Tactic.parse(MEASURED), tactic_sec),
+                "default tactic": (default_tactic(layer.m, layer.n, layer.k), None)}[runs]
+    assert choice == expected
+
+
+def test_a_measured_tactic_is_built_and_shown(tmp_path, kernel_cache, monkeypatch, invoke):
+    """The measured tactic (here the one the cache holds already) is linked, and inspect says
+    it was measured and how fast."""
+    from tvmopt.database import open_database
+    from tvmopt.kernels.library.tactics import default_tactic
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
+    path, kernel, layer = _gemm_layer(tmp_path)
+    tactic = default_tactic(layer.m, layer.n, layer.k).name
+    db = tmp_path / "t.db"
+    with open_database(db) as store:
+        _commit_tir(store, kernel.task, 10e-6, tuned=False)
+        store.add_tactic_record(layer.key, "cutlass", tactic, targets.resolve(HOPPER).tvm_target(),
+                                [4e-6])
+    lib = tmp_path / "m.so"
+    result = build.build(path, targets.resolve(HOPPER), lib, db_path=db, options=FP16_NHWC)
+    built = result.manifest["library_kernels"][kernel.name]
+    assert (built["tactic"], built["measured_sec"]) == (tactic, pytest.approx(4e-6))
+    shown = invoke("inspect", lib)
+    assert f"tactic {tactic}  (measured 4.0 µs)" in shown.output, shown.output
 
 
 def test_a_tuned_record_keeps_its_layer_from_the_library(tmp_path, kernel_cache, monkeypatch):

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 import models
 import tvmopt
-from conftest import assert_one_line_error, empty_database
+from conftest import assert_one_line_error, empty_database, free_port
 from tvmopt import build, plot, runtime, targets
 from tvmopt.database import open_database
 
@@ -43,7 +42,7 @@ def test_tune_stores_records_and_reports_tasks(tuned, tiny):
     (task,) = report["tasks"]
     assert task["name"].startswith("fused_conv2d") and task["flops"] > 0 and task["weight"] == 1
     assert task["best_sec"] > 0 and task["gflops"] > 0 and task["tensor_core"] is False
-    assert set(report["seconds"]) == {"search", "build", "measure", "database"}
+    assert set(report["seconds"]) == {"search", "build", "measure", "database", "tactics"}
     # Progress lines when not a terminal. The baseline (here the plain loop nest) is measured
     # first, so the estimate exists from the first line; then a small first round, then a full one.
     lines = [line for line in stderr.splitlines() if line.startswith("tasks ")]
@@ -215,47 +214,6 @@ def test_kill_9_tuner_keeps_committed_records(tiny, tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def rpc_tracker():
-    """A real TVM RPC tracker and two servers on 127.0.0.1, under key tvmopt-test."""
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                               "--port", str(port), "--port-end", str(port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        from tvm import rpc
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                tracker = rpc.connect_tracker("127.0.0.1", port)
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "tracker did not start"
-                time.sleep(0.5)
-        for i in range(2):
-            server_port = _free_port()
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
-                 "--key", "tvmopt-test", "--host", "127.0.0.1", "--port", str(server_port),
-                 "--port-end", str(server_port + 1)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while tracker.summary()["queue_info"].get("tvmopt-test", {}).get("free", 0) < 2:
-            assert time.monotonic() < deadline, tracker.summary()
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-
-
 def test_tune_through_rpc_tracker_and_two_servers(tiny, tmp_path, rpc_tracker, invoke):
     db = tmp_path / "rpc.db"
     result = invoke("tune", tiny, "--target", "host", "--trials", "16", "--batch-size", "8",
@@ -304,7 +262,7 @@ def test_a_measured_baseline_alone_builds_as_untuned(tiny, tmp_path, invoke):
 
 def test_unreachable_tracker_fails_fast(tiny, invoke):
     start = time.monotonic()
-    result = invoke("tune", tiny, "--target", "host", "--rpc-tracker", f"127.0.0.1:{_free_port()}",
+    result = invoke("tune", tiny, "--target", "host", "--rpc-tracker", f"127.0.0.1:{free_port()}",
                     "--rpc-key", "gpu")
     assert_one_line_error(result, "unreachable")
     assert time.monotonic() - start < 10

@@ -55,6 +55,12 @@ PIPELINE: tuple[GraphPass, ...] = (
     ),
     GraphPass("fold-constant", "evaluate everything that depends only on weights",
               lambda relax, target: [relax.transform.FoldConstant()]),
+    GraphPass(
+        "integer-powers",
+        "compute x**2, x**3 and x**4 as products: TVM compiles CUDA with fast math, where pow() "
+        "of a negative base is NaN (T5's and opset-11 layer norms, the tanh GELU)",
+        lambda relax, target: [_integer_powers()],
+    ),
     GraphPass("dead-code-elimination", "drop bindings and functions nothing uses",
               lambda relax, target: [relax.transform.DeadCodeElimination()]),
     GraphPass("layout-nhwc", "convert conv2d to NHWC/OHWI (--layout NHWC)", _nhwc_passes,
@@ -140,6 +146,43 @@ def _clamp_to_fp16_range():
         return mod
 
     return clamp
+
+
+def _integer_powers():
+    """A module pass replacing power(x, c), c a constant 2, 3 or 4, by multiplications."""
+    import tvm
+    from tvm import relax
+
+    power = tvm.ir.Op.get("relax.power")
+
+    @relax.expr_functor.mutator
+    class Products(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op != power:
+                return call
+            exponent = call.args[1]
+            if isinstance(exponent, relax.Var):
+                exponent = self.lookup_binding(exponent) or exponent
+            if not isinstance(exponent, tvm.ir.expr.Constant) or exponent.value.numpy().size != 1:
+                return call
+            n = float(exponent.value.numpy().reshape(()))
+            if n not in (2.0, 3.0, 4.0):
+                return call
+            x = call.args[0]
+            square = self.builder_.emit(relax.op.multiply(x, x))
+            if n == 2.0:
+                return square
+            return relax.op.multiply(square, x if n == 3.0 else square)
+
+    @tvm.transform.module_pass(opt_level=0, name="IntegerPowers")
+    def products(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = Products(mod).visit_expr(func)
+        return mod
+
+    return products
 
 
 def describe_pipeline() -> str:

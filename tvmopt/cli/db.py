@@ -48,6 +48,13 @@ def db_stats(db_path, as_json):
         rows = [[b["workload_id"], b["name"] or "", b["ir_sha256"][:12], b["records"],
                  _us(b["best_sec"])] for b in t["best"]]
         click.echo(table(rows, ["id", "task", "ir sha256", "records", "best µs"]) + "\n")
+        if t["layers"]:
+            click.echo(f"{t['target_key']}: {t['tactic_records']} tactic records, "
+                       f"{t['tactic_failures']} failed tactics")
+            rows = [[l["layer_key"], l["provider"], l["tactic"], l["records"], _us(l["best_sec"])]
+                    for l in t["layers"]]
+            click.echo(table(rows, ["layer", "library", "best tactic", "records", "best µs"])
+                       + "\n")
 
 
 @db.command("show")
@@ -91,10 +98,12 @@ def db_merge(other, db_path):
 @click.option("--keep", type=int, required=True, help="Records kept per workload and target.")
 @db_option
 def db_prune(keep, db_path):
-    """Delete all but the best N records of each workload on each target."""
+    """Delete all but the best N records of each workload (and tactics of each library layer)
+    on each target."""
     with _open_db(db_path) as store:
-        deleted = store.prune(keep)
-    click.echo(f"deleted {deleted} records, kept the best {keep} per workload and target")
+        records, tactics = store.prune(keep)
+    click.echo(f"deleted {records} records and {tactics} tactic records, kept the best {keep} "
+               "per workload (and per library layer) and target")
 
 
 @db.command("export")
@@ -103,23 +112,28 @@ def db_prune(keep, db_path):
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @db_option
 def db_export(fmt, out, db_path):
-    """Write database_workload.json and database_tuning_record.json into a directory."""
+    """Write database_workload.json and database_tuning_record.json into a directory, and the
+    kernel-library tactic records beside them (tvmopt_tactic_records.json)."""
     with _open_db(db_path, readonly=True) as store:
-        n_workloads, n_records = store.export_json(out)
-    click.echo(f"exported {n_workloads} workloads and {n_records} records to {out}")
+        n_workloads, n_records, n_tactics = store.export_json(out)
+    click.echo(f"exported {n_workloads} workloads, {n_records} records and {n_tactics} tactic "
+               f"records to {out}")
 
 
 @db.command("import")
 @click.argument("directory", type=click.Path(path_type=Path))
 @db_option
 def db_import(directory, db_path):
-    """Read TVM JSONDatabase files (database_workload.json, database_tuning_record.json)."""
+    """Read TVM JSONDatabase files (database_workload.json, database_tuning_record.json), and
+    tactic records where an export wrote them."""
     with _open_db(db_path) as store:
         counts = store.import_json(directory)
     click.echo(f"imported from {directory}: {counts['added']} records added, "
                f"{counts['duplicate']} already present, {counts['failure']} failed candidates, "
                f"{counts['invalid']} with a latency of zero or less and {counts['no_target']} "
-               "without a target skipped")
+               f"without a target skipped; tactic records: {counts['tactics_added']} added, "
+               f"{counts['tactics_duplicate']} already present, {counts['tactics_invalid']} "
+               "invalid skipped")
 
 
 @db.command("plot")

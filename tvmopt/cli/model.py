@@ -126,7 +126,9 @@ def _print_manifest(path, m):
         click.echo(f"kernels   {len(m['kernel_providers'])}: "
                    + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
     for name, lib in sorted(m.get("library_kernels", {}).items()):
-        click.echo(f"  {name}  GEMM {lib['gemm']}  tactic {lib['tactic']}")
+        measured = lib.get("measured_sec")
+        click.echo(f"  {name}  GEMM {lib['gemm']}  tactic {lib['tactic']}  "
+                   + (f"(measured {_fmt_sec(measured)})" if measured else "(default, unmeasured)"))
 
 
 def _build_help() -> str:
@@ -217,9 +219,10 @@ def _tune_table(report) -> str:
             f"{t.gflops:.1f}" if t.gflops else "-",
             f"{t.baseline_sec / t.best_sec:.1f}x" if t.baseline_sec and t.best_sec else "-",
             "yes" if t.tensor_core else "no", t.finished or "",
+            _fmt_sec(t.library_sec) if t.library_sec else "-",
         ])
     return table(rows, ["task", "MFLOP", "weight", "trials", "best", "GFLOP/s", "vs untuned",
-                        "tensor core", "stopped"])
+                        "tensor core", "stopped", "library"])
 
 
 @cli.command()
@@ -272,6 +275,10 @@ def tune(model, target_spec, model_options, db_path, trials, trials_per_task, ti
             f"build {report.seconds['build']:.0f} s, measure {report.seconds['measure']:.0f} s); "
             f"{report.trials_total} of {report.budget} trials in the database for "
             f"{report.target_key}" + (f"; estimated latency {_fmt_sec(est)}" if est else ""))
+        if report.tactics_measured or any(t.library_sec for t in report.tasks):
+            click.echo(f"kernel library: {report.tactics_measured} tactics measured in "
+                       f"{report.seconds['tactics']:.0f} s; the `library` column is each layer's "
+                       "fastest tactic, which the build uses where it beats the best TIR record")
         click.echo(f"stopped: {report.stop_reason}")
     if report.interrupted or (report.trials_total < report.budget and not all(
             t.finished for t in report.tasks)):

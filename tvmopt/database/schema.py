@@ -4,6 +4,7 @@ before tvmopt writes to it (a foreign, truncated, corrupt or newer file is refus
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import sqlite3
 import struct
@@ -18,6 +19,11 @@ from .identity import record_identity
 BUSY_TIMEOUT_S = 60.0
 
 migrations = sqlite_utils.Migrations("tvmopt")
+
+
+def now() -> str:
+    """A row's created_at: UTC, to the millisecond."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @migrations()
@@ -102,6 +108,31 @@ def m003_route_free_record_identity(db: sqlite_utils.Database):
             kept[uid] = record_id
     for uid, record_id in kept.items():
         db.execute("UPDATE records SET uid = ? WHERE id = ?", [uid, record_id])
+
+
+@migrations()
+def m004_tactic_records(db: sqlite_utils.Database):
+    # A kernel library's tactics, measured per layer: what the build weighs against TIR records.
+    db.execute("""
+        CREATE TABLE tactic_records (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,         -- content hash: merging twice adds nothing
+            layer_key TEXT NOT NULL,          -- the layer's operation, epilogue and GEMM size
+            provider TEXT NOT NULL,           -- the kernel library: cutlass
+            tactic TEXT NOT NULL,             -- the instance's configuration, by name
+            target_sha256 TEXT NOT NULL,
+            target_key TEXT NOT NULL,
+            target_json TEXT NOT NULL,
+            run_secs_json TEXT,               -- NULL when the tactic failed
+            mean_sec REAL,
+            error TEXT,                       -- why it failed (cannot run the shape, wrong numbers)
+            device TEXT,
+            library_version TEXT,             -- the compiler and library that built the instance
+            run_uid TEXT,
+            created_at TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX tactic_records_best ON tactic_records(layer_key, target_sha256, "
+               "mean_sec)")
 
 
 @functools.cache

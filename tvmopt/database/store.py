@@ -15,7 +15,6 @@ candidate and has no locking. Here:
 from __future__ import annotations
 
 import contextlib
-import datetime
 import getpass
 import json
 import logging
@@ -33,7 +32,9 @@ import sqlite_utils
 from ..errors import TvmoptError, first_line
 from .identity import canonical_json, record_identity, sha256, target_identity, workload_identity
 from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, check_writable, connect,
-                     known_migrations, migrations)
+                     known_migrations, migrations, now)
+from .tactics import EXPORT_FILE as TACTICS_FILE
+from .tactics import TacticRecords
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,6 @@ FAILED_RUN_SEC = 1e9
 _RECORD_COLUMNS = ("uid", "workload_id", "target_sha256", "target_key", "target_json", "trace_json",
                    "run_secs_json", "mean_sec", "args_info_json", "device", "tvm_version",
                    "run_uid", "created_at")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def default_path() -> tuple[Path, bool]:
@@ -155,7 +152,7 @@ class StoredRecord:
     device: str | None
 
 
-class TuningStore:
+class TuningStore(TacticRecords):
     """The SQLite file, through plain methods; `for_target` gives MetaSchedule's view of it."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, *, exists: bool = True):
@@ -216,7 +213,7 @@ class TuningStore:
             self.conn.execute(
                 "INSERT OR IGNORE INTO workloads (ir_sha256, shash, name, ir_json, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [ir_sha, str(tvm_ffi.structural_hash(mod)), name, tvm.ir.save_json(mod), _now()],
+                [ir_sha, str(tvm_ffi.structural_hash(mod)), name, tvm.ir.save_json(mod), now()],
             )
         return self.conn.execute(
             "SELECT id FROM workloads WHERE ir_sha256 = ?", [ir_sha]).fetchone()[0]
@@ -241,13 +238,13 @@ class TuningStore:
             return "invalid"
         tsha, tkey, tjson = target_identity(target)
         trace_json = canonical_json(trace)
-        now = _now()
+        created = now()
         if not run_secs or any(not math.isfinite(s) or s >= FAILED_RUN_SEC for s in run_secs):
             with self.write():
                 self.conn.execute(
                     "INSERT OR IGNORE INTO failures (workload_id, target_sha256, target_key, "
                     "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [workload_id, tsha, tkey, sha256(trace_json), run_uid, now],
+                    [workload_id, tsha, tkey, sha256(trace_json), run_uid, created],
                 )
             return "failure"
         values = {
@@ -256,7 +253,7 @@ class TuningStore:
             "run_secs_json": json.dumps(run_secs), "mean_sec": sum(run_secs) / len(run_secs),
             "args_info_json": canonical_json(args_info) if args_info is not None else None,
             "device": device, "tvm_version": tvm_version or tvm.__version__,
-            "run_uid": run_uid, "created_at": now,
+            "run_uid": run_uid, "created_at": created,
         }
         with self.write():
             new = self._insert_record(values, self._workload_sha(workload_id))
@@ -333,7 +330,7 @@ class TuningStore:
             self.conn.execute(
                 "INSERT INTO runs (uid, host, user, model_sha256, command, target_key, trials, "
                 "started_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-                [uid, socket.gethostname(), _user(), model_sha256, command, target_key, _now()],
+                [uid, socket.gethostname(), _user(), model_sha256, command, target_key, now()],
             )
         return uid
 
@@ -382,7 +379,7 @@ class TuningStore:
     def end_run(self, uid: str, trials: int) -> None:
         with self.write():
             self.conn.execute("UPDATE runs SET trials = ?, ended_at = ? WHERE uid = ?",
-                              [trials, _now(), uid])
+                              [trials, now(), uid])
 
     def end_run_abruptly(self, uid: str) -> bool:
         """Mark a run ended, counting its stored trials, from a process about to exit mid-write
@@ -393,7 +390,7 @@ class TuningStore:
                 conn.execute(
                     "UPDATE runs SET ended_at = ?, trials = (SELECT count(*) FROM records WHERE "
                     "run_uid = ?) + (SELECT count(*) FROM failures WHERE run_uid = ?) WHERE uid = ?",
-                    [_now(), uid, uid, uid])
+                    [now(), uid, uid, uid])
             return True
         except sqlite3.Error:
             return False
@@ -401,7 +398,8 @@ class TuningStore:
     # --- team operations ---------------------------------------------------------------------
 
     def stats(self) -> list[dict]:
-        """Per target: workloads, records, failures, and each workload's best latency."""
+        """Per target: workloads, records, failures, each workload's best latency, and the
+        tactic records with each layer's best tactic."""
         out = []
         targets = self.conn.execute(
             "SELECT target_sha256, target_key, count(DISTINCT workload_id), count(*) "
@@ -418,6 +416,7 @@ class TuningStore:
                 "records": n_records, "failures": failures,
                 "best": [{"workload_id": r[0], "name": r[1], "ir_sha256": r[2],
                           "best_sec": r[3], "records": r[4]} for r in best],
+                **self.tactic_stats(tsha),
             })
         return out
 
@@ -446,7 +445,7 @@ class TuningStore:
         other_path = Path(other_path)
         if other_path.resolve() == self.path.resolve():
             raise TvmoptError(f"cannot merge {other_path} into itself")
-        added = {"workloads": 0, "runs": 0, "records": 0, "failures": 0}
+        added = {"workloads": 0, "runs": 0, "records": 0, "failures": 0, "tactic records": 0}
         skipped = 0
         with open_database(other_path, readonly=True) as other, self.write():
             id_map, sha_of = {}, {}
@@ -483,29 +482,34 @@ class TuningStore:
                     "INSERT OR IGNORE INTO failures (workload_id, target_sha256, target_key, "
                     "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     [id_map[row[0]], *row[1:]]).rowcount
+            added["tactic records"], skipped_tactics = self._merge_tactics(other)
+            skipped += skipped_tactics
         if skipped:
             log.warning("skipped %d records of %s with a latency that is not a positive number",
                         skipped, other_path)
         return added
 
-    def prune(self, keep: int) -> int:
-        """Keep the best `keep` records per workload and target; returns how many were deleted."""
+    def prune(self, keep: int) -> tuple[int, int]:
+        """Keep the best `keep` records per workload and target, and the best `keep` tactics per
+        layer and target; returns how many records and tactic records were deleted."""
         if keep < 1:
             raise TvmoptError("--keep must be at least 1")
         with self.write():
-            return self.conn.execute(
+            records = self.conn.execute(
                 "DELETE FROM records WHERE id IN (SELECT id FROM ("
                 "  SELECT id, row_number() OVER (PARTITION BY workload_id, target_sha256 "
                 "  ORDER BY mean_sec, id) AS rank FROM records) WHERE rank > ?)", [keep]).rowcount
+            return records, self._prune_tactics(keep)
 
-    def export_json(self, directory: str | Path) -> tuple[int, int]:
-        """Write TVM's own JSONDatabase files, usable by plain MetaSchedule (all targets)."""
+    def export_json(self, directory: str | Path) -> tuple[int, int, int]:
+        """Write TVM's own JSONDatabase files, usable by plain MetaSchedule (all targets), and the
+        tactic records beside them; returns (workloads, records, tactic records)."""
         from tvm.s_tir import meta_schedule as ms
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = [directory / "database_workload.json", directory / "database_tuning_record.json"]
-        existing = [p for p in paths if p.exists()]
+        existing = [p for p in (*paths, directory / TACTICS_FILE) if p.exists()]
         if existing:
             raise TvmoptError(f"{existing[0]} exists; export into an empty directory")
         json_db = ms.database.JSONDatabase(*map(str, paths), allow_missing=True)
@@ -522,7 +526,7 @@ class TuningStore:
                      json.loads(row[3]) if row[3] else None], workload)
                 json_db.commit_tuning_record(record)
                 n_records += 1
-        return n_workloads, n_records
+        return n_workloads, n_records, self._export_tactics(directory)
 
     def import_json(self, directory: str | Path) -> dict[str, int]:
         """Read a TVM JSONDatabase directory; re-importing the same files adds nothing."""
@@ -543,7 +547,8 @@ class TuningStore:
             raise TvmoptError(f"{directory}: TVM cannot read these database files "
                               f"({first_line(e, 200)})") from None
         source = "import:" + sha256("".join(sha256(p.read_text()) for p in paths))[:16]
-        counts = {"added": 0, "duplicate": 0, "failure": 0, "invalid": 0, "no_target": 0}
+        counts = {"added": 0, "duplicate": 0, "failure": 0, "invalid": 0, "no_target": 0,
+                  **self._import_tactics(directory)}
         for record in records:
             if record.target is None:  # a record must say what it was measured on
                 counts["no_target"] += 1

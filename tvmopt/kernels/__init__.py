@@ -33,6 +33,7 @@ class BuildContext:
     target: object  # tvm.target.Target
     store: object  # the tuning database (read-only)
     library_layers: dict = field(default_factory=dict)  # {kernel name: library.Layer}
+    best_records: dict = field(default_factory=dict)  # {task name: (record, is baseline) | None}
 
 
 class Provider(Protocol):
@@ -43,10 +44,10 @@ class Provider(Protocol):
         this provider covers."""
 
 
-# A tuned record was measured on this target; the library's tactic for a layer is not yet, so a
-# tuned kernel keeps its layer (measured on an H100: BERT-base's 768x768 projections run 6.3 us
-# tuned against 9.4 us at the library's default tactic; ResNet-50's tuned 1x1 convs likewise).
-PROVIDERS: tuple[Provider, ...] = (TunedRecords(), KernelLibrary(), DefaultSchedules())
+# The library first: it takes a layer only where it is the fastest measured choice, or where
+# nothing was measured (its own rule, `library._choose`); the layers it leaves get their tuned
+# records, then default schedules.
+PROVIDERS: tuple[Provider, ...] = (KernelLibrary(), TunedRecords(), DefaultSchedules())
 
 
 @dataclass

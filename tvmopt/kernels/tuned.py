@@ -1,4 +1,4 @@
-"""Provider 1: kernels with a tuned record for this exact target get the best record's schedule.
+"""Provider 2: kernels with a tuned record for this exact target get the best record's schedule.
 
 One database lookup per task (kernels of one structure share it), replacing TVM's
 MetaScheduleApplyDatabase, which would look each kernel up a second time. When the best record
@@ -17,23 +17,25 @@ class TunedRecords:
     def provide(self, kernels, ctx) -> dict[str, object]:
         from ..database.metaschedule import apply_record
 
-        target_sha256 = target_identity(ctx.target)[0]
-        best_by_task = {}
         out = {}
         for kernel in kernels:
-            if kernel.task is None:
-                continue
-            if kernel.task.name not in best_by_task:
-                workload_id = ctx.store.find_workload(kernel.task.mod)
-                best = (ctx.store.best_records(workload_id, target_sha256, 1)
-                        if workload_id is not None else [])
-                best_by_task[kernel.task.name] = (
-                    best[0] if best and not _is_default(best[0], kernel.task.mod, ctx.target)
-                    else None)
-            record = best_by_task[kernel.task.name]
-            if record is not None:
-                out[kernel.name] = apply_record(kernel.func, record)
+            best = best_record(kernel, ctx) if kernel.task is not None else None
+            if best is not None and not best[1]:
+                out[kernel.name] = apply_record(kernel.func, best[0])
         return out
+
+
+def best_record(kernel, ctx):
+    """(the fastest record of the kernel's task on this target, whether that record is the
+    baseline) or None; looked up once per task."""
+    task = kernel.task
+    if task.name not in ctx.best_records:
+        workload_id = ctx.store.find_workload(task.mod)
+        best = (ctx.store.best_records(workload_id, target_identity(ctx.target)[0], 1)
+                if workload_id is not None else [])
+        ctx.best_records[task.name] = (best[0], _is_default(best[0], task.mod, ctx.target)) \
+            if best else None
+    return ctx.best_records[task.name]
 
 
 def _is_default(record, workload, target) -> bool:

@@ -24,6 +24,14 @@ class TaskProgress:
     finished: str | None = None  # why the task stopped, once it has
     tensor_core: bool = False
     baseline_sec: float | None = None  # its default schedule (or plain loop nest), as measured
+    library_sec: float | None = None  # the kernel library's best measured tactic for it
+    library_tactic: str | None = None
+
+    @property
+    def model_sec(self) -> float | None:
+        """What the build will run: the faster of the best TIR record and the library's tactic."""
+        measured = [s for s in (self.best_sec, self.library_sec) if s is not None]
+        return min(measured) if measured else None
 
     @property
     def total_trials(self) -> int:
@@ -41,6 +49,7 @@ class TaskProgress:
             "trials": self.total_trials, "trials_this_run": self.trials,
             "best_sec": self.best_sec, "baseline_sec": self.baseline_sec, "gflops": self.gflops,
             "tensor_core": self.tensor_core, "finished": self.finished,
+            "library_sec": self.library_sec, "library_tactic": self.library_tactic,
         }
 
 
@@ -51,12 +60,13 @@ class TuneReport:
     budget: int
     run_uid: str = ""
     seconds: dict[str, float] = field(default_factory=lambda: {
-        "search": 0.0, "build": 0.0, "measure": 0.0, "database": 0.0})
+        "search": 0.0, "build": 0.0, "measure": 0.0, "database": 0.0, "tactics": 0.0})
     elapsed_s: float = 0.0
     eta_s: float | None = None
     stop_reason: str = ""
     interrupted: bool = False
     stop_signal: str | None = None  # SIGINT or SIGTERM when interrupted
+    tactics_measured: int = 0  # kernel-library tactics timed by this run
 
     @property
     def trials_this_run(self) -> int:
@@ -71,10 +81,11 @@ class TuneReport:
         return sum(1 for t in self.tasks if t.finished)
 
     def estimated_latency(self) -> float | None:
-        """Sum over tasks of weight x best latency, once every task has a measurement."""
-        if any(t.best_sec is None for t in self.tasks):
+        """Sum over tasks of weight x the latency the build will run, once every task has a
+        measurement."""
+        if any(t.model_sec is None for t in self.tasks):
             return None
-        return sum(t.task.weight * t.best_sec for t in self.tasks)
+        return sum(t.task.weight * t.model_sec for t in self.tasks)
 
     def trials_per_minute(self) -> float:
         return 60.0 * self.trials_this_run / self.elapsed_s if self.elapsed_s else 0.0
@@ -86,7 +97,7 @@ class TuneReport:
             "elapsed_s": self.elapsed_s, "trials_per_minute": self.trials_per_minute(),
             "seconds": self.seconds, "estimated_latency_sec": self.estimated_latency(),
             "stop_reason": self.stop_reason, "interrupted": self.interrupted,
-            "stop_signal": self.stop_signal,
+            "stop_signal": self.stop_signal, "tactics_measured": self.tactics_measured,
             "tasks": [t.as_dict() for t in self.tasks],
         }
 

@@ -26,11 +26,13 @@ from ..errors import TvmoptError, first_line
 from ..formatting import duration
 from ..prepare import ModelOptions, prepare
 from ..targets import Preset
-from ..tasks import Task, extract_tasks
+from ..kernels import library
+from ..tasks import Task, extract_tasks, kernel_tasks
 from ..toolchain import toolchain
 from .control import RoundClock, StopAfterBatch
 from .measure import PersistentBuilder, make_runner
 from .options import TuneOptions
+from . import tactics
 from .report import ProgressCallback, TaskProgress, TuneReport, log_progress
 from .space import SEARCH_SETTINGS, search_target, space_generator, uses_tensor_cores
 
@@ -83,7 +85,7 @@ class Tuner:
 
     def __init__(self, tasks: list[Task], target, precision: str, store, options: TuneOptions,
                  *, model_sha256: str | None = None, command: str = "",
-                 on_progress: ProgressCallback | None = None):
+                 on_progress: ProgressCallback | None = None, library_layers: dict | None = None):
         options.validate()
         self.tasks = [t for t in tasks if t.flops > 0]
         if not self.tasks:
@@ -96,6 +98,7 @@ class Tuner:
         self.model_sha256 = model_sha256
         self.command = command
         self.on_progress = on_progress or log_progress
+        self.library_layers = library_layers or {}  # {task name: kernels.library.Layer}
         self.clock = RoundClock()
         self.device_type = "cpu" if target.kind.name == "llvm" else target.kind.name
         # Searching while measuring on this same CPU would disturb the timings.
@@ -108,6 +111,7 @@ class Tuner:
 
     def _prior_state(self, progress: TaskProgress) -> None:
         """Trials already in the database for this task and target count toward the budget."""
+        self._library_best(progress)
         workload_id = self.store.find_workload(progress.task.mod)
         if workload_id is None:
             return
@@ -185,7 +189,9 @@ class Tuner:
         self._report = report
         for p in report.tasks:
             self._prior_state(p)
-        if report.trials_total >= opts.trials:
+        tactics_pending = any(tactics.pending(layer, self.target, self.store)
+                              for layer in self.library_layers.values())
+        if report.trials_total >= opts.trials and not tactics_pending:
             report.stop_reason = (f"the budget of {opts.trials} trials is already spent "
                                   f"({report.trials_total} in the database)")
             for p in report.tasks:
@@ -212,6 +218,8 @@ class Tuner:
         in_flight = None  # (round, future) being built and measured in the background
         try:
             with stop, ThreadPoolExecutor(max_workers=1) as measurer:
+                if tactics_pending:
+                    self._measure_tactics(report, device, stop)
                 baselines = self._baseline_round(report)
                 if baselines is not None and not stop.requested:
                     self._measure(baselines)
@@ -261,6 +269,27 @@ class Tuner:
                         ctx.post_tuning()
         return report
 
+    def _measure_tactics(self, report: TuneReport, device: str, stop: StopAfterBatch) -> None:
+        """The kernel library's tactics for its layers, before any TIR search: they take minutes,
+        and a layer the library runs fast needs fewer TIR trials (`_share`)."""
+        t0 = time.perf_counter()
+        weights = {p.task.name: p.task.weight for p in report.tasks}
+        report.tactics_measured = tactics.measure_tactics(
+            {name: (layer, weights.get(name, 1)) for name, layer in self.library_layers.items()},
+            self.target, self.store, self.options, device=device, run_uid=report.run_uid,
+            should_stop=lambda: stop.requested)
+        report.seconds["tactics"] = time.perf_counter() - t0
+        for p in report.tasks:
+            self._library_best(p)
+
+    def _library_best(self, progress: TaskProgress) -> None:
+        """The library's fastest measured tactic for the task's layer, if it has one."""
+        layer = self.library_layers.get(progress.task.name)
+        best = (self.store.best_tactic(layer.key, target_identity(self.target)[0])
+                if layer is not None else None)
+        if best is not None:
+            progress.library_sec, progress.library_tactic = best.mean_sec, best.tactic
+
     def _finish(self, report, in_flight, database, cost_model, start) -> None:
         rnd, future = in_flight
         if future is not None:
@@ -295,7 +324,7 @@ class Tuner:
     def _share(self, progress: TaskProgress) -> float:
         """The model time a task's search can improve: its own and its anchor siblings'."""
         group = [progress, *self.siblings.get(progress.task.name, ())]
-        return sum(p.task.weight * (p.best_sec if p.best_sec is not None else 1.0) for p in group)
+        return sum(p.task.weight * (p.model_sec if p.model_sec is not None else 1.0) for p in group)
 
     def _pick(self, report: TuneReport, busy: TaskProgress | None) -> TaskProgress | None:
         open_tasks = [p for p in report.tasks if not p.finished and p is not busy]
@@ -532,7 +561,11 @@ def tune(model, preset: Preset, *, db_path=None, model_options: ModelOptions = M
     prepared = prepare(model, preset, model_options)
     target = search_target(preset.tvm_target())
     tasks = extract_tasks(prepared.mod, target)
+    task_of = kernel_tasks(prepared.mod, tasks)
+    layers = {task_of[name].name: layer for name, layer in library.layers(prepared.mod).items()
+              if name in task_of}
     with open_database(db_path) as store, toolchain(preset):
         tuner = Tuner(tasks, target, model_options.precision, store, options,
-                      model_sha256=prepared.model.sha256, command=command, on_progress=on_progress)
+                      model_sha256=prepared.model.sha256, command=command, on_progress=on_progress,
+                      library_layers=layers)
         return tuner.run()

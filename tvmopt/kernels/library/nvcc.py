@@ -163,3 +163,15 @@ def _move_whole(src: Path, dst: Path) -> None:
     os.close(fd)
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def link_shared(objects: list[Path], out: Path) -> Path:
+    """A shared library of kernel instances on their own (what tactic measurement loads)."""
+    # The static CUDA runtime comes after the objects that need it.
+    cmd = ["g++", "-shared", "-fPIC", "-o", str(out), *map(str, objects),
+           *toolchain().link_options()]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise TvmoptError(f"linking {len(objects)} CUTLASS instance(s) failed: "
+                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return out

@@ -19,6 +19,8 @@ from .sources import Epilogue
 log = logging.getLogger(__name__)
 
 LAYERS_ATTR = "tvmopt_library_layers"
+# The erf GELU's constants, by pattern role: they must hold these values for the match to count.
+GELU_CONSTANTS = {"gelu_sqrt2": 2 ** 0.5, "gelu_one": 1.0, "gelu_half": 0.5}
 ALIGNMENT = 8  # fp16 elements per 16-byte TMA access: K and N must be multiples of it
 
 
@@ -31,6 +33,12 @@ class Layer:
     n: int
     k: int
     batch: int
+
+    @property
+    def key(self) -> str:
+        """What a tactic's time on this layer depends on: the tactic records' layer_key."""
+        return (f"gemm_f16_{self.b_layout}_{self.epilogue.name}_{self.m}x{self.n}x{self.k}"
+                f"x{self.batch}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -76,7 +84,7 @@ def _patterns():
     out = []
     for anchor_op, cast, bias, reshape, tail in itertools.product(
             ("relax.matmul", "relax.nn.conv2d"), (True, False), (True, False), (True, False),
-            ("residual_relu", "residual", "relu", "silu", "none")):
+            ("residual_relu", "residual", "relu", "silu", "gelu", "none")):
         if tail.startswith("residual") and not bias:
             continue  # a residual alone would look like a bias of the output's shape
         if reshape and tail == "none":
@@ -97,9 +105,14 @@ def _patterns():
             x = is_op("relax.nn.relu")(x)
         elif tail == "silu":
             x = is_op("relax.multiply")(x, is_op("relax.sigmoid")(x))
+        elif tail == "gelu":  # erf GELU as exported: x * (erf(x / sqrt(2)) + 1) * 0.5
+            for role in GELU_CONSTANTS:
+                notes[role] = wildcard()
+            erf = is_op("relax.erf")(is_op("relax.divide")(x, notes["gelu_sqrt2"]))
+            x = _mul(_mul(x, _add(erf, notes["gelu_one"])), notes["gelu_half"])
         epilogue = Epilogue(bias=bias, residual=tail.startswith("residual"),
-                            activation={"residual_relu": "relu", "relu": "relu",
-                                        "silu": "silu"}.get(tail, "none"))
+                            activation={"residual_relu": "relu", "relu": "relu", "silu": "silu",
+                                        "gelu": "gelu"}.get(tail, "none"))
         name = f"{anchor_op.split('.')[-1]}_{epilogue.name}" + ("_reshaped" if reshape else "")
         out.append((f"tvmopt_library.{name}", x, notes, _check))
     return sorted(out, key=lambda p: -p[0].count("_"))  # more parts: a longer chain
@@ -109,6 +122,25 @@ def _add(x, y):
     from tvm.relax.dpl.pattern import is_op
 
     return is_op("relax.add")(x, y) | is_op("relax.add")(y, x)
+
+
+def _mul(x, y):
+    from tvm.relax.dpl.pattern import is_op
+
+    return is_op("relax.multiply")(x, y) | is_op("relax.multiply")(y, x)
+
+
+def _scalar(expr, bindings) -> float | None:
+    """The value of a scalar constant (seen through the variable it is bound to and a cast, as
+    mixed precision leaves them), else None."""
+    import tvm
+
+    expr = bindings.get(expr, expr)
+    if isinstance(expr, tvm.relax.Call) and expr.op.name == "relax.astype":
+        expr = expr.args[0]
+    if not isinstance(expr, tvm.ir.expr.Constant) or expr.value.numpy().size != 1:
+        return None
+    return float(expr.value.numpy().reshape(()))
 
 
 def _check(context) -> bool:
@@ -144,7 +176,14 @@ def _check(context) -> bool:
     if "residual" in notes and (_static_shape(notes["residual"]) != out_shape
                                 or _dtype(notes["residual"]) != "float16"):
         return False
+    for role, value in GELU_CONSTANTS.items():
+        if role in notes and not _close(_scalar(notes[role], context.matched_bindings), value):
+            return False
     return True
+
+
+def _close(found: float | None, value: float) -> bool:
+    return found is not None and abs(found - value) <= 1e-3 * value
 
 
 def _is_pointwise_conv(conv, w_shape) -> bool:
@@ -198,7 +237,7 @@ def _describe(func) -> Layer:
     k = a_shape[-1] if conv else b_shape[-2]
     n = b_shape[0] if conv else b_shape[-1]
     batch = 1 if conv or len(b_shape) == 2 else _numel(b_shape[:-2])
-    activation = next((a for a in ("relu", "silu") if a in parts), "none")
+    activation = next((a for a in ("relu", "silu", "gelu") if a in parts), "none")
     epilogue = Epilogue(bias="bias" in roles, activation=activation, residual="residual" in roles)
     return Layer(b_layout="col" if conv else "row", epilogue=epilogue, args=args,
                  m=_numel(a_shape) // (k * batch), n=n, k=k, batch=batch)
