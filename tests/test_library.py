@@ -207,3 +207,20 @@ def test_a_tuned_record_keeps_its_layer_from_the_library(tmp_path, kernel_cache,
     assert providers[gemm.name] == "tuned"
     (conv,) = result.manifest["library_kernels"]
     assert providers[conv] == "cutlass" and "conv2d" in conv
+
+
+def test_tactic_timer_links_and_finds_instances_by_name(tmp_path, kernel_cache, monkeypatch):
+    """The CUDA-graph timer that `tune` links with the instances it measures (no GPU needed to
+    link and load it): it looks its target up by name in its own library."""
+    import numpy as np
+    import tvm
+
+    from tvmopt.kernels.library.sources import TIMER_SOURCE, TIMER_SYMBOL
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
+    objects = nvcc.compile_all({TIMER_SYMBOL: TIMER_SOURCE}, "sm_90a")
+    lib = tvm.runtime.load_module(str(nvcc.link_shared(list(objects.values()),
+                                                       tmp_path / "tactics.so")))
+    with pytest.raises(Exception, match="tvmopt_cutlass_gemm_row_plain_nothing is not in"):
+        lib[TIMER_SYMBOL]("tvmopt_cutlass_gemm_row_plain_nothing", 3,
+                          tvm.runtime.tensor(np.zeros(4, np.float16)))

@@ -136,9 +136,12 @@ def _measure_layer(session: _Session, plan: LayerTactics, specs: dict[Tactic, Ge
     layer = plan.layer
     arrays = _inputs(layer, np.random.default_rng(0))
     reference = _reference(layer, arrays)
-    tensors = {role: session.tensor(a) for role, a in arrays.items()}
-    # A residual that is the layer's own input is the same buffer, as in the model.
-    args = [tensors[role] for role in ("a", "b", "bias", "residual") if role in tensors]
+    on_device = {}  # by array: a residual that is the layer's own input is the same buffer
+    for array in arrays.values():
+        if id(array) not in on_device:
+            on_device[id(array)] = session.tensor(array)
+    args = [on_device[id(arrays[role])] for role in ("a", "b", "bias", "residual")
+            if role in arrays]
     workspace = session.tensor(np.zeros(max(workspace_bytes(t) for t in specs), np.uint8))
     out = session.tensor(np.zeros(reference.shape, np.float16))
     results = {}
