@@ -112,3 +112,19 @@ def test_inspect_lists_tasks_for_target(invoke, conv_model):
     assert info["target"] == targets.resolve("host").key
     assert info["tasks"] and all(t["weight"] >= 1 for t in info["tasks"])
     assert max(t["flops"] for t in info["tasks"]) > 1e5  # the convolutions
+
+
+def test_a_rebuilt_artifact_loads_as_rebuilt_in_the_same_process(tmp_path, conv_model):
+    """dlopen caches by path: loading a file rebuilt at the same path must not run the old one."""
+    lib = tmp_path / "model.so"
+    first = tvmopt.load(build.build(conv_model, targets.resolve("host"), lib).path)
+    tiny = models.tiny_conv(tmp_path / "tiny.onnx")
+    build.build(tiny, targets.resolve("host"), lib)
+    second = tvmopt.load(lib)
+    inputs = runtime.random_inputs(second.inputs, seed=2)
+    mismatches = runtime.compare(second(inputs), runtime.onnxruntime_outputs(tiny, inputs))
+    assert mismatches and all(m.max_rel <= 1e-4 for m in mismatches), mismatches
+    # the model loaded first still runs its own code
+    x = runtime.random_inputs(first.inputs, seed=3)
+    assert all(m.max_rel <= 1e-4 for m in runtime.compare(
+        first(x), runtime.onnxruntime_outputs(conv_model, x)))

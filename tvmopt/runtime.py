@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,7 +165,6 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
 
     Loading a library runs its code: load only artifacts you built, or pin the sha256 of the file
     you trust (`sha256`), which is checked before anything of it runs."""
-    import tvm
     from tvm import relax
 
     path = Path(path)
@@ -174,7 +175,7 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
     manifest = artifact_manifest.read(path)
     device = device_for(manifest, path)
     try:
-        lib = tvm.runtime.load_module(str(path.resolve()))
+        lib = _load_current(path)
         vm = relax.VirtualMachine(lib, device)
     except Exception as e:  # noqa: BLE001 - the loader reports through assorted exceptions
         raise TvmoptError(f"{path}: cannot be loaded ({first_line(e)}); "
@@ -185,6 +186,29 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
         [TensorSpec.from_dict(d) for d in manifest["outputs"]],
         vm, device, lib,
     )
+
+
+# {resolved path: (inode, mtime, size) of the file this process first loaded from it}
+_LOADED: dict[str, tuple[int, int, int]] = {}
+
+
+def _load_current(path: Path):
+    """The library as the file is now. dlopen hands back whatever a process first loaded under a
+    path, even after the file was rebuilt there; a changed file is loaded from a private copy."""
+    import tvm
+
+    resolved = str(path.resolve())
+    st = path.stat()
+    if _LOADED.setdefault(resolved, (st.st_ino, st.st_mtime_ns, st.st_size)) == (
+            st.st_ino, st.st_mtime_ns, st.st_size):
+        return tvm.runtime.load_module(resolved)
+    tmp = Path(tempfile.mkdtemp(prefix="tvmopt-reload-"))
+    try:  # the mapping outlives the file: the copy can go once it is loaded
+        copy = tmp / path.name
+        shutil.copyfile(path, copy)
+        return tvm.runtime.load_module(str(copy))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
