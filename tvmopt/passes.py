@@ -148,6 +148,15 @@ def _clamp_to_fp16_range():
     return clamp
 
 
+def scalar_constant(expr) -> float | None:
+    """The value of a one-element Relax constant, else None."""
+    import tvm
+
+    if not isinstance(expr, tvm.ir.expr.Constant) or expr.value.numpy().size != 1:
+        return None
+    return float(expr.value.numpy().reshape(()))
+
+
 def _integer_powers():
     """A module pass replacing power(x, c), c a constant 2, 3 or 4, by multiplications."""
     import tvm
@@ -164,9 +173,7 @@ def _integer_powers():
             exponent = call.args[1]
             if isinstance(exponent, relax.Var):
                 exponent = self.lookup_binding(exponent) or exponent
-            if not isinstance(exponent, tvm.ir.expr.Constant) or exponent.value.numpy().size != 1:
-                return call
-            n = float(exponent.value.numpy().reshape(()))
+            n = scalar_constant(exponent)
             if n not in (2.0, 3.0, 4.0):
                 return call
             x = call.args[0]

@@ -199,8 +199,8 @@ def _load_current(path: Path):
 
     resolved = str(path.resolve())
     st = path.stat()
-    if _LOADED.setdefault(resolved, (st.st_ino, st.st_mtime_ns, st.st_size)) == (
-            st.st_ino, st.st_mtime_ns, st.st_size):
+    signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if _LOADED.setdefault(resolved, signature) == signature:
         return tvm.runtime.load_module(resolved)
     tmp = Path(tempfile.mkdtemp(prefix="tvmopt-reload-"))
     try:  # the mapping outlives the file: the copy can go once it is loaded

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import json
+import math
 import sqlite3
 import struct
 import urllib.parse
@@ -24,6 +26,16 @@ migrations = sqlite_utils.Migrations("tvmopt")
 def now() -> str:
     """A row's created_at: UTC, to the millisecond."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def valid_run_secs(run_secs_json: str) -> bool:
+    """Positive, finite latencies: what a measurement gives (an edited file may hold others)."""
+    try:
+        secs = json.loads(run_secs_json)
+        return bool(secs) and all(isinstance(s, int | float) and math.isfinite(s) and 0 < s
+                                  for s in secs)
+    except (TypeError, ValueError):
+        return False
 
 
 @migrations()

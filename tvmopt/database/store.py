@@ -32,7 +32,8 @@ import sqlite_utils
 from ..errors import TvmoptError, first_line
 from .identity import canonical_json, record_identity, sha256, target_identity, workload_identity
 from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, check_writable, connect,
-                     known_migrations, migrations, now)
+                     known_migrations, migrations, now,
+                     valid_run_secs)
 from .tactics import EXPORT_FILE as TACTICS_FILE
 from .tactics import TacticRecords
 
@@ -114,16 +115,6 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-def _valid_run_secs(run_secs_json: str) -> bool:
-    """Positive, finite latencies: what a measurement gives (an edited file may hold others)."""
-    try:
-        secs = json.loads(run_secs_json)
-        return bool(secs) and all(isinstance(s, int | float) and math.isfinite(s) and 0 < s
-                                  for s in secs)
-    except (TypeError, ValueError):
-        return False
 
 
 def _empty_store(path: Path) -> TuningStore:
@@ -470,7 +461,7 @@ class TuningStore(TacticRecords):
             cols = [c for c in _RECORD_COLUMNS if c != "uid"]  # identity is recomputed here
             for row in other.conn.execute(f"SELECT {', '.join(cols)} FROM records"):
                 values = dict(zip(cols, row))
-                if not _valid_run_secs(values["run_secs_json"]):
+                if not valid_run_secs(values["run_secs_json"]):
                     skipped += 1
                     continue
                 values["workload_id"] = id_map[values["workload_id"]]

@@ -11,13 +11,12 @@ later tunes do not measure it again.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TvmoptError
 from .identity import canonical_json, sha256, target_identity
-from .schema import now
+from .schema import now, valid_run_secs
 
 EXPORT_FILE = "tvmopt_tactic_records.json"  # beside TVM's database files, one record per line
 
@@ -49,12 +48,9 @@ def _checked(values: dict) -> dict | None:
         return None
     if values.get("run_secs_json") is None:
         return {**values, "mean_sec": None, "error": values.get("error") or "failed"}
-    try:
-        secs = [float(s) for s in json.loads(values["run_secs_json"])]
-    except (TypeError, ValueError):
+    if not valid_run_secs(values["run_secs_json"]):
         return None
-    if not secs or not all(math.isfinite(s) and s > 0 for s in secs):
-        return None
+    secs = [float(s) for s in json.loads(values["run_secs_json"])]
     return {**values, "run_secs_json": json.dumps(secs), "mean_sec": sum(secs) / len(secs),
             "error": None}
 

@@ -19,7 +19,7 @@ class TunedRecords:
 
         out = {}
         for kernel in kernels:
-            best = best_record(kernel, ctx) if kernel.task is not None else None
+            best = best_record(kernel, ctx)
             if best is not None and not best[1]:
                 out[kernel.name] = apply_record(kernel.func, best[0])
         return out
@@ -27,8 +27,10 @@ class TunedRecords:
 
 def best_record(kernel, ctx):
     """(the fastest record of the kernel's task on this target, whether that record is the
-    baseline) or None; looked up once per task."""
+    baseline) or None (also for a kernel without a task); looked up once per task."""
     task = kernel.task
+    if task is None:
+        return None
     if task.name not in ctx.best_records:
         workload_id = ctx.store.find_workload(task.mod)
         best = (ctx.store.best_records(workload_id, target_identity(ctx.target)[0], 1)

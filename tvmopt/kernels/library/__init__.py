@@ -85,7 +85,7 @@ def _choose(kernel, layer: Layer, ctx, tsha: str) -> tuple[Tactic, float | None]
     from ..tuned import best_record
 
     tactic = ctx.store.best_tactic(layer.key, tsha)
-    tir = best_record(kernel, ctx) if kernel.task is not None else None
+    tir = best_record(kernel, ctx)
     if tactic is not None:
         if tir is not None and tir[0].mean_sec < tactic.mean_sec:
             return None
