@@ -148,19 +148,12 @@ def _clamp_to_fp16_range():
     return clamp
 
 
-def scalar_constant(expr) -> float | None:
-    """The value of a one-element Relax constant, else None."""
-    import tvm
-
-    if not isinstance(expr, tvm.ir.expr.Constant) or expr.value.numpy().size != 1:
-        return None
-    return float(expr.value.numpy().reshape(()))
-
-
 def _integer_powers():
     """A module pass replacing power(x, c), c a constant 2, 3 or 4, by multiplications."""
     import tvm
     from tvm import relax
+
+    from .kernels.library.partition import scalar_constant
 
     power = tvm.ir.Op.get("relax.power")
 

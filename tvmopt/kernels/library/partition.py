@@ -135,12 +135,19 @@ def _scalar(expr, bindings) -> float | None:
     mixed precision leaves them), else None."""
     import tvm
 
-    from ...passes import scalar_constant
-
     expr = bindings.get(expr, expr)
     if isinstance(expr, tvm.relax.Call) and expr.op.name == "relax.astype":
         expr = expr.args[0]
     return scalar_constant(expr)
+
+
+def scalar_constant(expr) -> float | None:
+    """The value of a one-element Relax constant, else None."""
+    import tvm
+
+    if not isinstance(expr, tvm.ir.expr.Constant) or expr.value.numpy().size != 1:
+        return None
+    return float(expr.value.numpy().reshape(()))
 
 
 def _check(context) -> bool:
