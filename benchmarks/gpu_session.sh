@@ -7,19 +7,18 @@
 #   bash benchmarks/gpu_session.sh wait-tune "$OUT" 540   # wait up to 540 s; db + log to $OUT
 #   bash benchmarks/gpu_session.sh warm-kernels "$OUT"  # compile every CUTLASS instance the
 #                                                   # models' layers can use (CPU only)
-#   bash benchmarks/gpu_session.sh tactics "$OUT" 90s  # tune each model (batch 1 and large):
-#                                                   # library tactics, then TIR for the rest
-#   bash benchmarks/gpu_session.sh batch "$OUT" resnet50_b64  # compare at a large batch
-#   bash benchmarks/gpu_session.sh tuned "$OUT" resnet50   # compare with the database, with and
-#                                                   # without the kernel library; a profile; the db
-#   bash benchmarks/gpu_session.sh gpu-tests "$OUT" # the gpu-marked tests
+#   bash benchmarks/gpu_session.sh tactics "$OUT" [MODEL...]  # measure each model's library
+#                                                   # tactics (batch 1 and large) into the db
+#   bash benchmarks/gpu_session.sh compare "$OUT" resnet50_b64 [all tvm]  # against torch.compile
+#   bash benchmarks/gpu_session.sh profile "$OUT" resnet50  # per-kernel times and tactics
+#   bash benchmarks/gpu_session.sh gpu-tests "$OUT" [-k EXPR]  # the gpu-marked tests
 #
 # A tune outlives the 10-minute call (setsid) and is followed by wait-tune calls back to back (the
 # host goes back ~30 s after a call). It starts from an empty database unless .gpu/db/gpu.db was
-# carried (a database brought back from an earlier host, to resume).
+# carried (a database brought back from an earlier host, to resume, or tuning_logs/h100-sm90a.db).
 # Run from the repository root with tvmopt importable (PYTHONPATH=/root/site:$PWD on the host).
 set -uo pipefail
-phase=${1:?usage: gpu_session.sh untuned|start-tune|wait-tune|warm-kernels|tactics|tuned|batch|gpu-tests OUT}
+phase=${1:?usage: gpu_session.sh untuned|start-tune|wait-tune|warm-kernels|tactics|compare|profile|gpu-tests OUT}
 out=${2:?usage: gpu_session.sh PHASE OUT}
 work=/root/work
 db=$work/gpu.db
@@ -28,6 +27,10 @@ bert=$work/bert_base.onnx
 MODELS=(resnet50 bert_base resnet50_b64 bert_base_b32)
 mkdir -p "$work" "$out"
 [ -f "$db" ] || [ ! -f .gpu/db/gpu.db ] || cp .gpu/db/gpu.db "$db"
+# Kernel instances compiled elsewhere (the cache key holds no paths): .gpu/kcache.tar.gz, made with
+# `tar czf .gpu/kcache.tar.gz -C "$TVMOPT_CACHE" kernels` on a machine with the same versions.
+cache=${TVMOPT_CACHE:-$HOME/.cache/tvmopt}
+[ ! -f .gpu/kcache.tar.gz ] || { mkdir -p "$cache" && tar xzf .gpu/kcache.tar.gz -C "$cache" --skip-old-files; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv"
 fp16=(--target cuda --precision fp16)
 peer=benchmarks/peer_models.py
@@ -103,55 +106,58 @@ import logging, sys
 from tvmopt import prepare, targets
 from tvmopt.kernels import library
 from tvmopt.kernels.library import nvcc
-from tvmopt.kernels.library.sources import TIMER_SOURCE, TIMER_SYMBOL, GemmSpec, gemm_source
-from tvmopt.kernels.library.tactics import CATALOGUE
+from tvmopt.kernels.library.sources import TIMER_SOURCE, TIMER_SYMBOL
 logging.basicConfig(level=logging.INFO)
 work, models = sys.argv[1], sys.argv[2:]
-kinds = set()
+specs = set()
 for m in models:
     options = prepare.ModelOptions(precision="fp16", layout="NHWC" if "resnet" in m else "NCHW")
     mod = prepare.prepare(f"{work}/{m}.onnx", targets.resolve("cuda"), options).mod
-    kinds |= {(l.b_layout, l.epilogue) for l in library.layers(mod).values()}
-print("layer kinds:", sorted((b, e.name) for b, e in kinds))
-specs = [GemmSpec(b, e, t) for b, e in kinds for t in CATALOGUE]
-nvcc.compile_all({**{s.symbol: gemm_source(s) for s in specs}, TIMER_SYMBOL: TIMER_SOURCE},
-                 "sm_90a")
+    specs |= {l.instance(t, "sm_90a") for l in library.layers(mod).values() for t in l.tactics}
+print("instances:", len(specs))
+nvcc.compile_all({**{s.symbol: s.source() for s in specs}, TIMER_SYMBOL: TIMER_SOURCE},
+                 "sm_90a", failed=(failed := {}))
+print("nvcc rejected:", failed or "none")
 PY
     tail -3 "$out/warm_kernels.txt"
     ;;
   tactics)
-    budget=${3:?usage: gpu_session.sh tactics OUT BUDGET}
-    for m in "${MODELS[@]}"; do
+    # Each model's library tactics (and TIR baselines not yet measured), no TIR search:
+    # `--trials 1` is spent at once where the database holds records for the model.
+    shift 2
+    for m in "${@:-${MODELS[@]}}"; do
       python3 -m tvmopt tune "$work/$m.onnx" "${fp16[@]}" $(layout_of $m) --db "$db" \
-        --trials 100000 --time-budget "$budget" --json > "$out/tune_$m.json" 2> "$work/tune_$m.log"
-      grep -v "Trace replay failed" "$work/tune_$m.log" | grep -E "tactics|stopped|budget" \
+        --trials 1 --json > "$out/tune_$m.json" 2> "$work/tune_$m.log"
+      grep -v "Trace replay failed" "$work/tune_$m.log" | grep -E "tactics|CUTLASS|stopped|budget" \
         > "$out/tune_$m.log"
       tail -2 "$out/tune_$m.log"
     done
     gzip -c "$db" > "$out/gpu.db.gz"
     ;;
-  batch)
-    m=${3:?usage: gpu_session.sh batch OUT resnet50_b64|bert_base_b32}
-    python3 benchmarks/compare.py "$work/$m.onnx" --torch "$peer:${m%_b*}" --batch "${m##*_b}" \
-      --device cuda --precision fp16 $(layout_of $m) --kernels tvm all --iterations 30 \
-      --warmup 5 --db "$db" --torch-compile-modes reduce-overhead max-autotune-no-cudagraphs \
+  compare)
+    # tvmopt untuned and with the database (tactics and TIR records), next to torch.compile:
+    # reduce-overhead at batch 1, and max-autotune as well at a large batch.
+    m=${3:?usage: gpu_session.sh compare OUT MODEL [all|tvm ...]}
+    shift 3
+    batch=1 modes=(reduce-overhead) iterations=100
+    case "$m" in *_b*) batch=${m##*_b} modes+=(max-autotune-no-cudagraphs) iterations=30 ;; esac
+    python3 benchmarks/compare.py "$work/$m.onnx" --torch "$peer:${m%_b*}" --batch "$batch" \
+      --device cuda --precision fp16 $(layout_of $m) --kernels "${@:-all}" \
+      --iterations $iterations --db "$db" --torch-compile-modes "${modes[@]}" \
       -o "$out/compare_$m.json" > "$out/compare_$m.txt" 2>&1
-    tail -10 "$out/compare_$m.txt"
+    tail -8 "$out/compare_$m.txt"
     ;;
-  tuned)
-    m=${3:?usage: gpu_session.sh tuned OUT resnet50|bert_base}
-    layout=(); [ "$m" = resnet50 ] && layout=(--layout NHWC)
-    python3 benchmarks/compare.py "$work/$m.onnx" --torch "$peer:$m" --device cuda \
-      --precision fp16 "${layout[@]}" --kernels tvm all --iterations 100 --db "$db" \
-      -o "$out/compare_${m}_tuned.json" > "$out/compare_${m}_tuned.txt" 2>&1
-    tail -12 "$out/compare_${m}_tuned.txt"
-    python3 -m tvmopt build "$work/$m.onnx" "${fp16[@]}" "${layout[@]}" --db "$db" \
+  profile)
+    m=${3:?usage: gpu_session.sh profile OUT MODEL}
+    python3 -m tvmopt build "$work/$m.onnx" "${fp16[@]}" $(layout_of $m) --db "$db" \
       -o "$work/profiled.so" --no-cuda-graph 2>> "$out/build.log"
-    python3 -m tvmopt profile "$work/profiled.so" > "$out/profile_${m}.txt" 2>&1
-    gzip -c "$db" > "$out/gpu.db.gz"
+    python3 -m tvmopt profile "$work/profiled.so" > "$out/profile_$m.txt" 2>&1
+    python3 -m tvmopt inspect "$work/profiled.so" > "$out/inspect_$m.txt" 2>&1
+    head -25 "$out/profile_$m.txt"
     ;;
   gpu-tests)
-    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py > "$out/gpu_tests.txt" 2>&1
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py "${@:3}" \
+      > "$out/gpu_tests.txt" 2>&1
     tail -15 "$out/gpu_tests.txt"
     ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;

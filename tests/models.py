@@ -213,18 +213,19 @@ def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq:
     """The layer classes the CUTLASS kernel library takes, for an fp16 NHWC build: on tokens
     x (1 x seq x hidden) MatMul + bias + ReLU, MatMul + bias + SiLU, MatMul + bias + GELU (erf,
     as PyTorch exports it), a plain MatMul, a batched MatMul (attention scores); on an image y,
-    1x1 convs with bias + ReLU and with bias +
-    residual + ReLU. `epilogues="relu"` keeps only the two bias + ReLU layers (two kernel
-    instances: one GEMM, one 1x1 conv), for builds that must stay cheap to compile."""
+    a 3x3 conv with bias + ReLU (an implicit GEMM), a 1x1 conv with bias + residual + ReLU (a
+    GEMM) and a strided 3x3 conv with bias. `epilogues="relu"` keeps only the two bias + ReLU
+    layers (two kernel instances: a GEMM and a 3x3 conv), for builds that must stay cheap to
+    compile."""
     rng = np.random.default_rng(11)
     h, c = hidden, channels
     inits = [_const(rng, "w1", (h, 2 * h), 0.2), _const(rng, "b1", (2 * h,)),
-             _const(rng, "k1", (2 * c, c, 1, 1), 0.3), _const(rng, "kb1", (2 * c,))]
+             _const(rng, "k1", (2 * c, c, 3, 3), 0.1), _const(rng, "kb1", (2 * c,))]
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["m1"]),
         helper.make_node("Add", ["m1", "b1"], ["a1"]),
         helper.make_node("Relu", ["a1"], ["t1" if epilogues == "all" else "tokens"]),
-        helper.make_node("Conv", ["y", "k1", "kb1"], ["c1"]),
+        helper.make_node("Conv", ["y", "k1", "kb1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["image"]),
     ]
     outputs = ["tokens", "image"]
@@ -232,6 +233,7 @@ def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq:
         inits += [_const(rng, "w_out", (2 * h, h), 0.1), _const(rng, "w2", (h, h), 0.2),
                   _const(rng, "b2", (h,)),
                   _const(rng, "k2", (2 * c, 2 * c, 1, 1), 0.3), _const(rng, "kb2", (2 * c,)),
+                  _const(rng, "k3", (c, 2 * c, 3, 3), 0.1), _const(rng, "kb3", (c,)),
                   _const(rng, "w3", (h, h), 0.2), _const(rng, "b3", (h,)),
                   numpy_helper.from_array(np.array(np.sqrt(2), np.float32), "sqrt2"),
                   numpy_helper.from_array(np.array(1, np.float32), "one"),
@@ -242,6 +244,8 @@ def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq:
             helper.make_node("Conv", ["r1", "k2", "kb2"], ["c2"]),
             helper.make_node("Add", ["c2", "r1"], ["res"]),
             helper.make_node("Relu", ["res"], ["image"]),
+            helper.make_node("Conv", ["image", "k3", "kb3"], ["strided"], pads=[1, 1, 1, 1],
+                             strides=[2, 2]),
             helper.make_node("MatMul", ["tokens", "w2"], ["m2"]),
             helper.make_node("Add", ["m2", "b2"], ["a2"]),
             helper.make_node("Sigmoid", ["a2"], ["s2"]),
@@ -256,9 +260,10 @@ def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq:
             helper.make_node("Mul", ["a3", "p3"], ["q3"]),
             helper.make_node("Mul", ["q3", "half"], ["gelu"]),
         ]
-        outputs += ["scores", "gelu"]
+        outputs += ["scores", "gelu", "strided"]
     out_shapes = {"tokens": [1, seq, h if epilogues == "all" else 2 * h],
-                  "image": [1, 2 * c, size, size], "scores": [1, seq, seq], "gelu": [1, seq, h]}
+                  "image": [1, 2 * c, size, size], "scores": [1, seq, seq], "gelu": [1, seq, h],
+                  "strided": [1, c, size // 2, size // 2]}
     graph = helper.make_graph(
         nodes, "library_layers",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, h]),

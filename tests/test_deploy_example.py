@@ -1,5 +1,6 @@
 """The C++ deployment example (examples/cpp_deploy): built with the wheels' TVM runtime, it runs a
-tvmopt artifact on x86, and an ARM artifact under qemu-aarch64, matching tvmopt's Python runtime."""
+tvmopt artifact on x86, an ARM artifact under qemu-aarch64 and (on a GPU host) a CUDA artifact with
+CUTLASS kernels and CUDA graphs, matching tvmopt's Python runtime."""
 
 import os
 import shutil
@@ -9,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import models
 import tvmopt
 from tvmopt import build, runtime, targets
+from tvmopt.prepare import ModelOptions
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cpp_deploy"
 # Where .ci/run puts the aarch64 runtime (examples/cpp_deploy/fetch_aarch64_runtime.sh).
@@ -74,3 +77,20 @@ def test_arm_artifact_runs_under_qemu_and_matches_x86(tmp_path, conv_model):
     expected = x86(inputs)
     for name in expected:  # different CPUs fuse multiply-adds differently: not bit-identical
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cpp_example_runs_a_cuda_artifact_with_library_kernels(tmp_path, deploy_x86):
+    path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "m.so", cuda_graph=True,
+                         options=ModelOptions(precision="fp16", layout="NHWC"))
+    assert len(result.manifest["library_kernels"]) == 2 and result.manifest["cuda_graph"]
+    model = tvmopt.load(result.path)
+    inputs = runtime.random_inputs(model.inputs, seed=3)
+    got = _run([str(deploy_x86), str(result.path), "--repeat", "20"], inputs, model.outputs,
+               tmp_path)
+    expected = model(inputs)
+    for name in expected:  # the same kernels on the same inputs
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-5)
+    mismatches = runtime.compare(got, runtime.onnxruntime_outputs(path, inputs))
+    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches

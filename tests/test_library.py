@@ -21,16 +21,23 @@ def _layers(path, preset=HOPPER, options=FP16_NHWC):
     return library.layers(prepare.prepare(path, targets.resolve(preset), options).mod)
 
 
-def test_every_gemm_shaped_layer_and_epilogue_is_offered_to_the_library(tmp_path):
+def test_every_gemm_and_conv_layer_and_epilogue_is_offered_to_the_library(tmp_path):
     layers = _layers(models.library_layers(tmp_path / "m.onnx"))
-    by_epilogue = sorted((l.b_layout, l.epilogue.name, l.batch) for l in layers.values())
-    assert by_epilogue == [("col", "bias_relu", 1), ("col", "bias_residual_relu", 1),
-                           ("row", "bias_gelu", 1), ("row", "bias_relu", 1), ("row", "bias_silu", 1),
-                           ("row", "plain", 1), ("row", "plain", 1)]
+    by_epilogue = sorted((l.op, l.b_layout, l.epilogue.name) for l in layers.values())
+    assert by_epilogue == [("conv2d", "col", "bias"), ("conv2d", "col", "bias_relu"),
+                           ("gemm", "col", "bias_residual_relu"),
+                           ("gemm", "row", "bias_gelu"), ("gemm", "row", "bias_relu"),
+                           ("gemm", "row", "bias_silu"), ("gemm", "row", "plain"),
+                           ("gemm", "row", "plain")]
     (residual,) = [l for l in layers.values() if l.epilogue.residual]
     # the 1x1 conv's GEMM: M = 8*8 pixels, N = K = 32 channels; its residual is its own input
-    assert (residual.m, residual.n, residual.k) == (64, 32, 32)
+    assert (residual.m, residual.n, residual.k, residual.conv) == (64, 32, 32, None)
     assert residual.args == {"a": 0, "b": 1, "bias": 2, "residual": 0}
+    # the strided 3x3 conv: 32 -> 16 channels on 8x8 pixels, stride 2, padding 1: 4x4 outputs
+    (strided,) = [l for l in layers.values() if l.conv and l.conv.stride == (2, 2)]
+    assert (strided.m, strided.n, strided.k) == (16, 16, 9 * 32)
+    assert strided.params == (1, 1, 1, 1, 2, 2, 1, 1)  # padding, stride, dilation
+    assert library.Layer.from_json(strided.to_json()) == strided
 
 
 @pytest.mark.parametrize("preset, options", [
@@ -63,8 +70,8 @@ def kernel_cache(tmp_path_factory):
 
 def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel_cache,
                                                                  monkeypatch, invoke, caplog):
-    """Compile only (no GPU): the GEMM and the 1x1 conv run CUTLASS instances, two of them,
-    compiled once; a second build finds both in the cache."""
+    """Compile only (no GPU): the GEMM and the 3x3 conv (an implicit GEMM) run CUTLASS instances,
+    two of them, compiled once; a second build finds both in the cache."""
     monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
     path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
     lib = tmp_path / "m.so"
@@ -73,8 +80,7 @@ def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel
     assert "compiling 2 CUTLASS kernel instance(s)" in caplog.text
     assert "ETA" in caplog.text
     kernels = result.manifest["library_kernels"]
-    assert len(kernels) == 2 and {k["symbol"].split("_")[3] for k in kernels.values()} == {
-        "row", "col"}
+    assert sorted(k["symbol"].split("_")[2] for k in kernels.values()) == ["conv2d", "gemm"]
     assert sorted(p for p in result.manifest["kernel_providers"].values()
                   if p == "cutlass") == ["cutlass", "cutlass"]
     exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True,
@@ -91,6 +97,20 @@ def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel
     with caplog.at_level(logging.INFO):
         build.build(path, targets.resolve(HOPPER), tmp_path / "again.so", options=FP16_NHWC)
     assert "CUTLASS kernel instance" not in caplog.text
+
+
+def test_an_instance_nvcc_rejects_fails_the_build_or_is_set_aside(tmp_path, monkeypatch):
+    """A build cannot go on without its instance; tactic measurement records it as failed."""
+    from tvmopt.errors import TvmoptError
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path))
+    sources = {"broken": "this is not C++;"}
+    with pytest.raises(TvmoptError, match="nvcc failed on broken: .*error"):
+        nvcc.compile_all(sources, "sm_90a")
+    failed = {}
+    assert nvcc.compile_all(sources, "sm_90a", failed=failed) == {}
+    assert list(failed) == ["broken"] and "error" in failed["broken"]
+    assert not list(tmp_path.rglob("*.o"))  # nothing half-written in the cache
 
 
 def _gemm_layer(tmp_path):
@@ -139,7 +159,7 @@ def test_each_layer_runs_the_fastest_measured_kernel(tmp_path, tir, tactic_sec, 
     from tvmopt.database import open_database, target_identity
     from tvmopt.kernels import BuildContext
     from tvmopt.kernels.library import _choose
-    from tvmopt.kernels.library.tactics import Tactic, default_tactic
+    from tvmopt.kernels.library.tactics import Tactic
 
     _, kernel, layer = _gemm_layer(tmp_path)
     target = targets.resolve(HOPPER).tvm_target()
@@ -151,7 +171,7 @@ def test_each_layer_runs_the_fastest_measured_kernel(tmp_path, tir, tactic_sec, 
         choice = _choose(kernel, layer, BuildContext(target, store, {kernel.name: layer}),
                          target_identity(target)[0])
     expected = {"tir": None, "measured tactic": (Tactic.parse(MEASURED), tactic_sec),
-                "default tactic": (default_tactic(layer.m, layer.n, layer.k), None)}[runs]
+                "default tactic": (layer.default_tactic(), None)}[runs]
     assert choice == expected
 
 
@@ -159,11 +179,10 @@ def test_a_measured_tactic_is_built_and_shown(tmp_path, kernel_cache, monkeypatc
     """The measured tactic (here the one the cache holds already) is linked, and inspect says
     it was measured and how fast."""
     from tvmopt.database import open_database
-    from tvmopt.kernels.library.tactics import default_tactic
 
     monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
     path, kernel, layer = _gemm_layer(tmp_path)
-    tactic = default_tactic(layer.m, layer.n, layer.k).name
+    tactic = layer.default_tactic().name
     db = tmp_path / "t.db"
     with open_database(db) as store:
         _commit_tir(store, kernel.task, 10e-6, tuned=False)

@@ -113,7 +113,7 @@ def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> Bui
         "tuned_tasks": tuned,
         "kernels": {name: task.name for name, task in task_of.items()},
         "kernel_providers": providers,
-        "library_kernels": {name: {"symbol": e.symbol, "tactic": e.tactic, "gemm": e.gemm,
+        "library_kernels": {name: {"symbol": e.symbol, "tactic": e.tactic, "layer": e.layer,
                                    "measured_sec": e.measured_sec}
                             for name, e in provided.externs.items()},
         "cuda_graph": cuda_graph,

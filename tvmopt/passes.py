@@ -82,9 +82,8 @@ PIPELINE: tuple[GraphPass, ...] = (
     ),
     GraphPass(
         "partition-kernel-library",
-        "give fp16 GEMM-shaped layers (matmul, 1x1 NHWC conv, with bias, activation or residual "
-        "epilogues) kernels of their own that the CUTLASS library can run on Hopper "
-        "(--kernels all)",
+        "give fp16 matmuls and NHWC convs (with bias, activation or residual epilogues) kernels "
+        "of their own that the CUTLASS library can run on Hopper (--kernels all)",
         lambda relax, target: _kernel_library_passes(relax, target),
         lambda opts: opts.precision == "fp16" and opts.kernels == "all",
     ),

@@ -5,7 +5,8 @@
 // The input names, shapes and dtypes come from the manifest that `tvmopt build` links into the
 // library (the `tvmopt_manifest` symbol). Input NAME is read from DIR/NAME.bin (raw, C order) or is
 // all zeros without --inputs; each output is printed and, with --outputs, written to DIR/NAME.bin.
-// This example runs CPU artifacts (x86, ARM); GPU ones also need the CUDA/ROCm runtime library.
+// CPU artifacts (x86, ARM) run on the CPU; CUDA and ROCm ones on GPU 0, with the inputs copied there
+// and the outputs back (the runtime from the apache-tvm wheel carries CUDA support).
 #include <dlfcn.h>
 #include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/extra/module.h>
@@ -29,6 +30,7 @@ using ffi::Tensor;
 namespace {
 
 constexpr int kPooledAllocator = 2;  // tvm.runtime.vm.VirtualMachine.POOLED_ALLOCATOR
+constexpr DLDevice kHost{kDLCPU, 0};
 
 struct TensorSpec {
   std::string name;
@@ -74,9 +76,33 @@ size_t NumBytes(const Tensor& t) { return ffi::GetDataSize(*t.GetDLTensorPtr());
 
 const char* Data(const Tensor& t) { return static_cast<const char*>(t.data_ptr()) + t.byte_offset(); }
 
+// The device an artifact runs on, from the manifest's target family.
+DLDevice DeviceOf(const json::Object& manifest) {
+  std::string family = manifest["family"].cast<ffi::String>();
+  if (family == "cuda") return DLDevice{kDLCUDA, 0};
+  if (family == "rocm") return DLDevice{kDLROCM, 0};
+  return kHost;
+}
+
+Tensor HostTensor(const std::vector<int64_t>& shape, DLDataType dtype) {
+  return Tensor::FromNDAlloc(AlignedCPUAlloc(), ffi::Shape(shape), dtype, kHost);
+}
+
+// A copy of `t` on `device` (the runtime's allocator and copy, as tvm.runtime.tensor uses them).
+Tensor CopyTo(const Tensor& t, DLDevice device) {
+  static const ffi::Function alloc = ffi::Function::GetGlobalRequired("runtime.TVMTensorAllocWithScope");
+  static const ffi::Function copy = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromTo");
+  std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+  Tensor out = device.device_type == kDLCPU
+                   ? HostTensor(shape, t.dtype())
+                   : alloc(ffi::Shape(shape), t.dtype(), device, ffi::Optional<ffi::String>())
+                         .cast<Tensor>();
+  copy(t, out);
+  return out;
+}
+
 Tensor MakeInput(const TensorSpec& spec, const std::string& dir) {
-  Tensor t = Tensor::FromNDAlloc(AlignedCPUAlloc(), ffi::Shape(spec.shape), spec.dtype,
-                                 DLDevice{kDLCPU, 0});
+  Tensor t = HostTensor(spec.shape, spec.dtype);
   std::vector<char> bytes(NumBytes(t), 0);
   if (!dir.empty()) {
     std::string file = dir + "/" + spec.name + ".bin";
@@ -138,19 +164,24 @@ int Run(int argc, char** argv) {
     else throw std::runtime_error("unknown option " + flag);
   }
   json::Object manifest = ReadManifest(library);
-  if (manifest["family"].cast<ffi::String>() == "cuda" || manifest["family"].cast<ffi::String>() == "rocm") {
-    throw std::runtime_error("this example runs CPU artifacts; " + library + " is for " +
-                             std::string(manifest["target_key"].cast<ffi::String>()));
-  }
+  DLDevice device = DeviceOf(manifest);
   std::vector<TensorSpec> inputs = Specs(manifest, "inputs"), outputs = Specs(manifest, "outputs");
 
   ffi::Module executable = ffi::Module::LoadFromFile(library);
   ffi::Module vm = executable->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
-  vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+  // A GPU artifact's VM also needs the host, where shape computations run.
+  ffi::Function init = vm->GetFunction("vm_initialization").value();
+  if (device.device_type == kDLCPU) {
+    init(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+  } else {
+    init(static_cast<int>(device.device_type), device.device_id, kPooledAllocator,
+         static_cast<int>(kDLCPU), 0, kPooledAllocator);
+  }
   ffi::Function main_fn = vm->GetFunction("main").value();
+  static const ffi::Function sync = ffi::Function::GetGlobalRequired("runtime.Device_StreamSync");
 
   std::vector<Tensor> args;
-  for (const TensorSpec& spec : inputs) args.push_back(MakeInput(spec, input_dir));
+  for (const TensorSpec& spec : inputs) args.push_back(CopyTo(MakeInput(spec, input_dir), device));
   std::vector<ffi::AnyView> packed(args.begin(), args.end());
   ffi::Any result;
   main_fn.CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
@@ -158,13 +189,14 @@ int Run(int argc, char** argv) {
   std::vector<Tensor> flat;
   Flatten(result, &flat);
   if (flat.size() != outputs.size()) throw std::runtime_error("output count differs from manifest");
-  for (size_t i = 0; i < flat.size(); ++i) Report(outputs[i], flat[i], output_dir);
+  for (size_t i = 0; i < flat.size(); ++i) Report(outputs[i], CopyTo(flat[i], kHost), output_dir);
 
   if (repeat > 0) {
     std::vector<double> ms;
     for (int i = 0; i < repeat; ++i) {
       auto start = std::chrono::steady_clock::now();
       main_fn.CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
+      if (device.device_type != kDLCPU) sync(device, nullptr);  // the GPU's work, not its launch
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
     std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());

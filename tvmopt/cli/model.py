@@ -127,7 +127,8 @@ def _print_manifest(path, m):
                    + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
     for name, lib in sorted(m.get("library_kernels", {}).items()):
         measured = lib.get("measured_sec")
-        click.echo(f"  {name}  GEMM {lib['gemm']}  tactic {lib['tactic']}  "
+        what = lib.get("layer") or f"GEMM {lib['gemm']}"  # "gemm": artifacts before convs
+        click.echo(f"  {name}  {what}  tactic {lib['tactic']}  "
                    + (f"(measured {_fmt_sec(measured)})" if measured else "(default, unmeasured)"))
 
 

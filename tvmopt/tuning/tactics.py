@@ -2,7 +2,7 @@
 
 Every catalogue tactic not yet measured for a layer on this target is compiled (once, into the
 kernel cache), linked with a CUDA-graph timer into one shared library, and run on the device,
-locally or on an RPC server, with the layer's own GEMM size. Each result is checked against a
+locally or on an RPC server, with the layer's own GEMM size or convolution. Each result is checked against a
 NumPy reference before its time is stored: a tactic that cannot run the shape or computes it
 wrongly is stored as a failure. The build then takes, per layer, the fastest of the measured
 tactics and the TIR records (`kernels.library`). TIR records are timed by TVM's time evaluator,
@@ -26,9 +26,8 @@ from ..errors import TvmoptError, first_line
 from ..formatting import duration, seconds
 from ..kernels.library import KernelLibrary, nvcc
 from ..kernels.library.partition import Layer
-from ..kernels.library.sources import (TIMER_SOURCE, TIMER_SYMBOL, GemmSpec, gemm_source,
-                                       workspace_bytes)
-from ..kernels.library.tactics import CATALOGUE, Tactic
+from ..kernels.library.sources import TIMER_SOURCE, TIMER_SYMBOL, workspace_bytes
+from ..kernels.library.tactics import Tactic
 from .options import TuneOptions
 
 log = logging.getLogger("tvmopt.tuning")
@@ -48,7 +47,7 @@ class LayerTactics:
 def pending(layer: Layer, target, store) -> bool:
     """Whether a catalogue tactic is not yet measured for the layer on this target."""
     done = store.measured_tactics(layer.key, target_identity(target)[0], KernelLibrary.name)
-    return any(t.name not in done for t in CATALOGUE)
+    return any(t.name not in done for t in layer.tactics)
 
 
 def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options: TuneOptions,
@@ -63,16 +62,19 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
             plan[layer.key].weight += weight
             continue
         done = store.measured_tactics(layer.key, tsha, KernelLibrary.name)
-        plan[layer.key] = LayerTactics(layer, weight, [t for t in CATALOGUE if t.name not in done])
+        plan[layer.key] = LayerTactics(layer, weight,
+                                       [t for t in layer.tactics if t.name not in done])
     plan = {k: p for k, p in plan.items() if p.todo}
     if not plan:
         return 0
     arch = str(target.attrs["arch"])
-    specs = {(p.layer.key, t): GemmSpec(p.layer.b_layout, p.layer.epilogue, t, arch)
-             for p in plan.values() for t in p.todo}
-    sources = {s.symbol: gemm_source(s) for s in specs.values()}
+    specs = {(p.layer.key, t): p.layer.instance(t, arch) for p in plan.values() for t in p.todo}
+    sources = {s.symbol: s.source() for s in specs.values()}
     log.info("kernel library: measuring %d tactics on %d layer(s)", len(specs), len(plan))
-    objects = nvcc.compile_all({**sources, TIMER_SYMBOL: TIMER_SOURCE}, arch)
+    failed: dict[str, str] = {}  # a tactic nvcc rejects is a failed tactic, not a failed tune
+    objects = nvcc.compile_all({**sources, TIMER_SYMBOL: TIMER_SOURCE}, arch, failed=failed)
+    if TIMER_SYMBOL in failed:
+        raise TvmoptError(failed[TIMER_SYMBOL])
     version = nvcc.toolchain().version
     measured = 0
     start = time.perf_counter()
@@ -83,7 +85,11 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
         for i, p in enumerate(ordered, 1):
             if should_stop():
                 break
-            results = _measure_layer(session, p, {t: specs[p.layer.key, t] for t in p.todo})
+            compiled = {t: specs[p.layer.key, t] for t in p.todo
+                        if specs[p.layer.key, t].symbol in objects}
+            results = _measure_layer(session, p, compiled) if compiled else {}
+            results.update((t, (None, failed[specs[p.layer.key, t].symbol]))
+                           for t in p.todo if t not in compiled)
             with store.write():
                 for tactic, (run_secs, error) in results.items():
                     store.add_tactic_record(p.layer.key, KernelLibrary.name, tactic.name, target,
@@ -133,7 +139,7 @@ class _Session:
         return [self.timer(symbol, calls, *args) for _ in range(REPEATS)]
 
 
-def _measure_layer(session: _Session, plan: LayerTactics, specs: dict[Tactic, GemmSpec]) -> dict:
+def _measure_layer(session: _Session, plan: LayerTactics, specs: dict) -> dict:
     """{tactic: (run_secs, None) or (None, why it failed)} for one layer."""
     layer = plan.layer
     arrays = _inputs(layer, np.random.default_rng(0))
@@ -149,7 +155,7 @@ def _measure_layer(session: _Session, plan: LayerTactics, specs: dict[Tactic, Ge
     results = {}
     for tactic, spec in specs.items():
         try:
-            run_secs = session.time(spec.symbol, [*args, workspace, out])
+            run_secs = session.time(spec.symbol, [*args, *layer.params, workspace, out])
         except Exception as e:  # noqa: BLE001 - the kernel's own check or a launch error, as text
             results[tactic] = (None, first_line(e, 200))
             continue
@@ -163,24 +169,54 @@ def _inputs(layer: Layer, rng) -> dict[str, np.ndarray]:
     """Random fp16 operands of the layer's shape; a residual that is the input (a 1x1 conv whose
     shortcut is its own input) is not made twice."""
     lead = (layer.batch,) if layer.batch > 1 else ()
-    b_shape = (*lead, layer.k, layer.n) if layer.b_layout == "row" else (layer.n, layer.k)
+    if (g := layer.conv) is not None:
+        a_shape, b_shape = (g.n, g.h, g.w, g.c), (layer.n, g.r, g.s, g.c)
+        out_shape = (*_conv_out(g), layer.n)
+    else:
+        a_shape, out_shape = (*lead, layer.m, layer.k), (*lead, layer.m, layer.n)
+        b_shape = (*lead, layer.k, layer.n) if layer.b_layout == "row" else (layer.n, layer.k)
 
     def uniform(shape, scale=1.0):
         return (rng.uniform(-1, 1, shape) * scale).astype(np.float16)
 
-    arrays = {"a": uniform((*lead, layer.m, layer.k)),
-              "b": uniform(b_shape, 1 / np.sqrt(layer.k))}
+    arrays = {"a": uniform(a_shape), "b": uniform(b_shape, 1 / np.sqrt(layer.k))}
     if layer.epilogue.bias:
         arrays["bias"] = uniform((layer.n,))
     if layer.epilogue.residual:
         same = layer.args.get("residual") == layer.args.get("a")
-        arrays["residual"] = arrays["a"] if same else uniform((*lead, layer.m, layer.n))
+        arrays["residual"] = arrays["a"] if same else uniform(out_shape)
     return arrays
+
+
+def _conv_out(g) -> tuple[int, int, int]:
+    """(N, P, Q) of a convolution's output."""
+    top, left, bottom, right = g.padding
+    p = (g.h + top + bottom - (g.r - 1) * g.dilation[0] - 1) // g.stride[0] + 1
+    q = (g.w + left + right - (g.s - 1) * g.dilation[1] - 1) // g.stride[1] + 1
+    return g.n, p, q
+
+
+def _conv(g, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """NHWC x OHWI in fp32, one filter tap at a time (no im2col copy of a batch-64 input)."""
+    n, p, q = _conv_out(g)
+    top, left, bottom, right = g.padding
+    padded = np.pad(a, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    out = np.zeros((n, p, q, b.shape[0]), np.float32)
+    for i in range(g.r):
+        for j in range(g.s):
+            y, x = i * g.dilation[0], j * g.dilation[1]
+            window = padded[:, y:y + (p - 1) * g.stride[0] + 1:g.stride[0],
+                            x:x + (q - 1) * g.stride[1] + 1:g.stride[1]]
+            out += window @ b[:, i, j, :].T
+    return out
 
 
 def _reference(layer: Layer, arrays: dict[str, np.ndarray]) -> np.ndarray:
     a, b = arrays["a"].astype(np.float32), arrays["b"].astype(np.float32)
-    out = a @ (b if layer.b_layout == "row" else b.T)
+    if layer.conv is not None:
+        out = _conv(layer.conv, a, b)
+    else:
+        out = a @ (b if layer.b_layout == "row" else b.T)
     if "bias" in arrays:
         out += arrays["bias"].astype(np.float32)
     if "residual" in arrays:

@@ -1,5 +1,5 @@
-"""Provider 1: a kernel library (CUTLASS 3.x, Hopper) for the GEMM-shaped layers it covers, where
-it is the fastest measured choice.
+"""Provider 1: a kernel library (CUTLASS 3.x, Hopper) for the GEMMs and convolutions it covers,
+where it is the fastest measured choice.
 
 The graph pass `partition-kernel-library` groups each layer the library can run into a kernel
 of its own and records it (`partition.py`); at build time this provider swaps such a kernel's
@@ -18,8 +18,8 @@ from pathlib import Path
 from ...database import target_identity
 from .nvcc import Unavailable, compile_all, toolchain
 from .partition import Layer, layers, partition_pass
-from .sources import GemmSpec, gemm_source, workspace_bytes
-from .tactics import Tactic, default_tactic
+from .sources import workspace_bytes
+from .tactics import Tactic
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,14 @@ ARCHS = ("sm_90a",)  # what the templates are written for (wgmma, TMA)
 
 @dataclass(frozen=True)
 class ExternKernel:
-    """A kernel replaced by a call into linked code: `symbol(*args, workspace, out)`."""
+    """A kernel replaced by a call into linked code: `symbol(*args, *params, workspace, out)`."""
     symbol: str
     args: tuple[int, ...]  # which of the kernel's arguments to pass, in the symbol's order
+    params: tuple[int, ...]  # int arguments after them (a convolution's geometry)
     workspace: int  # bytes
     object_file: Path
     tactic: str
-    gemm: str  # the layer's GEMM size, "MxNxK" (with "xL" batches)
+    layer: str  # what it computes, for people: "GEMM MxNxK[xL]" or the conv and its GEMM size
     measured_sec: float | None  # the tactic's time on this layer, None for a default tactic
 
 
@@ -67,13 +68,13 @@ class KernelLibrary:
         if not chosen:
             return {}
         arch = str(ctx.target.attrs["arch"])
-        specs = {name: GemmSpec(layer.b_layout, layer.epilogue, tactic, arch)
-                 for name, (layer, tactic, _) in chosen.items()}
-        objects = compile_all({s.symbol: gemm_source(s) for s in set(specs.values())}, arch)
-        return {name: ExternKernel(spec.symbol, _arg_order(chosen[name][0]),
+        specs = {name: layer.instance(tactic, arch) for name, (layer, tactic, _) in chosen.items()}
+        objects = compile_all({s.symbol: s.source() for s in set(specs.values())}, arch)
+        return {name: ExternKernel(spec.symbol, _arg_order(layer), layer.params,
                                    workspace_bytes(spec.tactic), objects[spec.symbol],
-                                   spec.tactic.name, _gemm(chosen[name][0]), chosen[name][2])
-                for name, spec in specs.items()}
+                                   spec.tactic.name, _describe(layer), measured)
+                for name, spec in specs.items()
+                for layer, _, measured in [chosen[name]]}
 
 
 def _choose(kernel, layer: Layer, ctx, tsha: str) -> tuple[Tactic, float | None] | None:
@@ -92,15 +93,20 @@ def _choose(kernel, layer: Layer, ctx, tsha: str) -> tuple[Tactic, float | None]
         return Tactic.parse(tactic.tactic), tactic.mean_sec
     if tir is not None and not tir[1]:
         return None
-    return default_tactic(layer.m, layer.n, layer.k), None
+    return layer.default_tactic(), None
 
 
-def _gemm(layer: Layer) -> str:
-    return f"{layer.m}x{layer.n}x{layer.k}" + (f"x{layer.batch}" if layer.batch > 1 else "")
+def _describe(layer: Layer) -> str:
+    gemm = f"{layer.m}x{layer.n}x{layer.k}" + (f"x{layer.batch}" if layer.batch > 1 else "")
+    if (g := layer.conv) is None:
+        return f"GEMM {gemm}"
+    stride = "" if g.stride == (1, 1) else f" stride {g.stride[0]}x{g.stride[1]}"
+    return f"conv2d {g.r}x{g.s}{stride} {g.n}x{g.h}x{g.w}x{g.c}->{layer.n} (GEMM {gemm})"
 
 
 def _arg_order(layer: Layer) -> tuple[int, ...]:
     return tuple(layer.args[role] for role in ("a", "b", "bias", "residual") if role in layer.args)
 
 
-__all__ = ["ExternKernel", "KernelLibrary", "graph_passes", "layers", "supports", "toolchain"]
+__all__ = ["ExternKernel", "KernelLibrary", "Layer", "graph_passes", "layers", "supports",
+           "toolchain"]

@@ -8,6 +8,7 @@ are written whole (temporary file, then rename), so concurrent builds can share 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -38,6 +39,7 @@ class Toolchain:
     nvcc: Path
     version: str  # the last line of `nvcc --version`
     includes: tuple[Path, ...]
+    header_versions: tuple[str, ...]  # of CUTLASS and TVM FFI, whose headers the includes are
     cudart_dir: Path
 
     def flags(self, arch: str) -> list[str]:
@@ -81,7 +83,17 @@ def toolchain() -> Toolchain:
     if not cudart:
         raise Unavailable(f"libcudart_static.a not found under {root}; install the CUDA toolkit's "
                           "runtime library (cuda-cudart-dev)")
-    return Toolchain(nvcc, version, includes, cudart[0])
+    return Toolchain(nvcc, version, includes,
+                     (_version("nvidia-cutlass", cutlass), _version("apache-tvm-ffi", ffi)),
+                     cudart[0])
+
+
+def _version(dist: str, where: Path) -> str:
+    """A header package's version; its location where it was installed without metadata."""
+    try:
+        return f"{dist} {importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{dist} at {where}"
 
 
 def _find_nvcc() -> Path:
@@ -101,20 +113,33 @@ def _find_nvcc() -> Path:
                       "toolkit 12.3 or newer")
 
 
-def compile_all(sources: dict[str, str], arch: str, jobs: int | None = None) -> dict[str, Path]:
-    """{name: C++ source} in, {name: cached object file} out; compiles only what the cache lacks."""
+def compile_all(sources: dict[str, str], arch: str, jobs: int | None = None,
+                failed: dict[str, str] | None = None) -> dict[str, Path]:
+    """{name: C++ source} in, {name: cached object file} out; compiles only what the cache lacks.
+    An instance nvcc rejects raises, or, given a `failed` dict, is left out and put there with
+    nvcc's first error."""
     tools = toolchain()
     flags = tools.flags(arch)
+    # Keyed by what the object depends on, not where the headers are installed: a cache filled
+    # on one machine serves another with the same nvcc and header versions.
+    versions = [tools.version, *tools.header_versions,
+                *(f for f in flags if not f.startswith("-I"))]
     cache = cache_dir()
     objects = {}
     todo = {}
     for name, source in sources.items():
-        key = hashlib.sha256("\0".join([source, tools.version, *flags]).encode()).hexdigest()[:24]
+        key = hashlib.sha256("\0".join([source, *versions]).encode()).hexdigest()[:24]
         objects[name] = cache / f"{name}-{key}.o"
         if not objects[name].is_file():
             todo[name] = source
     if todo:
-        _compile(todo, {n: objects[n] for n in todo}, tools, flags, jobs or _jobs())
+        errors = _compile(todo, {n: objects[n] for n in todo}, tools, flags, jobs or _jobs(),
+                          cached=len(sources) - len(todo))
+        if errors and failed is None:
+            raise TvmoptError(next(iter(errors.values())))
+        for name, error in errors.items():
+            failed[name] = error
+            del objects[name]
     return objects
 
 
@@ -125,8 +150,10 @@ def _jobs() -> int:
     return max(1, min(os.cpu_count() or 1, by_memory))
 
 
-def _compile(sources: dict[str, str], objects: dict[str, Path], tools: Toolchain, flags, jobs):
-    cached = len(objects) - len(sources)
+def _compile(sources: dict[str, str], objects: dict[str, Path], tools: Toolchain, flags,
+             jobs: int, cached: int) -> dict[str, str]:
+    """Compile each source into its object; {name: error} for those nvcc rejected."""
+    errors = {}
     log.info("compiling %d CUTLASS kernel instance(s) with %s, %d at a time (%s)",
              len(sources), tools.nvcc, jobs, tools.version)
     start = time.perf_counter()
@@ -135,13 +162,18 @@ def _compile(sources: dict[str, str], objects: dict[str, Path], tools: Toolchain
         futures = {pool.submit(_nvcc, tools, flags, Path(tmp), name, source, objects[name]): name
                    for name, source in sources.items()}
         for done, future in enumerate(as_completed(futures), 1):
-            future.result()
+            try:
+                future.result()
+            except TvmoptError as e:
+                errors[futures[future]] = str(e)
+                log.warning("%s", e)
             elapsed = time.perf_counter() - start
             # Instances take about the same time; `jobs` of them run at once.
             rounds_left = -(-(len(sources) - done) // jobs)
             eta = elapsed / -(-done // jobs) * rounds_left
             log.info("CUTLASS kernels %d/%d compiled (%d cached)  elapsed %s  ETA %s",
                      done, len(sources), cached, duration(elapsed), duration(eta))
+    return errors
 
 
 def _nvcc(tools: Toolchain, flags, tmp: Path, name: str, source: str, obj: Path) -> None:

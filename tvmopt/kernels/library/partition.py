@@ -1,8 +1,9 @@
 """Which layers the kernel library can run: Relax patterns matched after mixed precision and
 before legalisation, so that each match becomes one fused kernel of its own.
 
-A match is a GEMM-shaped anchor (a matmul, or a 1x1 stride-1 NHWC conv) in fp16 followed by the
-epilogue the library fuses: bias, then an activation or a residual add (then ReLU). TVM still
+A match is an anchor in fp16 (a matmul; a 1x1 stride-1 NHWC conv, which is a GEMM; any other
+NHWC conv, as an implicit GEMM) followed by the epilogue the library fuses: bias, then an
+activation or a residual add (then ReLU). TVM still
 compiles each match as an ordinary kernel (tuning tasks are unchanged); the module attribute
 LAYERS_ATTR tells the build which kernels the library may replace and how to call it.
 """
@@ -14,7 +15,8 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
-from .sources import Epilogue
+from .sources import CONV_PARAMS, ConvSpec, Epilogue, GemmSpec
+from .tactics import Tactic, catalogue, default_tactic
 
 log = logging.getLogger(__name__)
 
@@ -22,23 +24,83 @@ LAYERS_ATTR = "tvmopt_library_layers"
 # The erf GELU's constants, by pattern role: they must hold these values for the match to count.
 GELU_CONSTANTS = {"gelu_sqrt2": 2 ** 0.5, "gelu_one": 1.0, "gelu_half": 0.5}
 ALIGNMENT = 8  # fp16 elements per 16-byte TMA access: K and N must be multiples of it
+# TMA im2col loads (2-D) hold the window's corners in signed 8 bits and filter offsets in 8 bits.
+IM2COL_CORNER = 128
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A convolution beyond its GEMM size: input [n, h, w, c], filter r x s, and its windows."""
+    n: int
+    h: int
+    w: int
+    c: int
+    r: int
+    s: int
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def params(self) -> tuple[int, ...]:
+        """The instance's int arguments, in the order of sources.CONV_PARAMS."""
+        values = (*self.padding, *self.stride, *self.dilation)
+        assert len(values) == len(CONV_PARAMS)
+        return values
+
+    def im2col_loadable(self) -> bool:
+        """Whether TMA's im2col mode can walk these windows (CUTLASS's can_implement rule)."""
+        top, left, bottom, right = self.padding
+        span_h, span_w = (self.r - 1) * self.dilation[0], (self.s - 1) * self.dilation[1]
+        return (all(0 <= p < IM2COL_CORNER for p in self.padding)
+                and all(-IM2COL_CORNER <= p - span < IM2COL_CORNER
+                        for p, span in ((bottom, span_h), (right, span_w)))
+                and 0 <= span_h < 2 * IM2COL_CORNER - 1 and 0 <= span_w < 2 * IM2COL_CORNER - 1)
 
 
 @dataclass(frozen=True)
 class Layer:
-    b_layout: str  # "row": B is [K, N]; "col": B is [N, K]
+    b_layout: str  # "row": B is [K, N]; "col": B is [N, K] (or a conv's [N, R, S, C] filter)
     epilogue: Epilogue
     args: dict  # {"a" | "b" | "bias" | "residual": index of the kernel argument}
     m: int
     n: int
     k: int
     batch: int
+    conv: ConvGeometry | None = None  # an implicit-GEMM convolution; None for a GEMM
+
+    @property
+    def op(self) -> str:
+        return "conv2d" if self.conv else "gemm"
 
     @property
     def key(self) -> str:
         """What a tactic's time on this layer depends on: the tactic records' layer_key."""
+        if self.conv:
+            g = self.conv
+            return (f"conv2d_f16_{self.epilogue.name}_{g.n}x{g.h}x{g.w}x{g.c}_k{self.n}"
+                    f"r{g.r}s{g.s}_p{'x'.join(map(str, g.padding))}"
+                    f"_s{'x'.join(map(str, g.stride))}_d{'x'.join(map(str, g.dilation))}")
         return (f"gemm_f16_{self.b_layout}_{self.epilogue.name}_{self.m}x{self.n}x{self.k}"
                 f"x{self.batch}")
+
+    @property
+    def tactics(self) -> tuple[Tactic, ...]:
+        return catalogue(self.op)
+
+    def default_tactic(self) -> Tactic:
+        return default_tactic(self.m, self.n, self.k, self.op)
+
+    def instance(self, tactic: Tactic, arch: str) -> GemmSpec | ConvSpec:
+        """The kernel instance that runs this layer with `tactic`."""
+        if self.conv:
+            return ConvSpec(self.epilogue, tactic, arch)
+        return GemmSpec(self.b_layout, self.epilogue, tactic, arch)
+
+    @property
+    def params(self) -> tuple[int, ...]:
+        """Int arguments the instance takes after the layer's tensors."""
+        return self.conv.params if self.conv else ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -46,7 +108,11 @@ class Layer:
     @classmethod
     def from_json(cls, text: str) -> "Layer":
         d = json.loads(text)
-        return cls(**{**d, "epilogue": Epilogue(**d["epilogue"])})
+        conv = d.pop("conv", None)
+        if conv is not None:
+            conv = ConvGeometry(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in conv.items()})
+        return cls(**{**d, "epilogue": Epilogue(**d["epilogue"]), "conv": conv})
 
 
 def layers(mod) -> dict[str, Layer]:
@@ -165,7 +231,8 @@ def _check(context) -> bool:
     if any(_dtype(e) != "float16" for e in (a, b, out)):
         return False
     if anchor.op.name == "relax.nn.conv2d":
-        if not _is_pointwise_conv(anchor, b_shape):
+        geometry = _conv_geometry(anchor)
+        if geometry is None or not (_is_pointwise(geometry) or geometry.im2col_loadable()):
             return False
         n, k = b_shape[0], b_shape[3]
     else:
@@ -193,13 +260,25 @@ def _close(found: float | None, value: float) -> bool:
     return found is not None and abs(found - value) <= 1e-3 * value
 
 
-def _is_pointwise_conv(conv, w_shape) -> bool:
+def _conv_geometry(conv) -> ConvGeometry | None:
+    """The geometry of an NHWC/OHWI conv without groups (what the library runs), else None."""
     attrs = conv.attrs
-    return (attrs.data_layout == "NHWC" and attrs.kernel_layout == "OHWI"
-            and attrs.out_layout == "NHWC" and int(attrs.groups) == 1
-            and tuple(w_shape[1:3]) == (1, 1)
-            and all(int(v) == 1 for v in (*attrs.strides, *attrs.dilation))
-            and all(int(v) == 0 for v in attrs.padding))
+    if not (attrs.data_layout == "NHWC" and attrs.kernel_layout == "OHWI"
+            and attrs.out_layout == "NHWC" and int(attrs.groups) == 1):
+        return None
+    n, h, w, c = _static_shape(conv.args[0])
+    _, r, s, _ = _static_shape(conv.args[1])
+    padding = tuple(int(v) for v in attrs.padding)
+    if len(padding) == 2:
+        padding = padding * 2
+    return ConvGeometry(n, h, w, c, r, s, padding, tuple(int(v) for v in attrs.strides),
+                        tuple(int(v) for v in attrs.dilation))
+
+
+def _is_pointwise(g: ConvGeometry) -> bool:
+    """A 1x1 conv without stride or padding: a plain GEMM over the pixels."""
+    return ((g.r, g.s) == (1, 1) and g.stride == (1, 1) and g.dilation == (1, 1)
+            and g.padding == (0, 0, 0, 0))
 
 
 def _static_shape(expr) -> tuple[int, ...]:
@@ -238,13 +317,18 @@ def _describe(func) -> Layer:
     for role, add in zip(roles, adds):
         (param,) = [x for x in add.args if x in params]
         args[role] = params[param]
-    a_shape = _static_shape(anchor.args[0])
-    b_shape = _static_shape(anchor.args[1])
-    conv = anchor.op.name == "relax.nn.conv2d"
-    k = a_shape[-1] if conv else b_shape[-2]
-    n = b_shape[0] if conv else b_shape[-1]
-    batch = 1 if conv or len(b_shape) == 2 else _numel(b_shape[:-2])
     activation = next((a for a in ("relu", "silu", "gelu") if a in parts), "none")
     epilogue = Epilogue(bias="bias" in roles, activation=activation, residual="residual" in roles)
-    return Layer(b_layout="col" if conv else "row", epilogue=epilogue, args=args,
-                 m=_numel(a_shape) // (k * batch), n=n, k=k, batch=batch)
+    a_shape = _static_shape(anchor.args[0])
+    b_shape = _static_shape(anchor.args[1])
+    if anchor.op.name == "relax.nn.conv2d":
+        geometry = _conv_geometry(anchor)
+        out_shape = _static_shape(anchor)
+        if _is_pointwise(geometry):
+            return Layer("col", epilogue, args, m=_numel(a_shape) // geometry.c, n=b_shape[0],
+                         k=geometry.c, batch=1)
+        return Layer("col", epilogue, args, m=_numel(out_shape[:3]), n=b_shape[0],
+                     k=geometry.c * geometry.r * geometry.s, batch=1, conv=geometry)
+    k, n = b_shape[-2], b_shape[-1]
+    batch = 1 if len(b_shape) == 2 else _numel(b_shape[:-2])
+    return Layer("row", epilogue, args, m=_numel(a_shape) // (k * batch), n=n, k=k, batch=batch)

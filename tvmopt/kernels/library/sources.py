@@ -1,10 +1,16 @@
 """C++ for one CUTLASS 3.x Hopper kernel instance, exported as a TVM FFI function.
 
-`gemm_source(spec)` writes D = act(A @ B + bias + residual) (each term per the epilogue), fp16 in
-and out with fp32 accumulation, as a function `symbol(a, b, [bias], [residual], workspace, out)`
-in destination-passing style, running on the stream TVM gives it. A is [..., M, K] row-major;
-B is [K, N] ("row", an ONNX MatMul weight) or [N, K] ("col", a Gemm transB weight or an OHWI 1x1
-conv filter); a B of rank > 2 makes a batched GEMM over its leading dimensions.
+Each instance computes D = act(X + bias + residual) (each term per the epilogue), fp16 in and out
+with fp32 accumulation, in destination-passing style on the stream TVM gives it:
+- `GemmSpec.source()`: X = A @ B as `symbol(a, b, [bias], [residual], workspace, out)`. A is
+  [..., M, K] row-major; B is [K, N] ("row", an ONNX MatMul weight) or [N, K] ("col", a Gemm
+  transB weight or an OHWI 1x1 conv filter); a B of rank > 2 makes a batched GEMM over its
+  leading dimensions.
+- `ConvSpec.source()`: X = conv2d(A, B), NHWC activations and an OHWI filter, as an implicit GEMM
+  (TMA im2col loads: no unfolded copy of the input), as `symbol(a, b, [bias], [residual],
+  pad_top, pad_left, pad_bottom, pad_right, stride_h, stride_w, dilation_h, dilation_w,
+  workspace, out)`.
+Shapes and conv geometry are runtime arguments: one instance serves every layer of its kind.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ _SCHEDULES = {  # (mainloop kernel schedule, epilogue schedule)
     "cooperative": ("KernelTmaWarpSpecializedCooperative", "TmaWarpSpecializedCooperative"),
     "pingpong": ("KernelTmaWarpSpecializedPingpong", "TmaWarpSpecialized"),
 }
+# A conv instance's int arguments, after its tensors: the layer's geometry.
+CONV_PARAMS = ("pad_top", "pad_left", "pad_bottom", "pad_right", "stride_h", "stride_w",
+               "dilation_h", "dilation_w")
 _SCHEDULERS = {"persistent": "cutlass::gemm::PersistentScheduler",
                "streamk": "cutlass::gemm::StreamKScheduler"}
 
@@ -46,6 +55,23 @@ class GemmSpec:
     def symbol(self) -> str:
         return f"tvmopt_cutlass_gemm_{self.b_layout}_{self.epilogue.name}_{self.tactic.name}"
 
+    def source(self) -> str:
+        return _gemm_source(self)
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    epilogue: Epilogue
+    tactic: Tactic
+    arch: str = "sm_90a"
+
+    @property
+    def symbol(self) -> str:
+        return f"tvmopt_cutlass_conv2d_{self.epilogue.name}_{self.tactic.name}"
+
+    def source(self) -> str:
+        return _conv_source(self)
+
 
 _HEADERS = """\
 #include <tvm/ffi/function.h>
@@ -53,33 +79,69 @@ _HEADERS = """\
 #include <tvm/ffi/extra/c_env_api.h>
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
+"""
+# The GEMM adapter also brings CUTLASS 2.x's GemmUniversal, which a conv kernel would match too.
+_GEMM_HEADERS = """\
 #include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/gemm/kernel/tile_scheduler.hpp"
 #include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/operations.hpp"
 #include "cutlass/util/packed_stride.hpp"
+"""
+_CONV_HEADERS = """\
+#include "cutlass/conv/convnd_problem_shape.hpp"
+#include "cutlass/conv/device/conv_universal_adapter.hpp"
+#include "cutlass/conv/kernel/conv_universal.hpp"
+#include "cutlass/conv/collective/collective_builder.hpp"
 """
 
 
-def gemm_source(spec: GemmSpec) -> str:
+def _fusion(e: Epilogue) -> str:
+    """The epilogue's fusion operation: per-output-channel bias, then the activation."""
+    act = f"cutlass::epilogue::thread::{ACTIVATIONS[e.activation]}"
+    return (f"cutlass::epilogue::fusion::LinCombPerColBiasEltAct<{act}, half_t, float, half_t>"
+            if e.bias else f"cutlass::epilogue::fusion::LinCombEltAct<{act}, half_t, float>")
+
+
+def _tensor_params(e: Epilogue) -> list[str]:
+    return (["tvm::ffi::TensorView a", "tvm::ffi::TensorView b"]
+            + (["tvm::ffi::TensorView bias"] if e.bias else [])
+            + (["tvm::ffi::TensorView residual"] if e.residual else []))
+
+
+def _epilogue_arguments(e: Epilogue) -> str:
+    return "\n  ".join([
+        "args.epilogue.thread.alpha = 1.0f;",
+        f"args.epilogue.thread.beta = {'1.0f' if e.residual else '0.0f'};",
+        *(["args.epilogue.thread.bias_ptr = static_cast<half_t*>(bias.data_ptr());"]
+          if e.bias else [])])
+
+
+def _launch(kernel: str, symbol: str, what: str) -> str:
+    """Check, then run `args` with the kernel type `kernel` on TVM's stream."""
+    return f"""cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(kDLCUDA, a.device().device_id));
+  {kernel} op;
+  TVM_FFI_ICHECK(op.can_implement(args) == cutlass::Status::kSuccess)
+      << "{symbol}: CUTLASS cannot run " << {what};
+  TVM_FFI_ICHECK({kernel}::get_workspace_size(args) <= size_t(workspace.numel()))
+      << "{symbol}: needs a workspace of " << {kernel}::get_workspace_size(args) << " bytes";
+  TVM_FFI_ICHECK(op.run(args, workspace.data_ptr(), stream) == cutlass::Status::kSuccess)
+      << "{symbol}: launch failed";"""
+
+
+def _gemm_source(spec: GemmSpec) -> str:
     t, e = spec.tactic, spec.epilogue
     mainloop_schedule, epilogue_schedule = _SCHEDULES[t.schedule]
-    act = f"cutlass::epilogue::thread::{ACTIVATIONS[e.activation]}"
-    fusion = (f"cutlass::epilogue::fusion::LinCombPerColBiasEltAct<{act}, half_t, float, half_t>"
-              if e.bias else f"cutlass::epilogue::fusion::LinCombEltAct<{act}, half_t, float>")
     layout_b = "RowMajor" if spec.b_layout == "row" else "ColumnMajor"
-    params = ["tvm::ffi::TensorView a", "tvm::ffi::TensorView b"]
-    params += ["tvm::ffi::TensorView bias"] if e.bias else []
-    params += ["tvm::ffi::TensorView residual"] if e.residual else []
-    params += ["tvm::ffi::TensorView workspace", "tvm::ffi::TensorView out"]
+    params = [*_tensor_params(e), "tvm::ffi::TensorView workspace", "tvm::ffi::TensorView out"]
     sizes = ("const int N = b.size(b.ndim() - 1);\n"
              "  const int L = b.ndim() > 2 ? b.numel() / (int64_t(K) * N) : 1;"
              if spec.b_layout == "row" else
              "const int N = b.size(0);  // [N, K] or an OHWI 1x1 filter [N, 1, 1, K]\n"
              "  const int L = 1;")
-    return f"""{_HEADERS}
+    return f"""{_HEADERS}{_GEMM_HEADERS}
 // {spec.symbol}: generated by tvmopt ({__name__}); fp16 in/out, fp32 accumulate.
 namespace {{
 using namespace cute;
@@ -89,7 +151,7 @@ using LayoutB = cutlass::layout::{layout_b};
 using LayoutC = cutlass::layout::RowMajor;
 using TileShape = Shape<_{t.tile_m}, _{t.tile_n}, _{t.tile_k}>;
 using ClusterShape = Shape<_{t.cluster_m}, _{t.cluster_n}, _1>;
-using FusionOp = {fusion};
+using FusionOp = {_fusion(e)};
 using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
     cutlass::epilogue::collective::EpilogueTileAuto, float, float,
@@ -119,17 +181,68 @@ static void Run({", ".join(params)}) {{
       {{static_cast<half_t*>(a.data_ptr()), sA, static_cast<half_t*>(b.data_ptr()), sB}},
       {{{{}}, {"static_cast<half_t*>(residual.data_ptr())" if e.residual else "nullptr"}, sC,
        static_cast<half_t*>(out.data_ptr()), sD}}}};
-  args.epilogue.thread.alpha = 1.0f;
-  args.epilogue.thread.beta = {"1.0f" if e.residual else "0.0f"};
-  {"args.epilogue.thread.bias_ptr = static_cast<half_t*>(bias.data_ptr());" if e.bias else ""}
-  cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(kDLCUDA, a.device().device_id));
-  Gemm gemm;
-  TVM_FFI_ICHECK(gemm.can_implement(args) == cutlass::Status::kSuccess)
-      << "{spec.symbol}: CUTLASS cannot run M=" << M << " N=" << N << " K=" << K;
-  TVM_FFI_ICHECK(Gemm::get_workspace_size(args) <= size_t(workspace.numel()))
-      << "{spec.symbol}: needs a workspace of " << Gemm::get_workspace_size(args) << " bytes";
-  TVM_FFI_ICHECK(gemm.run(args, workspace.data_ptr(), stream) == cutlass::Status::kSuccess)
-      << "{spec.symbol}: launch failed";
+  {_epilogue_arguments(e)}
+  {_launch("Gemm", spec.symbol, '"M=" << M << " N=" << N << " K=" << K')}
+}}
+TVM_FFI_DLL_EXPORT_TYPED_FUNC({spec.symbol}, Run);
+"""
+
+
+def _conv_source(spec: ConvSpec) -> str:
+    t, e = spec.tactic, spec.epilogue
+    params = [*_tensor_params(e), *(f"int64_t {p}" for p in CONV_PARAMS),
+              "tvm::ffi::TensorView workspace", "tvm::ffi::TensorView out"]
+    return f"""{_HEADERS}{_CONV_HEADERS}
+// {spec.symbol}: generated by tvmopt ({__name__}); fp16 in/out, fp32 accumulate.
+namespace {{
+using namespace cute;
+using cutlass::half_t;
+using Layout = cutlass::layout::TensorNHWC;  // activations NHWC, the filter KRSC (OHWI)
+using TileShape = Shape<_{t.tile_m}, _{t.tile_n}, Shape<_{t.tile_k}>>;
+using ClusterShape = Shape<_{t.cluster_m}, _{t.cluster_n}, _1>;
+using FusionOp = {_fusion(e)};
+using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+    half_t, Layout, 8, half_t, Layout, 8,
+    cutlass::epilogue::TmaWarpSpecialized, FusionOp>::CollectiveOp;
+using CollectiveMainloop = typename cutlass::conv::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
+    half_t, Layout, 8, half_t, Layout, 8, float, TileShape, ClusterShape,
+    cutlass::conv::collective::StageCountAutoCarveout<
+        static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
+    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+using ProblemShape = cutlass::conv::ConvProblemShape<
+    cutlass::conv::Operator::kFprop, CollectiveMainloop::DispatchPolicy::NumSpatialDimensions>;
+using ConvKernel = cutlass::conv::kernel::ConvUniversal<
+    ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+using Conv = cutlass::conv::device::ConvUniversalAdapter<ConvKernel>;
+}}  // namespace
+
+static void Run({", ".join(params)}) {{
+  // a [N, H, W, C], b [K, R, S, C], out [N, P, Q, K]
+  TVM_FFI_ICHECK(a.ndim() == 4 && b.ndim() == 4 && out.ndim() == 4)
+      << "{spec.symbol}: expects NHWC activations and an OHWI filter";
+  ProblemShape problem(cutlass::conv::Mode::kCrossCorrelation,
+      {{int(a.size(0)), int(a.size(1)), int(a.size(2)), int(a.size(3))}},
+      {{int(b.size(0)), int(b.size(1)), int(b.size(2)), int(b.size(3))}},
+      {{int(pad_top), int(pad_left)}}, {{int(pad_bottom), int(pad_right)}},
+      {{int(stride_h), int(stride_w)}}, {{int(dilation_h), int(dilation_w)}}, 1);
+  for (int i = 0; i < 4; ++i) {{
+    TVM_FFI_ICHECK(problem.shape_C[i] == out.size(i))
+        << "{spec.symbol}: output dimension " << i << " is " << out.size(i) << ", the conv makes "
+        << problem.shape_C[i];
+  }}
+  typename ConvKernel::StrideC sC;
+  cute::for_each(cute::make_seq<cute::rank<0>(typename ConvKernel::StrideC{{}})>{{}}, [&](auto i) {{
+    cute::get<0, i>(sC) = problem.stride_C[ProblemShape::RankT - 2 - i];
+  }});
+  typename Conv::Arguments args{{problem,
+      {{static_cast<half_t*>(a.data_ptr()), static_cast<half_t*>(b.data_ptr())}},
+      {{{{}}, {"static_cast<half_t*>(residual.data_ptr())" if e.residual else "nullptr"}, sC,
+       static_cast<half_t*>(out.data_ptr()), sC}}}};
+  {_epilogue_arguments(e)}
+  {_launch("Conv", spec.symbol, '"a conv of filter " << b.size(0) << "x" << b.size(1) << "x" << b.size(2) << "x" << b.size(3)')}
 }}
 TVM_FFI_DLL_EXPORT_TYPED_FUNC({spec.symbol}, Run);
 """

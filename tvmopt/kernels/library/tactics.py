@@ -23,8 +23,8 @@ class Tactic:
     tile_k: int = 64
     cluster_m: int = 1
     cluster_n: int = 1
-    schedule: str = "cooperative"  # or "pingpong"
-    scheduler: str = "persistent"  # or "streamk"
+    schedule: str = "cooperative"  # or "pingpong"; "warpspecialized" for convolutions
+    scheduler: str = "persistent"  # or "streamk"; "tiles" (a CTA per output tile) for convolutions
 
     @property
     def name(self) -> str:
@@ -53,9 +53,35 @@ CATALOGUE: tuple[Tactic, ...] = (
 )
 
 
-def default_tactic(m: int, n: int, k: int) -> Tactic:
-    """An untuned layer's tactic: the largest tile that still gives most SMs a tile; stream-K
-    when even small tiles leave most SMs idle and K is deep enough to split."""
+# Implicit-GEMM convolutions on Hopper have one kernel: warp-specialized, not persistent (CUTLASS
+# has no cooperative, ping-pong or stream-K conv kernels for sm90), one output tile per CTA.
+def _conv(tile_m: int, tile_n: int, cluster_m: int = 1, cluster_n: int = 1) -> Tactic:
+    return Tactic(tile_m, tile_n, 64, cluster_m, cluster_n, "warpspecialized", "tiles")
+
+
+CONV_CATALOGUE: tuple[Tactic, ...] = (
+    _conv(128, 128),
+    _conv(128, 64),
+    _conv(64, 128),
+    _conv(64, 64),
+    _conv(128, 128, cluster_m=2),
+    _conv(64, 128, cluster_n=2),
+)
+
+
+def catalogue(op: str) -> tuple[Tactic, ...]:
+    """The tactics a layer of this kind ("gemm" or "conv2d") can run with."""
+    return CONV_CATALOGUE if op == "conv2d" else CATALOGUE
+
+
+def default_tactic(m: int, n: int, k: int, op: str = "gemm") -> Tactic:
+    """An untuned layer's tactic: the largest tile that still gives most SMs a tile; for GEMMs,
+    stream-K when even small tiles leave most SMs idle and K is deep enough to split."""
+    if op == "conv2d":
+        for tactic in (_conv(128, 128), _conv(128, 64)):
+            if _tiles(m, n, tactic) >= SMS * 3 // 4:
+                return tactic
+        return _conv(64, 64)
     for tactic in (Tactic(128, 128), Tactic(128, 64), Tactic(64, 64, schedule="pingpong")):
         if _tiles(m, n, tactic) >= SMS * 3 // 4:
             return tactic
