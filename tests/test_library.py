@@ -113,6 +113,41 @@ def test_an_instance_nvcc_rejects_fails_the_build_or_is_set_aside(tmp_path, monk
     assert not list(tmp_path.rglob("*.o"))  # nothing half-written in the cache
 
 
+@pytest.mark.parametrize("stride, pads, dilation", [
+    ((1, 1), (1, 1, 1, 1), (1, 1)), ((2, 2), (1, 1, 1, 1), (1, 1)), ((2, 1), (0, 1, 2, 0), (1, 2))])
+def test_tactics_are_checked_against_a_reference_conv_that_matches_onnxruntime(
+        tmp_path, stride, pads, dilation):
+    """`tune` judges each conv tactic's output by tuning.tactics' NumPy reference: it must be
+    ONNX Runtime's Conv (+ bias + ReLU), strides, asymmetric padding and dilation included."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvmopt.tuning import tactics
+
+    rng = np.random.default_rng(0)
+    weight = rng.uniform(-1, 1, (16, 8, 3, 3)).astype(np.float32)
+    bias = rng.uniform(-1, 1, 16).astype(np.float32)
+    out = [(size + pads[i] + pads[i + 2] - 2 * dilation[i] - 1) // stride[i] + 1
+           for i, size in enumerate((9, 10))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=stride, pads=pads,
+                          dilations=dilation), helper.make_node("Relu", ["c"], ["y"])],
+        "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 9, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, *out])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    path = models._save(graph, tmp_path / "conv.onnx")
+    (layer,) = _layers(path).values()
+    assert layer.conv is not None and layer.conv.stride == stride
+    arrays = tactics._inputs(layer, rng)
+    expected, = ort.InferenceSession(str(path)).run(None, {
+        "x": arrays["a"].astype(np.float32).transpose(0, 3, 1, 2)})
+    arrays["b"][:] = weight.transpose(0, 2, 3, 1)  # OHWI: the layer's filter layout
+    arrays["bias"][:] = bias
+    got = tactics._reference(layer, arrays).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)  # fp16 weights and bias
+
+
 def _gemm_layer(tmp_path):
     """The library model's GEMM layer: (model path, its Kernel, its Layer)."""
     from tvmopt.kernels import Kernel

@@ -257,6 +257,19 @@ def test_a_measured_baseline_alone_builds_as_untuned(tiny, tmp_path, invoke):
     assert lib.tuned == [] and set(lib.manifest["kernel_providers"].values()) == {"unscheduled"}
 
 
+def test_trials_0_measures_library_tactics_only(tmp_path, tiny, invoke):
+    """No kernel library on a CPU: nothing to measure, no TIR baseline or search either."""
+    from tvmopt.database import open_database
+
+    db = tmp_path / "t.db"
+    result = invoke("tune", tiny, "--target", "host", "--trials", "0", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "--trials 0" in report["stop_reason"] and report["trials_this_run"] == 0
+    with open_database(db, readonly=True) as store:
+        assert store.db["records"].count == 0
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 
@@ -270,7 +283,7 @@ def test_unreachable_tracker_fails_fast(tiny, invoke):
 
 @pytest.mark.parametrize("args,fragment", [
     (["--target", "tpu-v9"], "unknown target"),
-    (["--target", "host", "--trials", "0"], "--trials must be at least 1"),
+    (["--target", "host", "--trials", "-1"], "--trials must be 0 (kernel-library tactics only)"),
     (["--target", "host", "--time-budget", "soon"], "--time-budget"),
     (["--target", "host", "--rpc-key", "gpu"], "go together"),
     (["--target", "host", "--rpc-tracker", "nowhere", "--rpc-key", "gpu"], "HOST:PORT"),

@@ -231,7 +231,8 @@ def _tune_table(report) -> str:
 @model_options(target_required=True)
 @db_option
 @click.option("--trials", type=int, default=1000, show_default=True,
-              help="Total trials over all tasks, counting those already in the database.")
+              help="Total trials over all tasks, counting those already in the database; "
+                   "0 measures only the kernel library's tactics.")
 @click.option("--trials-per-task", type=int, default=None, help="Cap per task.")
 @click.option("--time-budget", default=None, metavar="DURATION",
               help="Wall-clock budget, e.g. 90s, 30m, 1h30m.")

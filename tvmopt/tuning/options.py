@@ -24,7 +24,8 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class TuneOptions:
-    trials: int = 1000  # total over all tasks, counting trials already in the database
+    trials: int = 1000  # total over all tasks, counting trials already in the database; 0:
+    # only the kernel library's tactics (no TIR baselines or search)
     trials_per_task: int | None = None
     time_budget_s: float | None = None
     batch_size: int = 64  # candidates built and measured per round
@@ -35,8 +36,8 @@ class TuneOptions:
     workers: int | None = None  # parallel builds; default: all cores
 
     def validate(self) -> None:
-        if self.trials < 1:
-            raise TvmoptError("--trials must be at least 1")
+        if self.trials < 0:
+            raise TvmoptError("--trials must be 0 (kernel-library tactics only) or more")
         if self.trials_per_task is not None and self.trials_per_task < 1:
             raise TvmoptError("--trials-per-task must be at least 1")
         if self.batch_size < 1:

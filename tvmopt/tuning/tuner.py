@@ -192,8 +192,11 @@ class Tuner:
         tactics_pending = any(tactics.pending(layer, self.target, self.store)
                               for layer in self.library_layers.values())
         if report.trials_total >= opts.trials and not tactics_pending:
-            report.stop_reason = (f"the budget of {opts.trials} trials is already spent "
-                                  f"({report.trials_total} in the database)")
+            report.stop_reason = (
+                "--trials 0: no kernel-library tactic left to measure (nothing else is)"
+                if not opts.trials
+                else f"the budget of {opts.trials} trials is already spent "
+                     f"({report.trials_total} in the database)")
             for p in report.tasks:
                 p.finished = p.finished or "budget"
             return report
@@ -201,13 +204,15 @@ class Tuner:
         # Only now start the measuring and building processes: a spent budget needs neither.
         self._runner, device = make_runner(self.target, opts)
         workers = opts.workers or os.cpu_count() or 1
-        self._builder = PersistentBuilder(max_workers=workers)
-        self._builder.start()
-        cost_model = ms.cost_model.XGBModel(num_tuning_cores=workers, adaptive_training=True)
-        warm = self._warm_start(cost_model)
-        if warm:
-            log.info("warm start: cost model trained on %d records already measured for %s",
-                     warm, report.target_key)
+        self._builder = cost_model = None  # --trials 0 measures tactics only: no TIR builds
+        if opts.trials:
+            self._builder = PersistentBuilder(max_workers=workers)
+            self._builder.start()
+            cost_model = ms.cost_model.XGBModel(num_tuning_cores=workers, adaptive_training=True)
+            warm = self._warm_start(cost_model)
+            if warm:
+                log.info("warm start: cost model trained on %d records already measured for %s",
+                         warm, report.target_key)
         report.run_uid = self.store.begin_run(model_sha256=self.model_sha256, command=self.command,
                                               target_key=report.target_key)
         self.store.set_run_tasks(report.run_uid, [p.task for p in report.tasks])
@@ -220,7 +225,7 @@ class Tuner:
             with stop, ThreadPoolExecutor(max_workers=1) as measurer:
                 if tactics_pending:
                     self._measure_tactics(report, device, stop)
-                baselines = self._baseline_round(report)
+                baselines = self._baseline_round(report) if opts.trials else None
                 if baselines is not None and not stop.requested:
                     self._measure(baselines)
                     self._finish(report, (baselines, None), database, cost_model, start)
@@ -261,7 +266,8 @@ class Tuner:
             report.interrupted = stop.requested
             report.stop_signal = stop.signal_name
             report.elapsed_s = time.perf_counter() - start
-            self._builder.shutdown()
+            if self._builder is not None:
+                self._builder.shutdown()
             self.store.end_run(report.run_uid, report.trials_this_run)
             for ctx in contexts.values():
                 if ctx is not None:
@@ -303,6 +309,8 @@ class Tuner:
         opts = self.options
         if interrupted:
             return "interrupted after the current batch"
+        if not opts.trials:
+            return "--trials 0: kernel-library tactics only"
         if report.trials_total >= opts.trials:
             return f"trial budget reached ({opts.trials})"
         if opts.time_budget_s is not None:
