@@ -139,8 +139,10 @@ PY
     m=${3:?usage: gpu_session.sh compare OUT MODEL [all|tvm ...]}
     shift 3
     batch=1 modes=(reduce-overhead) iterations=100
-    case "$m" in *_b*) batch=${m##*_b} modes+=(max-autotune-no-cudagraphs) iterations=30 ;; esac
-    python3 benchmarks/compare.py "$work/$m.onnx" --torch "$peer:${m%_b*}" --batch "$batch" \
+    case "$m" in *_b[0-9]*) batch=${m##*_b} modes+=(max-autotune-no-cudagraphs) iterations=30 ;; esac
+    # max-autotune spends over 6 minutes on ResNet-50 at batch 64: TORCH_MODES chooses others
+    [ -z "${TORCH_MODES:-}" ] || read -ra modes <<< "$TORCH_MODES"
+    python3 benchmarks/compare.py "$work/$m.onnx" --torch "$peer:${m%_b[0-9]*}" --batch "$batch" \
       --device cuda --precision fp16 $(layout_of $m) --kernels "${@:-all}" \
       --iterations $iterations --db "$db" --torch-compile-modes "${modes[@]}" \
       -o "$out/compare_$m.json" > "$out/compare_$m.txt" 2>&1

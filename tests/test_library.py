@@ -86,6 +86,10 @@ def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel
     exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True,
                               text=True, check=True).stdout
     assert all(k["symbol"] in exported for k in kernels.values())
+    # The CUDA runtime is inside: a C++ program without it (the deploy example) can load the .so.
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True,
+                               text=True, check=True).stdout
+    assert "cuda" not in undefined.lower(), undefined
     assert len(list((kernel_cache / "kernels").glob("*.o"))) == 2
 
     shown = invoke("inspect", lib)

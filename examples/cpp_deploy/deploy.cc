@@ -84,6 +84,18 @@ DLDevice DeviceOf(const json::Object& manifest) {
   return kHost;
 }
 
+// The wheel keeps each GPU runtime in a plugin of its own (libtvm_runtime_cuda.so links the CUDA
+// driver, absent from CPU-only machines): load it, found through this program's rpath, for GPU
+// artifacts only.
+void LoadDeviceRuntime(DLDevice device) {
+  if (device.device_type == kDLCPU) return;
+  std::string plugin = device.device_type == kDLCUDA ? "libtvm_runtime_cuda.so" : "libtvm_runtime_rocm.so";
+  if (dlopen(plugin.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    throw std::runtime_error("this artifact needs " + plugin + " from the apache-tvm wheel: " +
+                             std::string(dlerror()));
+  }
+}
+
 Tensor HostTensor(const std::vector<int64_t>& shape, DLDataType dtype) {
   return Tensor::FromNDAlloc(AlignedCPUAlloc(), ffi::Shape(shape), dtype, kHost);
 }
@@ -165,6 +177,7 @@ int Run(int argc, char** argv) {
   }
   json::Object manifest = ReadManifest(library);
   DLDevice device = DeviceOf(manifest);
+  LoadDeviceRuntime(device);
   std::vector<TensorSpec> inputs = Specs(manifest, "inputs"), outputs = Specs(manifest, "outputs");
 
   ffi::Module executable = ffi::Module::LoadFromFile(library);
@@ -196,7 +209,7 @@ int Run(int argc, char** argv) {
     for (int i = 0; i < repeat; ++i) {
       auto start = std::chrono::steady_clock::now();
       main_fn.CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
-      if (device.device_type != kDLCPU) sync(device, nullptr);  // the GPU's work, not its launch
+      if (device.device_type != kDLCPU) sync(device, int64_t{0});  // the GPU's work, not its launch
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
     std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
