@@ -187,9 +187,10 @@ def non_max_suppression(path: Path) -> Path:
     return _save(graph, path)
 
 
-def shared_anchor(path: Path, channels: int = 8, size: int = 8) -> Path:
+def shared_anchor(path: Path, channels: int = 8, size: int = 8, width: int | None = None) -> Path:
     """Two 3x3 convs of one shape with different epilogues (relu; residual add then relu): two
-    kernels with one anchor block, which tuning searches once."""
+    kernels with one anchor block, which tuning searches once. `width` (default `size`) 1 leaves
+    the CPU default schedule nothing to vectorise: a baseline any search beats."""
     rng = np.random.default_rng(7)
     c = channels
     nodes = [
@@ -201,8 +202,8 @@ def shared_anchor(path: Path, channels: int = 8, size: int = 8) -> Path:
     ]
     graph = helper.make_graph(
         nodes, "shared_anchor",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, width or size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, width or size])],
         [_const(rng, "w1", (c, c, 3, 3), 0.2), _const(rng, "b1", (c,)),
          _const(rng, "w2", (c, c, 3, 3), 0.2), _const(rng, "b2", (c,))])
     return _save(graph, path)

@@ -32,6 +32,23 @@ def record(mod, run_secs, target: dict, split: int = 4):
         ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
 
 
+def commit_schedule(store, task, target, sec: float, *, tuned: bool) -> None:
+    """A record of `task` measured at `sec` on `target`: its baseline schedule (what the build
+    gives it untuned), or (tuned) another schedule, the baseline with an annotation."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmopt.database.metaschedule import TargetDatabase
+    from tvmopt.kernels.defaults import baseline
+
+    sch, _ = baseline(task.mod, target)
+    if tuned:
+        sch.annotate(sch.get_output_blocks(sch.get_sblock("root"))[0], "tuned_variant", 1)
+    TargetDatabase(store, target).commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, ms.database.Workload(task.mod), [tvm.runtime.convert(sec)], target,
+        ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])))
+
+
 def write_records(db_path: str, count: int, seed: int) -> None:
     """Commit `count` records one transaction each, printing the running total after each commit."""
     import random

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 import models
+import records
 from tvmopt import build, prepare, targets
 from tvmopt.kernels import library
 from tvmopt.kernels.library import nvcc
@@ -165,21 +166,7 @@ def _gemm_layer(tmp_path):
 
 
 def _commit_tir(store, task, sec: float, *, tuned: bool) -> None:
-    """A TIR record of the task on the Hopper target: its baseline schedule, or (tuned) any
-    other schedule."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
-    from tvmopt.database.metaschedule import TargetDatabase
-    from tvmopt.kernels.defaults import baseline
-
-    target = targets.resolve(HOPPER).tvm_target()
-    sch, _ = baseline(task.mod, target)
-    if tuned:
-        sch.annotate(sch.get_output_blocks(sch.get_sblock("root"))[0], "tuned_variant", 1)
-    TargetDatabase(store, target).commit_tuning_record(ms.database.TuningRecord(
-        sch.trace, ms.database.Workload(task.mod), [tvm.runtime.convert(sec)], target,
-        ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])))
+    records.commit_schedule(store, task, targets.resolve(HOPPER).tvm_target(), sec, tuned=tuned)
 
 
 MEASURED = "128x64x64_c1x1_cooperative_persistent"

@@ -1,14 +1,15 @@
-"""Provider 3: default schedules for kernels nobody tuned, on GPUs: tensor-core GEMMs tiled to
-fill the GPU (`tensorcore_gemm`), then DLight's rules for everything else.
-
-CPUs get none yet (DLight's CPU rules cover only GEMV and reductions); their kernels stay
-unscheduled. The tuner measures these same schedules first, as each task's baseline record.
+"""Provider 3: default schedules for kernels nobody tuned. GPUs: tensor-core GEMMs tiled to fill
+the GPU (`tensorcore_gemm`), then DLight's rules for everything else. CPUs: convolutions and
+matmuls get a parallel, vectorised register tile (`cpu_gemm`); other CPU kernels stay unscheduled
+(DLight's CPU rules cover only GEMV and reductions). The tuner measures these same schedules
+first, as each task's baseline record.
 """
 
 from __future__ import annotations
 
 import re
 
+from . import cpu_gemm
 from .tensorcore_gemm import TensorCoreGemm
 
 
@@ -25,13 +26,13 @@ class DefaultSchedules:
 
 
 def default_schedule(func, target):
-    """The traced Schedule the default rules give `func` on a GPU target; None on CPUs or when
-    no rule applies (the kernel then stays unscheduled)."""
+    """The traced Schedule the default rules give `func`; None when no rule applies (the kernel
+    then stays unscheduled)."""
     from tvm import relax, s_tir
     from tvm.s_tir import dlight as dl
 
     if not relax.pipeline.BackendDispatcher.is_gpu_target(target):
-        return None
+        return cpu_gemm.schedule(func, target)
     rules = (TensorCoreGemm(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
              dl.gpu.GeneralReduction(), dl.gpu.Fallback())
     chosen = rule_target(target)
