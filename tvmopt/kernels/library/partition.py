@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
-from .sources import CONV_PARAMS, ConvSpec, Epilogue, GemmSpec
+from .sources import CONV_PARAMS, Epilogue, InstanceSpec
 from .tactics import Tactic, catalogue, default_tactic
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,9 @@ class Layer:
     def default_tactic(self) -> Tactic:
         return default_tactic(self.m, self.n, self.k, self.op)
 
-    def instance(self, tactic: Tactic, arch: str) -> GemmSpec | ConvSpec:
+    def instance(self, tactic: Tactic, arch: str) -> InstanceSpec:
         """The kernel instance that runs this layer with `tactic`."""
-        if self.conv:
-            return ConvSpec(self.epilogue, tactic, arch)
-        return GemmSpec(self.b_layout, self.epilogue, tactic, arch)
+        return InstanceSpec(self.op, self.b_layout, self.epilogue, tactic, arch)
 
     @property
     def params(self) -> tuple[int, ...]:

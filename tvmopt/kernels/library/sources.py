@@ -1,12 +1,13 @@
 """C++ for one CUTLASS 3.x Hopper kernel instance, exported as a TVM FFI function.
 
 Each instance computes D = act(X + bias + residual) (each term per the epilogue), fp16 in and out
-with fp32 accumulation, in destination-passing style on the stream TVM gives it:
-- `GemmSpec.source()`: X = A @ B as `symbol(a, b, [bias], [residual], workspace, out)`. A is
-  [..., M, K] row-major; B is [K, N] ("row", an ONNX MatMul weight) or [N, K] ("col", a Gemm
+with fp32 accumulation, in destination-passing style on the stream TVM gives it
+(`InstanceSpec.source()`):
+- a GEMM: X = A @ B as `symbol(a, b, [bias], [residual], workspace, out)`. A is [..., M, K]
+  row-major; B is [K, N] ("row", an ONNX MatMul weight) or [N, K] ("col", a Gemm
   transB weight or an OHWI 1x1 conv filter); a B of rank > 2 makes a batched GEMM over its
   leading dimensions.
-- `ConvSpec.source()`: X = conv2d(A, B), NHWC activations and an OHWI filter, as an implicit GEMM
+- a convolution: X = conv2d(A, B), NHWC activations and an OHWI filter, as an implicit GEMM
   (TMA im2col loads: no unfolded copy of the input), as `symbol(a, b, [bias], [residual],
   pad_top, pad_left, pad_bottom, pad_right, stride_h, stride_w, dilation_h, dilation_w,
   workspace, out)`.
@@ -45,32 +46,22 @@ class Epilogue:
 
 
 @dataclass(frozen=True)
-class GemmSpec:
-    b_layout: str  # "row": B is [K, N]; "col": B is [N, K]
+class InstanceSpec:
+    """One kernel instance: the operation ("gemm" or "conv2d"), B's layout for a GEMM ("row": B is
+    [K, N]; "col": B is [N, K]; a conv's filter is always OHWI), the epilogue and the tactic."""
+    op: str
+    b_layout: str
     epilogue: Epilogue
     tactic: Tactic
     arch: str = "sm_90a"
 
     @property
     def symbol(self) -> str:
-        return f"tvmopt_cutlass_gemm_{self.b_layout}_{self.epilogue.name}_{self.tactic.name}"
+        layout = f"{self.b_layout}_" if self.op == "gemm" else ""
+        return f"tvmopt_cutlass_{self.op}_{layout}{self.epilogue.name}_{self.tactic.name}"
 
     def source(self) -> str:
-        return _gemm_source(self)
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    epilogue: Epilogue
-    tactic: Tactic
-    arch: str = "sm_90a"
-
-    @property
-    def symbol(self) -> str:
-        return f"tvmopt_cutlass_conv2d_{self.epilogue.name}_{self.tactic.name}"
-
-    def source(self) -> str:
-        return _conv_source(self)
+        return _gemm_source(self) if self.op == "gemm" else _conv_source(self)
 
 
 _HEADERS = """\
@@ -105,6 +96,16 @@ def _fusion(e: Epilogue) -> str:
             if e.bias else f"cutlass::epilogue::fusion::LinCombEltAct<{act}, half_t, float>")
 
 
+def _collective_epilogue(e: Epilogue, layout: str, schedule: str) -> str:
+    """The epilogue's CUTLASS types: D (and the residual C) in `layout`, fp16, 16-byte aligned."""
+    return f"""using FusionOp = {_fusion(e)};
+using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+    half_t, {layout}, 8, half_t, {layout}, 8,
+    cutlass::epilogue::{schedule}, FusionOp>::CollectiveOp;"""
+
+
 def _tensor_params(e: Epilogue) -> list[str]:
     return (["tvm::ffi::TensorView a", "tvm::ffi::TensorView b"]
             + (["tvm::ffi::TensorView bias"] if e.bias else [])
@@ -131,7 +132,7 @@ def _launch(kernel: str, symbol: str, what: str) -> str:
       << "{symbol}: launch failed";"""
 
 
-def _gemm_source(spec: GemmSpec) -> str:
+def _gemm_source(spec: InstanceSpec) -> str:
     t, e = spec.tactic, spec.epilogue
     mainloop_schedule, epilogue_schedule = _SCHEDULES[t.schedule]
     layout_b = "RowMajor" if spec.b_layout == "row" else "ColumnMajor"
@@ -151,12 +152,7 @@ using LayoutB = cutlass::layout::{layout_b};
 using LayoutC = cutlass::layout::RowMajor;
 using TileShape = Shape<_{t.tile_m}, _{t.tile_n}, _{t.tile_k}>;
 using ClusterShape = Shape<_{t.cluster_m}, _{t.cluster_n}, _1>;
-using FusionOp = {_fusion(e)};
-using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-    half_t, LayoutC, 8, half_t, LayoutC, 8,
-    cutlass::epilogue::{epilogue_schedule}, FusionOp>::CollectiveOp;
+{_collective_epilogue(e, "LayoutC", epilogue_schedule)}
 using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, half_t, LayoutA, 8, half_t, LayoutB, 8,
     float, TileShape, ClusterShape,
@@ -188,7 +184,7 @@ TVM_FFI_DLL_EXPORT_TYPED_FUNC({spec.symbol}, Run);
 """
 
 
-def _conv_source(spec: ConvSpec) -> str:
+def _conv_source(spec: InstanceSpec) -> str:
     t, e = spec.tactic, spec.epilogue
     params = [*_tensor_params(e), *(f"int64_t {p}" for p in CONV_PARAMS),
               "tvm::ffi::TensorView workspace", "tvm::ffi::TensorView out"]
@@ -200,12 +196,7 @@ using cutlass::half_t;
 using Layout = cutlass::layout::TensorNHWC;  // activations NHWC, the filter KRSC (OHWI)
 using TileShape = Shape<_{t.tile_m}, _{t.tile_n}, Shape<_{t.tile_k}>>;
 using ClusterShape = Shape<_{t.cluster_m}, _{t.cluster_n}, _1>;
-using FusionOp = {_fusion(e)};
-using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-    half_t, Layout, 8, half_t, Layout, 8,
-    cutlass::epilogue::TmaWarpSpecialized, FusionOp>::CollectiveOp;
+{_collective_epilogue(e, "Layout", "TmaWarpSpecialized")}
 using CollectiveMainloop = typename cutlass::conv::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
     half_t, Layout, 8, half_t, Layout, 8, float, TileShape, ClusterShape,
