@@ -2,9 +2,9 @@
 
 Every catalogue tactic not yet measured for a layer on this target is compiled (once, into the
 kernel cache), linked with a CUDA-graph timer into one shared library, and run on the device,
-locally or on an RPC server, with the layer's own GEMM size or convolution. Each result is checked against a
-NumPy reference before its time is stored: a tactic that cannot run the shape or computes it
-wrongly is stored as a failure. The build then takes, per layer, the fastest of the measured
+locally or on an RPC server, with the layer's own GEMM size or convolution. Each result is
+checked against a NumPy reference before its time is stored: a tactic that cannot run the shape
+or computes it wrongly is stored as a failure. The build then takes, per layer, the fastest of the measured
 tactics and the TIR records (`kernels.library`). TIR records are timed by TVM's time evaluator,
 whose per-call launch cost shows on kernels of a few microseconds; a CUDA-graph artifact (the
 default) pays none, as the tactics' timing does.
@@ -171,7 +171,7 @@ def _inputs(layer: Layer, rng) -> dict[str, np.ndarray]:
     lead = (layer.batch,) if layer.batch > 1 else ()
     if (g := layer.conv) is not None:
         a_shape, b_shape = (g.n, g.h, g.w, g.c), (layer.n, g.r, g.s, g.c)
-        out_shape = (*_conv_out(g), layer.n)
+        out_shape = (*g.output, layer.n)
     else:
         a_shape, out_shape = (*lead, layer.m, layer.k), (*lead, layer.m, layer.n)
         b_shape = (*lead, layer.k, layer.n) if layer.b_layout == "row" else (layer.n, layer.k)
@@ -188,17 +188,9 @@ def _inputs(layer: Layer, rng) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _conv_out(g) -> tuple[int, int, int]:
-    """(N, P, Q) of a convolution's output."""
-    top, left, bottom, right = g.padding
-    p = (g.h + top + bottom - (g.r - 1) * g.dilation[0] - 1) // g.stride[0] + 1
-    q = (g.w + left + right - (g.s - 1) * g.dilation[1] - 1) // g.stride[1] + 1
-    return g.n, p, q
-
-
 def _conv(g, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """NHWC x OHWI in fp32, one filter tap at a time (no im2col copy of a batch-64 input)."""
-    n, p, q = _conv_out(g)
+    n, p, q = g.output
     top, left, bottom, right = g.padding
     padded = np.pad(a, ((0, 0), (top, bottom), (left, right), (0, 0)))
     out = np.zeros((n, p, q, b.shape[0]), np.float32)

@@ -48,6 +48,14 @@ class ConvGeometry:
         assert len(values) == len(CONV_PARAMS)
         return values
 
+    @property
+    def output(self) -> tuple[int, int, int]:
+        """(N, P, Q): the output's batch and spatial size."""
+        top, left, bottom, right = self.padding
+        p = (self.h + top + bottom - (self.r - 1) * self.dilation[0] - 1) // self.stride[0] + 1
+        q = (self.w + left + right - (self.s - 1) * self.dilation[1] - 1) // self.stride[1] + 1
+        return self.n, p, q
+
     def im2col_loadable(self) -> bool:
         """Whether TMA's im2col mode can walk these windows (CUTLASS's can_implement rule)."""
         top, left, bottom, right = self.padding
