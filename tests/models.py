@@ -272,3 +272,52 @@ def library_layers(path: Path, *, epilogues: str = "all", hidden: int = 64, seq:
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_shapes[o]) for o in outputs],
         inits)
     return _save(graph, path)
+
+
+def attention_block(path: Path, *, batch: int = 2, seq: int = 32, heads: int = 2,
+                    head_dim: int = 64) -> Path:
+    """One BERT encoder attention block as transformers exports it in eager mode: Q, K, V
+    projections split into heads (Reshape + Transpose, K transposed for Q @ K^T), scores scaled
+    by 1/sqrt(head_dim), an additive padding mask from an int64 attention_mask (the last quarter
+    of each sequence padded in the inputs tests give), Softmax, P @ V, heads merged, then the
+    output projection, the residual add and LayerNorm."""
+    rng = np.random.default_rng(5)
+    h = heads * head_dim
+    inits = [_const(rng, name, (h, h), 0.1) for name in ("wq", "wk", "wv", "wo")]
+    inits += [_const(rng, name, (h,)) for name in ("bq", "bk", "bv", "bo", "gamma", "beta")]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in (
+        ("heads_shape", [batch, seq, heads, head_dim]), ("merged_shape", [batch, seq, h]),
+        ("mask_shape", [batch, 1, 1, seq]))]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in (
+        ("scale", np.sqrt(head_dim)), ("one", 1.0), ("most_negative", -3.4028234663852886e38))]
+    nodes = []
+    for p in "qkv":
+        nodes += [helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}_mm"]),
+                  helper.make_node("Add", [f"{p}_mm", f"b{p}"], [f"{p}_proj"]),
+                  helper.make_node("Reshape", [f"{p}_proj", "heads_shape"], [f"{p}_heads"]),
+                  helper.make_node("Transpose", [f"{p}_heads"], [f"{p}_t"],
+                                   perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3])]
+    nodes += [
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["mask_f", "mask_shape"], ["mask_4d"]),
+        helper.make_node("Sub", ["one", "mask_4d"], ["inverted"]),
+        helper.make_node("Mul", ["inverted", "most_negative"], ["additive_mask"]),
+        helper.make_node("MatMul", ["q_t", "k_t"], ["scores"]),
+        helper.make_node("Div", ["scores", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "additive_mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v_t"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", "merged_shape"], ["merged"]),
+        helper.make_node("MatMul", ["merged", "wo"], ["o_mm"]),
+        helper.make_node("Add", ["o_mm", "bo"], ["o_proj"]),
+        helper.make_node("Add", ["o_proj", "x"], ["residual"]),
+        helper.make_node("LayerNormalization", ["residual", "gamma", "beta"], ["y"], axis=-1,
+                         epsilon=1e-12),
+    ]
+    graph = helper.make_graph(
+        nodes, "attention_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, h]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, seq])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, h])], inits)
+    return _save(graph, path)

@@ -111,3 +111,45 @@ def test_integer_powers_become_products(tmp_path, host_target):
     inputs = {"x": np.linspace(-3, 3, 32, dtype=np.float32).reshape(4, 8)}
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
     assert len(mismatches) == 4 and all(m.max_rel <= 1e-5 for m in mismatches), mismatches
+
+
+def _dtypes(mod, op: str) -> list[str]:
+    """The result dtype of each call of `op` in main."""
+    import tvm
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(str(e.ty.dtype)) if (
+        isinstance(e, relax.Call) and e.op == tvm.ir.Op.get(op)) else None)
+    return found
+
+
+def test_fp16_activations_keep_the_residual_stream_and_layer_norm_fp16(tmp_path, host_target):
+    """Mixed precision alone widens the residual add and layer norm to fp32 (the model input is
+    fp32), with casts around every matmul; narrowed, they run in fp16 as PyTorch's .half() runs
+    them, the softmax's input stays fp32, and the result still matches ONNX Runtime."""
+    import numpy as np
+
+    import models
+    from tvmopt import build, load, runtime
+    from tvmopt.prepare import ModelOptions
+
+    path = models.attention_block(tmp_path / "attention.onnx")
+    mixed = _run(_relax(path), host_target, "mixed-precision-fp16", precision="fp16")
+    narrowed = _run(_relax(path), host_target, "mixed-precision-fp16", "fp16-activations",
+                    precision="fp16")
+    assert _dtypes(mixed, "relax.nn.layer_norm") == ["float32"]
+    assert _dtypes(narrowed, "relax.nn.layer_norm") == ["float16"]
+    assert _dtypes(mixed, "relax.add").count("float32") == 2  # the mask and the residual
+    assert _dtypes(narrowed, "relax.add").count("float32") == 1  # the mask, into the softmax
+    assert _dtypes(narrowed, "relax.astype").count("float16") < _dtypes(
+        mixed, "relax.astype").count("float16")
+
+    lib = build.build(path, targets.resolve("host"), tmp_path / "a.so",
+                      options=ModelOptions(precision="fp16")).path
+    rng = np.random.default_rng(3)
+    mask = np.ones((2, 32), np.int64)
+    mask[:, 24:] = 0
+    inputs = {"x": rng.standard_normal((2, 32, 128)).astype(np.float32), "attention_mask": mask}
+    (mismatch,) = runtime.compare(load(lib)(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-2, mismatch

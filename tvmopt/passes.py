@@ -81,6 +81,16 @@ PIPELINE: tuple[GraphPass, ...] = (
         skipped_on_failure="the model stays fp32",
     ),
     GraphPass(
+        "fp16-activations",
+        "keep activations fp16 between layers, as PyTorch's .half() does: elementwise ops, data "
+        "movement and layer norm (fp32 statistics) whose inputs are fp16 stay fp16 instead of "
+        "widening the residual stream to fp32; reductions and softmax stay fp32",
+        lambda relax, target: [_fp16_activations(), relax.transform.CanonicalizeBindings(),
+                               relax.transform.EliminateCommonSubexpr(),
+                               relax.transform.DeadCodeElimination()],
+        lambda opts: opts.precision == "fp16",
+    ),
+    GraphPass(
         "partition-kernel-library",
         "give fp16 matmuls and NHWC convs (with bias, activation or residual epilogues) kernels "
         "of their own that the CUTLASS library can run on Hopper (--kernels all)",
@@ -145,6 +155,85 @@ def _clamp_to_fp16_range():
         return mod
 
     return clamp
+
+
+# Ops as exact or as safe in fp16 as PyTorch's .half() runs them: TVM's layer norm computes its
+# statistics in fp32 for fp16 data. Reductions, softmax, exp and power are not here: they stay fp32.
+FP16_SAFE_OPS = frozenset(f"relax.{name}" for name in (
+    "add", "subtract", "multiply", "divide", "negative", "maximum", "minimum", "where",
+    "reshape", "permute_dims", "expand_dims", "squeeze", "strided_slice", "take", "broadcast_to",
+    "erf", "tanh", "sigmoid", "nn.relu", "nn.gelu", "nn.silu", "nn.layer_norm"))
+
+
+def _fp16_activations():
+    """A module pass: after mixed precision, an fp32 result of an FP16_SAFE_OPS op whose float
+    inputs are all fp16 (or constants, model inputs, or fp32 casts of fp16 values) is computed in
+    fp16 and widened only where an fp32 consumer needs it; a cast of it back to fp16 becomes the
+    fp16 value. Other fp32 values (a reduction's result) keep their op in fp32."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    astype = tvm.ir.Op.get("relax.astype")
+    safe = {tvm.ir.Op.get(name) for name in FP16_SAFE_OPS}
+
+    def dtype_of(expr):
+        return getattr(expr.ty, "dtype", None) if isinstance(expr.ty, relax.TensorType) else None
+
+    @relax.expr_functor.mutator
+    class Narrow(relax.PyExprMutator):
+        def half(self, expr):
+            """expr as an fp16 value, None when it is an fp32 value not available in fp16;
+            non-float arguments (indices, shapes, masks) are returned as they are."""
+            dtype = dtype_of(expr)
+            if dtype != "float32":
+                return expr
+            if isinstance(expr, tvm.ir.expr.Constant):
+                values = expr.value.numpy()
+                if (np.abs(values[np.isfinite(values)]) > FP16_MAX).any():
+                    return None
+                return relax.const(values.astype(np.float16), "float16")
+            if not isinstance(expr, relax.Var):
+                return None
+            if expr in self.params:  # a model input: cast once, as the first layer would
+                if expr not in self.cast_params:
+                    self.cast_params[expr] = self.builder_.emit(relax.op.astype(expr, "float16"))
+                return self.cast_params[expr]
+            bound = self.lookup_binding(expr)
+            if (isinstance(bound, relax.Call) and bound.op == astype
+                    and dtype_of(bound.args[0]) == "float16"):
+                return bound.args[0]
+            return None
+
+        def visit_function_(self, func):
+            self.params, self.cast_params = set(func.params), {}
+            return super().visit_function_(func)
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op == astype and str(call.attrs.dtype) == "float16":
+                narrow = self.half(call.args[0])
+                return call if narrow is None else narrow
+            if call.op not in safe or dtype_of(call) != "float32":
+                return call
+            # variables first: a constant is only converted when the op can narrow
+            if any(self.half(a) is None for a in call.args
+                   if not isinstance(a, tvm.ir.expr.Constant)):
+                return call
+            args = [self.half(a) for a in call.args]
+            if any(a is None for a in args):
+                return call
+            narrow = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+            return relax.op.astype(narrow, "float32")
+
+    @tvm.transform.module_pass(opt_level=0, name="Fp16Activations")
+    def narrow(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = Narrow(mod).visit_expr(func)
+        return mod
+
+    return narrow
 
 
 def _integer_powers():
