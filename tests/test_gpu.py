@@ -12,7 +12,9 @@ from conftest import assert_one_line_error
 import tvmopt
 from tvmopt import build, runtime, targets
 from tvmopt import manifest as artifact_manifest
+from tvmopt.kernels import library
 from tvmopt.kernels.library import Layer
+from tvmopt.kernels.library.attention import ATTENTION_CATALOGUE
 from tvmopt.kernels.library.tactics import CATALOGUE, CONV_CATALOGUE, Tactic
 from tvmopt.prepare import ModelOptions
 
@@ -122,6 +124,38 @@ def test_every_catalogue_tactic_computes_the_same(tmp_path, monkeypatch, tactic)
     inputs = runtime.random_inputs(model.inputs, seed=4)
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
     assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
+
+
+def _attention_matches_onnxruntime(tmp_path, seq: int) -> dict:
+    """Build the BERT attention block (fp16, sequence `seq`, the last quarter padded), compare it
+    with ONNX Runtime; the manifest's library kernels."""
+    path = models.attention_block(tmp_path / "a.onnx", seq=seq)
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "a.so",
+                         options=ModelOptions(precision="fp16"))
+    mask = np.ones((2, seq), np.int64)
+    mask[:, seq - seq // 4:] = 0
+    inputs = {"x": np.random.default_rng(2).standard_normal((2, seq, 128)).astype(np.float32),
+              "attention_mask": mask}
+    (mismatch,) = runtime.compare(tvmopt.load(result.path)(inputs),
+                                  runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-2, mismatch
+    return result.manifest["library_kernels"]
+
+
+@pytest.mark.parametrize("tactic", [t.name for t in ATTENTION_CATALOGUE])
+def test_every_attention_tactic_matches_onnxruntime(tmp_path, monkeypatch, tactic):
+    """The fused attention at `tactic`, on a sequence of 72: partial query and key blocks."""
+    default = Layer.default_tactic
+    monkeypatch.setattr(Layer, "default_tactic", lambda layer: Tactic.parse(tactic)
+                        if layer.op == "attention" else default(layer))
+    kernels = _attention_matches_onnxruntime(tmp_path, seq=72)
+    assert [k["tactic"] for k in kernels.values() if "attention" in k["symbol"]] == [tactic]
+
+
+def test_the_attention_layers_tvm_kernel_matches_onnxruntime(tmp_path, monkeypatch):
+    """What runs where a TIR record beats the library: the attention layer's own TVM kernel."""
+    monkeypatch.setattr(library, "_choose", lambda *args: None)
+    assert _attention_matches_onnxruntime(tmp_path, seq=32) == {}
 
 
 @pytest.mark.parametrize("through", ["this GPU", "RPC"])

@@ -269,3 +269,78 @@ def test_tactic_timer_links_and_finds_instances_by_name(tmp_path, kernel_cache, 
     with pytest.raises(Exception, match="tvmopt_cutlass_gemm_row_plain_nothing is not in"):
         lib[TIMER_SYMBOL]("tvmopt_cutlass_gemm_row_plain_nothing", 3,
                           tvm.runtime.tensor(np.zeros(4, np.float16)))
+
+
+def test_attention_is_offered_to_the_library_whole(tmp_path):
+    """A BERT attention block, fp16: Q, K and V projections and the output projection with its
+    residual become GEMM layers; everything from the head split to the head merge is one
+    attention layer that reads the projections as they are, with the exporter's scale (a
+    division by sqrt(head_dim)) and its [batch, 1, 1, seq] mask."""
+    layers = _layers(models.attention_block(tmp_path / "a.onnx"),
+                     options=ModelOptions(precision="fp16"))
+    (attention,) = [l for l in layers.values() if l.op == "attention"]
+    g = attention.attention
+    assert (g.batch, g.heads, g.seq_q, g.seq_k, g.head_dim) == (2, 2, 32, 32, 64)
+    assert g.scale == pytest.approx(0.125) and (g.mask_shape, g.mask_dtype) == ((2, 1, 1, 32),
+                                                                              "float32")
+    assert attention.params == (2, 2, 32, 0, 0, pytest.approx(0.125))  # mask strides b, h, q
+    assert sorted(attention.args) == ["k", "mask", "q", "v"]
+    assert library.Layer.from_json(attention.to_json()) == attention
+    # the three projections share one kernel
+    assert sorted(l.epilogue.name for l in layers.values() if l.op == "gemm") == [
+        "bias", "bias_residual"]
+
+
+def test_attention_tactics_are_checked_against_a_reference_that_matches_onnxruntime(tmp_path):
+    """`tune` judges each attention tactic by tuning.tactics' NumPy reference: it must be ONNX
+    Runtime's head split, scaled and masked softmax attention and head merge."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvmopt.kernels.library.attention import AttentionGeometry
+    from tvmopt.tuning import tactics
+
+    g = AttentionGeometry(2, 3, 16, 24, 32, 0.125, (2, 1, 16, 24), "float16")
+    split = numpy_helper.from_array(np.array([2, -1, 3, 32], np.int64), "split")
+    merged = numpy_helper.from_array(np.array([2, 16, 96], np.int64), "merged")
+    scale = numpy_helper.from_array(np.array(g.scale, np.float32), "scale")
+    nodes = [helper.make_node("Reshape", [r, "split"], [f"{r}4"]) for r in "qkv"]
+    nodes += [helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["qh", "kt"], ["s"]),
+              helper.make_node("Mul", ["s", "scale"], ["scaled"]),
+              helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+              helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["o"]),
+              helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ot", "merged"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "attention",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [2, 16, 96]),
+         *(helper.make_tensor_value_info(r, TensorProto.FLOAT, [2, 24, 96]) for r in "kv"),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, [2, 1, 16, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 96])],
+        [split, merged, scale])
+    path = models._save(graph, tmp_path / "attention.onnx")
+    layer = library.Layer("row", library.partition.Epilogue(), {}, 16, 32, 24, 6, attention=g)
+    arrays = tactics._inputs(layer, np.random.default_rng(0))
+    assert (arrays["mask"][..., -6:] < -6e4).all() and (arrays["mask"][..., :-6] == 0).all()
+    expected, = ort.InferenceSession(str(path)).run(
+        None, {r: a.astype(np.float32) for r, a in arrays.items()})
+    np.testing.assert_allclose(tactics._reference(layer, arrays), expected, rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_the_attention_instance_compiles_for_hopper(tmp_path, monkeypatch):
+    """Each tactic of the fused attention is one small nvcc compile (no CUTLASS templates): the
+    object exports the TVM FFI symbol the build calls."""
+    from tvmopt.kernels.library.attention import ATTENTION_CATALOGUE
+    from tvmopt.kernels.library.sources import InstanceSpec, Epilogue
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path))
+    spec = InstanceSpec("attention", "row", Epilogue(), ATTENTION_CATALOGUE[0], mask="f16mask")
+    (obj,) = nvcc.compile_all({spec.symbol: spec.source()}, "sm_90a").values()
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert f"__tvm_ffi_{spec.symbol}" in symbols

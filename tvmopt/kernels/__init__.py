@@ -98,7 +98,8 @@ def _call_externs(mod, externs: dict[str, ExternKernel]):
             args = call.args[1].fields
             workspace = self.builder_.emit(relax.op.builtin.alloc_tensor(
                 relax.ShapeExpr([extern.workspace]), "uint8", 0))
-            params = [relax.prim_value(tvm.tirx.IntImm("int64", v)) for v in extern.params]
+            params = [relax.prim_value(tvm.tirx.FloatImm("float64", v) if isinstance(v, float)
+                                       else tvm.tirx.IntImm("int64", v)) for v in extern.params]
             return relax.call_dps_packed(relax.ExternFunc(extern.symbol),
                                          [*(args[i] for i in extern.args), *params, workspace],
                                          call.ty_args[0])

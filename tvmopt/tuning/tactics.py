@@ -25,7 +25,7 @@ from ..database import target_identity
 from ..errors import TvmoptError, first_line
 from ..formatting import duration, seconds
 from ..kernels.library import KernelLibrary, nvcc
-from ..kernels.library.partition import Layer
+from ..kernels.library.partition import ROLES, Layer
 from ..kernels.library.sources import TIMER_SOURCE, TIMER_SYMBOL, workspace_bytes
 from ..kernels.library.tactics import Tactic
 from .options import TuneOptions
@@ -148,8 +148,7 @@ def _measure_layer(session: _Session, plan: LayerTactics, specs: dict) -> dict:
     for array in arrays.values():
         if id(array) not in on_device:
             on_device[id(array)] = session.tensor(array)
-    args = [on_device[id(arrays[role])] for role in ("a", "b", "bias", "residual")
-            if role in arrays]
+    args = [on_device[id(arrays[role])] for role in ROLES if role in arrays]
     workspace = session.tensor(np.zeros(max(workspace_bytes(t) for t in specs), np.uint8))
     out = session.tensor(np.zeros(reference.shape, np.float16))
     results = {}
@@ -168,6 +167,8 @@ def _measure_layer(session: _Session, plan: LayerTactics, specs: dict) -> dict:
 def _inputs(layer: Layer, rng) -> dict[str, np.ndarray]:
     """Random fp16 operands of the layer's shape; a residual that is the input (a 1x1 conv whose
     shortcut is its own input) is not made twice."""
+    if (att := layer.attention) is not None:
+        return _attention_inputs(att, rng)
     lead = (layer.batch,) if layer.batch > 1 else ()
     if (g := layer.conv) is not None:
         a_shape, b_shape = (g.n, g.h, g.w, g.c), (layer.n, g.r, g.s, g.c)
@@ -203,7 +204,37 @@ def _conv(g, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def _attention_inputs(g, rng) -> dict[str, np.ndarray]:
+    """q, k, v as the projections write them ([batch, seq, heads * head_dim]) and, for a masked
+    layer, an additive mask of the layer's shape that hides the last quarter of the keys."""
+    hidden = g.heads * g.head_dim
+    arrays = {"q": rng.standard_normal((g.batch, g.seq_q, hidden)).astype(np.float16),
+              "k": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16),
+              "v": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16)}
+    if g.mask_shape is not None:
+        mask = np.zeros(g.mask_shape, np.float32)
+        mask[..., g.seq_k - g.seq_k // 4:] = -65504.0
+        arrays["mask"] = mask.astype(g.mask_dtype)
+    return arrays
+
+
+def _attention(g, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """softmax(scale * Q K^T + mask) V per batch and head, in fp32, heads merged again."""
+    def heads(x):
+        return x.astype(np.float32).reshape(g.batch, -1, g.heads, g.head_dim).transpose(0, 2, 1, 3)
+
+    scores = heads(arrays["q"]) @ heads(arrays["k"]).transpose(0, 1, 3, 2) * g.scale
+    if "mask" in arrays:
+        mask = arrays["mask"].astype(np.float32)
+        scores = scores + mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = scores / scores.sum(axis=-1, keepdims=True)
+    return (probs @ heads(arrays["v"])).transpose(0, 2, 1, 3).reshape(arrays["q"].shape)
+
+
 def _reference(layer: Layer, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    if layer.attention is not None:
+        return _attention(layer.attention, arrays)
     a, b = arrays["a"].astype(np.float32), arrays["b"].astype(np.float32)
     if layer.conv is not None:
         out = _conv(layer.conv, a, b)

@@ -1,5 +1,6 @@
 """Provider 1: a kernel library (CUTLASS 3.x, Hopper) for the GEMMs and convolutions it covers,
-where it is the fastest measured choice.
+and a fused attention kernel of tvmopt's own (`attention.py`), where it is the fastest measured
+choice.
 
 The graph pass `partition-kernel-library` groups each layer the library can run into a kernel
 of its own and records it (`partition.py`); at build time this provider swaps such a kernel's
@@ -31,7 +32,7 @@ class ExternKernel:
     """A kernel replaced by a call into linked code: `symbol(*args, *params, workspace, out)`."""
     symbol: str
     args: tuple[int, ...]  # which of the kernel's arguments to pass, in the symbol's order
-    params: tuple[int, ...]  # int arguments after them (a convolution's geometry)
+    params: tuple[int | float, ...]  # scalars after them (a conv's or an attention's geometry)
     workspace: int  # bytes
     object_file: Path
     tactic: str
@@ -70,7 +71,7 @@ class KernelLibrary:
         arch = str(ctx.target.attrs["arch"])
         specs = {name: layer.instance(tactic, arch) for name, (layer, tactic, _) in chosen.items()}
         objects = compile_all({s.symbol: s.source() for s in set(specs.values())}, arch)
-        return {name: ExternKernel(spec.symbol, _arg_order(layer), layer.params,
+        return {name: ExternKernel(spec.symbol, layer.arg_order, layer.params,
                                    workspace_bytes(spec.tactic), objects[spec.symbol],
                                    spec.tactic.name, _describe(layer), measured)
                 for name, spec in specs.items()
@@ -97,15 +98,15 @@ def _choose(kernel, layer: Layer, ctx, tsha: str) -> tuple[Tactic, float | None]
 
 
 def _describe(layer: Layer) -> str:
+    if (a := layer.attention) is not None:
+        mask = f", {a.mask_kind[:3]} mask {'x'.join(map(str, a.mask_shape))}" if a.mask_shape else ""
+        return (f"attention {a.batch}x{a.heads} heads, {a.seq_q}x{a.seq_k} x {a.head_dim}, "
+                f"scale {a.scale:g}{mask}")
     gemm = f"{layer.m}x{layer.n}x{layer.k}" + (f"x{layer.batch}" if layer.batch > 1 else "")
     if (g := layer.conv) is None:
         return f"GEMM {gemm}"
     stride = "" if g.stride == (1, 1) else f" stride {g.stride[0]}x{g.stride[1]}"
     return f"conv2d {g.r}x{g.s}{stride} {g.n}x{g.h}x{g.w}x{g.c}->{layer.n} (GEMM {gemm})"
-
-
-def _arg_order(layer: Layer) -> tuple[int, ...]:
-    return tuple(layer.args[role] for role in ("a", "b", "bias", "residual") if role in layer.args)
 
 
 __all__ = ["ExternKernel", "KernelLibrary", "Layer", "graph_passes", "layers", "supports",

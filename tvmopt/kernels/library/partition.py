@@ -1,11 +1,12 @@
 """Which layers the kernel library can run: Relax patterns matched after mixed precision and
 before legalisation, so that each match becomes one fused kernel of its own.
 
-A match is an anchor in fp16 (a matmul; a 1x1 stride-1 NHWC conv, which is a GEMM; any other
-NHWC conv, as an implicit GEMM) followed by the epilogue the library fuses: bias, then an
-activation or a residual add (then ReLU). TVM still
-compiles each match as an ordinary kernel (tuning tasks are unchanged); the module attribute
-LAYERS_ATTR tells the build which kernels the library may replace and how to call it.
+A match is either an anchor in fp16 (a matmul; a 1x1 stride-1 NHWC conv, which is a GEMM; any
+other NHWC conv, as an implicit GEMM) followed by the epilogue the library fuses: bias, then an
+activation or a residual add (then ReLU); or a whole attention as exported op by op, from the
+head split of Q, K and V to the head merge (`attention.py`). TVM still compiles each match as an
+ordinary kernel (tuning tasks are unchanged); the module attribute LAYERS_ATTR tells the build
+which kernels the library may replace and how to call it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
+from .attention import (ATTENTION_CATALOGUE, HEAD_DIMS, AttentionGeometry,
+                        default_attention_tactic)
 from .sources import CONV_PARAMS, Epilogue, InstanceSpec
-from .tactics import Tactic, catalogue, default_tactic
+from .tactics import SMS, Tactic, catalogue, default_tactic
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,8 @@ GELU_CONSTANTS = {"gelu_sqrt2": 2 ** 0.5, "gelu_one": 1.0, "gelu_half": 0.5}
 ALIGNMENT = 8  # fp16 elements per 16-byte TMA access: K and N must be multiples of it
 # TMA im2col loads (2-D) hold the window's corners in signed 8 bits and filter offsets in 8 bits.
 IM2COL_CORNER = 128
+# Kernel arguments by role, in the order the instances take them.
+ROLES = ("a", "b", "bias", "residual", "q", "k", "v", "mask")
 
 
 @dataclass(frozen=True)
@@ -76,14 +81,19 @@ class Layer:
     k: int
     batch: int
     conv: ConvGeometry | None = None  # an implicit-GEMM convolution; None for a GEMM
+    attention: AttentionGeometry | None = None  # a fused attention (m, n, k: Sq, D, Sk)
 
     @property
     def op(self) -> str:
-        return "conv2d" if self.conv else "gemm"
+        return "attention" if self.attention else "conv2d" if self.conv else "gemm"
 
     @property
     def key(self) -> str:
         """What a tactic's time on this layer depends on: the tactic records' layer_key."""
+        if (g := self.attention) is not None:
+            mask = "x".join(map(str, g.mask_shape)) if g.mask_shape else "none"
+            return (f"attention_f16_{g.batch}x{g.heads}x{g.seq_q}x{g.seq_k}x{g.head_dim}"
+                    f"_mask_{g.mask_kind}_{mask}")
         if self.conv:
             g = self.conv
             return (f"conv2d_f16_{self.epilogue.name}_{g.n}x{g.h}x{g.w}x{g.c}_k{self.n}"
@@ -94,19 +104,28 @@ class Layer:
 
     @property
     def tactics(self) -> tuple[Tactic, ...]:
-        return catalogue(self.op)
+        return ATTENTION_CATALOGUE if self.attention else catalogue(self.op)
 
     def default_tactic(self) -> Tactic:
+        if self.attention:
+            return default_attention_tactic(self.attention, SMS)
         return default_tactic(self.m, self.n, self.k, self.op)
 
     def instance(self, tactic: Tactic, arch: str) -> InstanceSpec:
         """The kernel instance that runs this layer with `tactic`."""
-        return InstanceSpec(self.op, self.b_layout, self.epilogue, tactic, arch)
+        mask = self.attention.mask_kind if self.attention else "nomask"
+        return InstanceSpec(self.op, self.b_layout, self.epilogue, tactic, arch, mask)
 
     @property
-    def params(self) -> tuple[int, ...]:
-        """Int arguments the instance takes after the layer's tensors."""
-        return self.conv.params if self.conv else ()
+    def params(self) -> tuple[int | float, ...]:
+        """Scalar arguments the instance takes after the layer's tensors."""
+        geometry = self.attention or self.conv
+        return geometry.params if geometry else ()
+
+    @property
+    def arg_order(self) -> tuple[int, ...]:
+        """Which of the kernel's arguments the instance takes, in its order."""
+        return tuple(self.args[role] for role in ROLES if role in self.args)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -114,11 +133,12 @@ class Layer:
     @classmethod
     def from_json(cls, text: str) -> "Layer":
         d = json.loads(text)
-        conv = d.pop("conv", None)
-        if conv is not None:
-            conv = ConvGeometry(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in conv.items()})
-        return cls(**{**d, "epilogue": Epilogue(**d["epilogue"]), "conv": conv})
+        geometries = {}
+        for field, kind in (("conv", ConvGeometry), ("attention", AttentionGeometry)):
+            if (g := d.pop(field, None)) is not None:
+                geometries[field] = kind(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in g.items()})
+        return cls(**{**d, "epilogue": Epilogue(**d["epilogue"]), **geometries})
 
 
 def layers(mod) -> dict[str, Layer]:
@@ -138,9 +158,10 @@ def partition_pass():
         mod = relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                annotate_codegen=False)(mod)
         found = {}
+        call_args = _call_args(mod)
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function) and func.attrs and "Composite" in func.attrs:
-                found[gv.name_hint] = _describe(func).to_json()
+                found[gv.name_hint] = _describe(func, call_args.get(gv.name_hint, ())).to_json()
         if found:
             log.info("kernel library: %d layer(s) can run CUTLASS kernels", len(found))
             mod = mod.with_attr(LAYERS_ATTR, found)
@@ -187,7 +208,98 @@ def _patterns():
                                         "gelu": "gelu"}.get(tail, "none"))
         name = f"{anchor_op.split('.')[-1]}_{epilogue.name}" + ("_reshaped" if reshape else "")
         out.append((f"tvmopt_library.{name}", x, notes, _check))
-    return sorted(out, key=lambda p: -p[0].count("_"))  # more parts: a longer chain
+    # attention first: its two matmuls would otherwise match as GEMMs
+    return _attention_patterns() + sorted(out, key=lambda p: -p[0].count("_"))  # longest first
+
+
+def _attention_patterns():
+    """Attention as mixed precision leaves it: heads split (reshape, permute), scores = Q @ K^T
+    cast to fp16, scaled (multiply or divide by a constant), masked (an add, in fp16 or after
+    the cast to fp32 the softmax runs in), softmax, cast, @ V, cast, heads merged."""
+    from tvm.relax.dpl.pattern import is_op, wildcard
+
+    def heads(x):
+        return is_op("relax.permute_dims")(is_op("relax.reshape")(x, wildcard()))
+
+    out = []
+    for scale, mask in itertools.product(("multiply", "divide", None), ("fp16", "fp32", None)):
+        notes = {role: wildcard() for role in ("q", "k", "v")}
+        for role in ("q", "k", "v"):
+            notes[f"{role}_heads"] = heads(notes[role])
+        notes["scores"] = is_op("relax.matmul")(notes["q_heads"], notes["k_heads"])
+        x = is_op("relax.astype")(notes["scores"])
+        if scale:
+            notes["scale"] = wildcard()
+            x = is_op(f"relax.{scale}")(x, notes["scale"])
+        if mask:
+            notes["mask"] = wildcard()
+        x = _add(x, notes["mask"]) if mask == "fp16" else x
+        x = is_op("relax.astype")(x)
+        x = _add(x, notes["mask"]) if mask == "fp32" else x
+        notes["softmax"] = is_op("relax.nn.softmax")(x)
+        notes["context"] = is_op("relax.matmul")(is_op("relax.astype")(notes["softmax"]),
+                                                 notes["v_heads"])
+        notes["merged"] = is_op("relax.permute_dims")(is_op("relax.astype")(notes["context"]))
+        x = is_op("relax.reshape")(notes["merged"], wildcard())
+        name = f"attention_{scale or 'unscaled'}_{mask or 'unmasked'}"
+        out.append((f"tvmopt_library.{name}", x, notes, _check_attention))
+    return out
+
+
+def _check_attention(context) -> bool:
+    from tvm.relax.backend.utils import has_leaking_intermediate_variables
+
+    if has_leaking_intermediate_variables(context):
+        return False
+    try:
+        geometry = attention_geometry(context.annotated_expr, context.matched_bindings)
+    except ValueError:
+        return False
+    return geometry is not None and _dtype(context.matched_expr) == "float16"
+
+
+def attention_geometry(notes, bindings) -> AttentionGeometry | None:
+    """The geometry of a matched attention the kernel can run, else None (ValueError where a
+    shape is dynamic)."""
+    q_heads, k_heads, v_heads = (notes[f"{r}_heads"] for r in "qkv")
+    b, h, sq, d = _static_shape(q_heads)
+    sk = _static_shape(k_heads)[3]
+    axes = {r: [int(a) for a in notes[f"{r}_heads"].attrs.axes] for r in "qkv"}
+    split = [b, -1, h, d]  # each of q, k, v is [batch, seq, heads * head_dim] in memory
+    if (axes != {"q": [0, 2, 1, 3], "k": [0, 2, 3, 1], "v": [0, 2, 1, 3]}
+            or [int(a) for a in notes["merged"].attrs.axes] != [0, 2, 1, 3]
+            or int(notes["softmax"].attrs.axis) not in (-1, 3) or d not in HEAD_DIMS
+            or _static_shape(k_heads) != (b, h, d, sk) or _static_shape(v_heads) != (b, h, sk, d)
+            or any(_dtype(notes[r]) != "float16" for r in "qkv")):
+        return None
+    for r in "qkv":
+        in_memory = _static_shape(notes[f"{r}_heads"].args[0])
+        if [in_memory[0], -1, *in_memory[2:]] != split or _static_shape(notes[r])[-1] != h * d:
+            return None
+    scale = 1.0
+    if "scale" in notes:
+        c = _scalar(notes["scale"], bindings)
+        if not c:
+            return None
+        scale = c if _consumer(bindings, notes["scale"]) == "relax.multiply" else 1.0 / c
+    mask_shape = mask_dtype = None
+    if "mask" in notes:
+        mask_shape, mask_dtype = _static_shape(notes["mask"]), _dtype(notes["mask"])
+        full = (1,) * (4 - len(mask_shape)) + mask_shape
+        if (len(mask_shape) > 4 or full[3] != sk or mask_dtype not in ("float16", "float32")
+                or any(m not in (1, want) for m, want in zip(full, (b, h, sq, sk)))):
+            return None
+    return AttentionGeometry(b, h, sq, sk, d, scale, mask_shape, mask_dtype)
+
+
+def _consumer(bindings, expr) -> str:
+    """The op name of the matched call that takes `expr` as an argument."""
+    import tvm
+
+    for value in bindings.values():
+        if isinstance(value, tvm.relax.Call) and any(a.same_as(expr) for a in value.args):
+            return value.op.name
+    return ""
 
 
 def _add(x, y):
@@ -307,7 +419,22 @@ def _numel(shape) -> int:
     return n
 
 
-def _describe(func) -> Layer:
+def _call_args(mod) -> dict:
+    """{function name: the arguments main calls it with} (constants the match lifted into
+    parameters are among them)."""
+    from tvm import relax
+
+    found = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
+            found[expr.op.name_hint] = tuple(expr.args)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found
+
+
+def _describe(func, call_args) -> Layer:
     """The Layer of one matched function: which parameter plays which part, and the GEMM's size."""
     from tvm import relax
 
@@ -315,6 +442,8 @@ def _describe(func) -> Layer:
     params = {p: i for i, p in enumerate(func.params)}
     bindings = [b for block in func.body.blocks for b in block.bindings]
     calls = [b.value for b in bindings if isinstance(b.value, relax.Call)]
+    if name.startswith("attention"):
+        return _describe_attention(func, params, bindings, call_args)
     anchor = next(c for c in calls if c.op.name in ("relax.matmul", "relax.nn.conv2d"))
     args = {"a": params[anchor.args[0]], "b": params[anchor.args[1]]}
     adds = [c for c in calls if c.op.name == "relax.add"]
@@ -338,3 +467,38 @@ def _describe(func) -> Layer:
     k, n = b_shape[-2], b_shape[-1]
     batch = 1 if len(b_shape) == 2 else _numel(b_shape[:-2])
     return Layer("row", epilogue, args, m=_numel(a_shape) // (k * batch), n=n, k=k, batch=batch)
+
+
+def _describe_attention(func, params, bindings, call_args) -> Layer:
+    """The attention Layer of a matched function, its notes found again by position."""
+    from tvm import relax
+
+    values = {b.var: b.value for b in bindings}
+    # the constants the match lifted into parameters, as the call passes them
+    values.update((p, a) for p, a in zip(func.params, call_args)
+                  if not isinstance(a, relax.Var))
+
+    def producer(var):
+        return values.get(var, var)
+
+    scores, context = [v for v in values.values()
+                       if isinstance(v, relax.Call) and v.op.name == "relax.matmul"]
+    notes = {"q_heads": producer(scores.args[0]), "k_heads": producer(scores.args[1]),
+             "v_heads": producer(context.args[1])}
+    for role in "qkv":
+        notes[role] = producer(notes[f"{role}_heads"].args[0]).args[0]
+    for value in values.values():
+        if not isinstance(value, relax.Call):
+            continue
+        if value.op.name == "relax.nn.softmax":
+            notes["softmax"] = value
+        elif value.op.name in ("relax.multiply", "relax.divide"):
+            notes["scale"] = value.args[1]
+        elif value.op.name == "relax.add":
+            notes["mask"] = next(a for a in value.args if a in params)
+        elif value.op.name == "relax.permute_dims" and producer(value.args[0]).op.name == "relax.astype":
+            notes["merged"] = value
+    geometry = attention_geometry(notes, values)
+    args = {role: params[notes[role]] for role in ("q", "k", "v", "mask") if role in notes}
+    return Layer("row", Epilogue(), args, m=geometry.seq_q, n=geometry.head_dim,
+                 k=geometry.seq_k, batch=geometry.batch * geometry.heads, attention=geometry)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .attention import attention_source, attention_symbol
 from .tactics import SMS, Tactic
 
 ACTIVATIONS = {"none": "Identity", "relu": "ReLu", "gelu": "GELU", "silu": "SiLu"}
@@ -47,20 +48,26 @@ class Epilogue:
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """One kernel instance: the operation ("gemm" or "conv2d"), B's layout for a GEMM ("row": B is
-    [K, N]; "col": B is [N, K]; a conv's filter is always OHWI), the epilogue and the tactic."""
+    """One kernel instance: the operation ("gemm", "conv2d" or "attention"), B's layout for a GEMM
+    ("row": B is [K, N]; "col": B is [N, K]; a conv's filter is always OHWI), the epilogue and the
+    tactic; for attention, the kind of mask (`attention.AttentionGeometry.mask_kind`)."""
     op: str
     b_layout: str
     epilogue: Epilogue
     tactic: Tactic
     arch: str = "sm_90a"
+    mask: str = "nomask"
 
     @property
     def symbol(self) -> str:
+        if self.op == "attention":
+            return attention_symbol(self.mask, self.tactic)
         layout = f"{self.b_layout}_" if self.op == "gemm" else ""
         return f"tvmopt_cutlass_{self.op}_{layout}{self.epilogue.name}_{self.tactic.name}"
 
     def source(self) -> str:
+        if self.op == "attention":
+            return attention_source(self.mask, self.tactic)
         return _gemm_source(self) if self.op == "gemm" else _conv_source(self)
 
 
