@@ -104,6 +104,7 @@ using namespace nvcuda;
 constexpr int kWarps = {warps};
 constexpr int kRows = 16 * kWarps;  // query rows per CTA
 constexpr int kKeys = {KEY_BLOCK};  // keys per step
+constexpr int kThreads = 32 * kWarps;
 constexpr bool kMasked = {"true" if masked else "false"};
 using MaskT = {mask_type};
 
@@ -116,22 +117,33 @@ struct Smem {{
       + sizeof(float) * kWarps * 16 * kSLd + sizeof(half) * kWarps * 16 * kPLd;
 }};
 
-// Rows [row0, row0 + rows) of x, a [batch * seq, heads * D] matrix read at head h, into smem
-// (zeros past the sequence's end), 16 bytes per access.
-template <int D>
-__device__ void LoadRows(half* dst, const half* x, int64_t row_stride, int row0, int rows,
-                         int seq) {{
-  constexpr int kChunks = D / 8;
-  for (int i = threadIdx.x; i < rows * kChunks; i += blockDim.x) {{
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (row0 + r < seq) value = *reinterpret_cast<const uint4*>(x + (row0 + r) * row_stride + c);
-    *reinterpret_cast<uint4*>(dst + r * Smem<D>::kLd + c) = value;
+// Rows [row0, row0 + ROWS) of x, a [batch * seq, heads * D] matrix read at head h, into smem
+// (zeros past the sequence's end), 16 bytes per access: up to 8 loads per thread are in flight
+// before the first store, so the CTA does not wait for global memory once per row.
+template <int D, int ROWS>
+__device__ __forceinline__ void LoadRows(half* dst, const half* x, int64_t row_stride, int row0,
+                                         int seq) {{
+  constexpr int kChunks = D / 8, kPer = ROWS * kChunks / kThreads;
+  constexpr int kBatch = kPer < 8 ? kPer : 8;
+#pragma unroll
+  for (int n0 = 0; n0 < kPer; n0 += kBatch) {{
+    uint4 value[kBatch];
+#pragma unroll
+    for (int n = 0; n < kBatch; ++n) {{
+      const int i = threadIdx.x + (n0 + n) * kThreads, r = i / kChunks, c = (i % kChunks) * 8;
+      value[n] = row0 + r < seq ? *reinterpret_cast<const uint4*>(x + (row0 + r) * row_stride + c)
+                                : make_uint4(0, 0, 0, 0);
+    }}
+#pragma unroll
+    for (int n = 0; n < kBatch; ++n) {{
+      const int i = threadIdx.x + (n0 + n) * kThreads, r = i / kChunks, c = (i % kChunks) * 8;
+      *reinterpret_cast<uint4*>(dst + r * Smem<D>::kLd + c) = value[n];
+    }}
   }}
 }}
 
 template <int D>
-__global__ void __launch_bounds__(32 * kWarps) Attention(
+__global__ void __launch_bounds__(kThreads) Attention(
     const half* __restrict__ q, const half* __restrict__ k, const half* __restrict__ v,
     const MaskT* __restrict__ mask, half* __restrict__ out, int H, int Sq, int Sk, float scale,
     int64_t mask_sb, int64_t mask_sh, int64_t mask_sq) {{
@@ -149,25 +161,35 @@ __global__ void __launch_bounds__(32 * kWarps) Attention(
   const half* qb = q + int64_t(b) * Sq * row_stride + h * D;
   const half* kb = k + int64_t(b) * Sk * row_stride + h * D;
   const half* vb = v + int64_t(b) * Sk * row_stride + h * D;
-  LoadRows<D>(qs, qb, row_stride, q0, kRows, Sq);
+  LoadRows<D, kRows>(qs, qb, row_stride, q0, Sq);
 
-  // This lane's share of the warp's 16 x D output: row `r`, columns [c0, c0 + D / 2).
-  const int r = lane / 2, c0 = (lane % 2) * (D / 2), kc0 = (lane % 2) * (kKeys / 2);
+  // This lane's share of the warp's 16 rows: row `r`, every other column from `odd` (columns
+  // interleaved between the lane pair halve shared-memory bank conflicts).
+  const int r = lane / 2, odd = lane % 2;
   const int qi = min(q0 + warp * 16 + r, Sq - 1);
   const MaskT* mrow = kMasked ? mask + b * mask_sb + h * mask_sh + qi * mask_sq : nullptr;
   float acc[D / 2];
+#pragma unroll
   for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
   float row_max = -INFINITY, row_sum = 0.f;
 
   for (int key0 = 0; key0 < Sk; key0 += kKeys) {{
     __syncthreads();  // the previous step is done with K and V
-    LoadRows<D>(ks, kb, row_stride, key0, kKeys, Sk);
-    LoadRows<D>(vs, vb, row_stride, key0, kKeys, Sk);
+    LoadRows<D, kKeys>(ks, kb, row_stride, key0, Sk);
+    LoadRows<D, kKeys>(vs, vb, row_stride, key0, Sk);
+    float bias[kKeys / 2];  // the mask (or -inf past the keys), loaded while the MMAs run
+#pragma unroll
+    for (int j = 0; j < kKeys / 2; ++j) {{
+      const int key = key0 + 2 * j + odd;
+      bias[j] = key >= Sk ? -INFINITY : kMasked ? float(mrow[key]) : 0.f;
+    }}
     __syncthreads();
     // S = Q K^T for this warp's 16 rows and the 64 keys.
+#pragma unroll
     for (int t = 0; t < kKeys / 16; ++t) {{
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
       wmma::fill_fragment(s, 0.f);
+#pragma unroll
       for (int d = 0; d < D; d += 16) {{
         wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> bt;
@@ -179,36 +201,34 @@ __global__ void __launch_bounds__(32 * kWarps) Attention(
     }}
     __syncwarp();
     // Online softmax over this lane's half row; the lane pair (lane ^ 1) holds the other half.
+    float x[kKeys / 2];
     float step_max = -INFINITY;
+#pragma unroll
     for (int j = 0; j < kKeys / 2; ++j) {{
-      const int key = key0 + kc0 + j;
-      float x = -INFINITY;
-      if (key < Sk) {{
-        x = ss[r * S::kSLd + kc0 + j] * scale;
-        if (kMasked) x += float(mrow[key]);
-      }}
-      ss[r * S::kSLd + kc0 + j] = x;
-      step_max = fmaxf(step_max, x);
+      x[j] = ss[r * S::kSLd + 2 * j + odd] * scale + bias[j];
+      step_max = fmaxf(step_max, x[j]);
     }}
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffff, step_max, 1));
     const float new_max = fmaxf(row_max, step_max);
     const float base = new_max == -INFINITY ? 0.f : new_max;  // every key so far masked out
     float step_sum = 0.f;
+#pragma unroll
     for (int j = 0; j < kKeys / 2; ++j) {{
-      const float p = __expf(ss[r * S::kSLd + kc0 + j] - base);
+      const float p = __expf(x[j] - base);
       step_sum += p;
-      ps[r * S::kPLd + kc0 + j] = __float2half(p);
+      ps[r * S::kPLd + 2 * j + odd] = __float2half(p);
     }}
     step_sum += __shfl_xor_sync(0xffffffff, step_sum, 1);
     const float rescale = __expf(row_max - base);
     row_sum = row_sum * rescale + step_sum;
     row_max = new_max;
-    for (int i = 0; i < D / 2; ++i) acc[i] *= rescale;
     __syncwarp();
-    // acc += P V, through the score buffer (WMMA's accumulator layout is opaque).
+    // acc = acc * rescale + P V, through the score buffer (WMMA's accumulator layout is opaque).
+#pragma unroll
     for (int t = 0; t < D / 16; ++t) {{
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
       wmma::fill_fragment(o, 0.f);
+#pragma unroll
       for (int j = 0; j < kKeys; j += 16) {{
         wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> bv;
@@ -219,16 +239,16 @@ __global__ void __launch_bounds__(32 * kWarps) Attention(
       wmma::store_matrix_sync(ss + t * 16, o, S::kSLd, wmma::mem_row_major);
     }}
     __syncwarp();
-    for (int i = 0; i < D / 2; ++i) acc[i] += ss[r * S::kSLd + c0 + i];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) acc[i] = acc[i] * rescale + ss[r * S::kSLd + 2 * i + odd];
     __syncwarp();
   }}
   const int row = q0 + warp * 16 + r;
   if (row < Sq) {{
-    half* o = out + (int64_t(b) * Sq + row) * row_stride + h * D + c0;
+    half* o = out + (int64_t(b) * Sq + row) * row_stride + h * D + odd;
     const float inv = 1.f / row_sum;
-    for (int i = 0; i < D / 2; i += 2) {{
-      *reinterpret_cast<half2*>(o + i) = __floats2half2_rn(acc[i] * inv, acc[i + 1] * inv);
-    }}
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[2 * i] = __float2half(acc[i] * inv);
   }}
 }}
 
@@ -246,7 +266,7 @@ void Launch(tvm::ffi::TensorView q, tvm::ffi::TensorView k, tvm::ffi::TensorView
     configured = true;
   }}
   dim3 grid((Sq + kRows - 1) / kRows, H, B);
-  Attention<D><<<grid, 32 * kWarps, Smem<D>::kBytes, stream>>>(
+  Attention<D><<<grid, kThreads, Smem<D>::kBytes, stream>>>(
       static_cast<const half*>(q.data_ptr()), static_cast<const half*>(k.data_ptr()),
       static_cast<const half*>(v.data_ptr()), mask, static_cast<half*>(out.data_ptr()),
       H, Sq, Sk, scale, sb, sh, sq);
