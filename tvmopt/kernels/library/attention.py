@@ -5,7 +5,8 @@ attention the ONNX exporters write out op by op.
 shared memory, and Q, K, V and the output stay in the [batch, seq, heads * head_dim] layout the
 projections write, so the head split and merge transposes go too. Each CTA takes a block of
 query rows (16 per warp) and walks the keys 64 at a time: S = Q K^T on tensor cores (fp32),
-scale, mask and the running max and sum in fp32, P in fp16 back through tensor cores into an fp32
+mask (the accumulator starts from mask / scale) and the running max and sum in fp32, a row at a time
+across the warp's lanes, P in fp16 back through tensor cores into an fp32
 accumulator rescaled as the max moves. Exported as a TVM FFI function:
 `symbol(q, k, v, [mask], batch, heads, mask_batch_stride, mask_head_stride, mask_query_stride, scale,
 workspace, out)`; the mask is additive, fp16 or fp32, any shape that broadcasts to
@@ -118,13 +119,13 @@ struct Smem {{
 }};
 
 // Rows [row0, row0 + ROWS) of x, a [batch * seq, heads * D] matrix read at head h, into smem
-// (zeros past the sequence's end), 16 bytes per access: up to 8 loads per thread are in flight
+// (zeros past the sequence's end), 16 bytes per access: up to 4 loads per thread are in flight
 // before the first store, so the CTA does not wait for global memory once per row.
 template <int D, int ROWS>
 __device__ __forceinline__ void LoadRows(half* dst, const half* x, int64_t row_stride, int row0,
                                          int seq) {{
   constexpr int kChunks = D / 8, kPer = ROWS * kChunks / kThreads;
-  constexpr int kBatch = kPer < 8 ? kPer : 8;
+  constexpr int kBatch = kPer < 4 ? kPer : 4;
 #pragma unroll
   for (int n0 = 0; n0 < kPer; n0 += kBatch) {{
     uint4 value[kBatch];
@@ -163,32 +164,42 @@ __global__ void __launch_bounds__(kThreads) Attention(
   const half* vb = v + int64_t(b) * Sk * row_stride + h * D;
   LoadRows<D, kRows>(qs, qb, row_stride, q0, Sq);
 
-  // This lane's share of the warp's 16 rows: row `r`, every other column from `odd` (columns
-  // interleaved between the lane pair halve shared-memory bank conflicts).
-  const int r = lane / 2, odd = lane % 2;
-  const int qi = min(q0 + warp * 16 + r, Sq - 1);
-  const MaskT* mrow = kMasked ? mask + b * mask_sb + h * mask_sh + qi * mask_sq : nullptr;
-  float acc[D / 2];
+  // Each lane owns columns lane + 32 * c of all 16 of its warp's rows: every shared-memory access
+  // hits 32 banks once, and the mask and output rows are read and written coalesced.
+  constexpr int kKeyCols = kKeys / 32, kOutCols = D / 32;
+  const int row0 = q0 + warp * 16;
+  const MaskT* mbase = kMasked ? mask + b * mask_sb + h * mask_sh : nullptr;
+  const float inv_scale = 1.f / scale;
+  float acc[16][kOutCols], row_max[16], row_sum[16];  // the row statistics: alike in all lanes
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
-  float row_max = -INFINITY, row_sum = 0.f;
+  for (int rr = 0; rr < 16; ++rr) {{
+    row_max[rr] = -INFINITY;
+    row_sum[rr] = 0.f;
+#pragma unroll
+    for (int c = 0; c < kOutCols; ++c) acc[rr][c] = 0.f;
+  }}
 
   for (int key0 = 0; key0 < Sk; key0 += kKeys) {{
     __syncthreads();  // the previous step is done with K and V
     LoadRows<D, kKeys>(ks, kb, row_stride, key0, Sk);
     LoadRows<D, kKeys>(vs, vb, row_stride, key0, Sk);
-    float bias[kKeys / 2];  // the mask (or -inf past the keys), loaded while the MMAs run
+    // The scores start from mask / scale (-inf past the keys), so the MMA adds the mask.
 #pragma unroll
-    for (int j = 0; j < kKeys / 2; ++j) {{
-      const int key = key0 + 2 * j + odd;
-      bias[j] = key >= Sk ? -INFINITY : kMasked ? float(mrow[key]) : 0.f;
+    for (int rr = 0; rr < 16; ++rr) {{
+      const MaskT* mrow = kMasked ? mbase + min(row0 + rr, Sq - 1) * mask_sq : nullptr;
+#pragma unroll
+      for (int c = 0; c < kKeyCols; ++c) {{
+        const int key = key0 + lane + 32 * c;
+        ss[rr * S::kSLd + lane + 32 * c] =
+            key >= Sk ? -INFINITY : kMasked ? float(mrow[key]) * inv_scale : 0.f;
+      }}
     }}
     __syncthreads();
-    // S = Q K^T for this warp's 16 rows and the 64 keys.
+    // S = mask / scale + Q K^T for this warp's 16 rows and the 64 keys.
 #pragma unroll
     for (int t = 0; t < kKeys / 16; ++t) {{
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-      wmma::fill_fragment(s, 0.f);
+      wmma::load_matrix_sync(s, ss + t * 16, S::kSLd, wmma::mem_row_major);
 #pragma unroll
       for (int d = 0; d < D; d += 16) {{
         wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a;
@@ -200,30 +211,36 @@ __global__ void __launch_bounds__(kThreads) Attention(
       wmma::store_matrix_sync(ss + t * 16, s, S::kSLd, wmma::mem_row_major);
     }}
     __syncwarp();
-    // Online softmax over this lane's half row; the lane pair (lane ^ 1) holds the other half.
-    float x[kKeys / 2];
-    float step_max = -INFINITY;
+    // Online softmax, a row at a time across the warp.
 #pragma unroll
-    for (int j = 0; j < kKeys / 2; ++j) {{
-      x[j] = ss[r * S::kSLd + 2 * j + odd] * scale + bias[j];
-      step_max = fmaxf(step_max, x[j]);
-    }}
-    step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffff, step_max, 1));
-    const float new_max = fmaxf(row_max, step_max);
-    const float base = new_max == -INFINITY ? 0.f : new_max;  // every key so far masked out
-    float step_sum = 0.f;
+    for (int rr = 0; rr < 16; ++rr) {{
+      float x[kKeyCols], step_max = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kKeys / 2; ++j) {{
-      const float p = __expf(x[j] - base);
-      step_sum += p;
-      ps[r * S::kPLd + 2 * j + odd] = __float2half(p);
+      for (int c = 0; c < kKeyCols; ++c) {{
+        x[c] = ss[rr * S::kSLd + lane + 32 * c] * scale;
+        step_max = fmaxf(step_max, x[c]);
+      }}
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffff, step_max, o));
+      const float new_max = fmaxf(row_max[rr], step_max);
+      const float base = new_max == -INFINITY ? 0.f : new_max;  // every key so far masked out
+      float step_sum = 0.f;
+#pragma unroll
+      for (int c = 0; c < kKeyCols; ++c) {{
+        const float p = __expf(x[c] - base);
+        step_sum += p;
+        ps[rr * S::kPLd + lane + 32 * c] = __float2half(p);
+      }}
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) step_sum += __shfl_xor_sync(0xffffffff, step_sum, o);
+      const float rescale = __expf(row_max[rr] - base);
+      row_sum[rr] = row_sum[rr] * rescale + step_sum;
+      row_max[rr] = new_max;
+#pragma unroll
+      for (int c = 0; c < kOutCols; ++c) acc[rr][c] *= rescale;
     }}
-    step_sum += __shfl_xor_sync(0xffffffff, step_sum, 1);
-    const float rescale = __expf(row_max - base);
-    row_sum = row_sum * rescale + step_sum;
-    row_max = new_max;
     __syncwarp();
-    // acc = acc * rescale + P V, through the score buffer (WMMA's accumulator layout is opaque).
+    // acc += P V, through the score buffer (WMMA's accumulator layout is opaque).
 #pragma unroll
     for (int t = 0; t < D / 16; ++t) {{
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
@@ -240,15 +257,20 @@ __global__ void __launch_bounds__(kThreads) Attention(
     }}
     __syncwarp();
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) acc[i] = acc[i] * rescale + ss[r * S::kSLd + 2 * i + odd];
+    for (int rr = 0; rr < 16; ++rr) {{
+#pragma unroll
+      for (int c = 0; c < kOutCols; ++c) acc[rr][c] += ss[rr * S::kSLd + lane + 32 * c];
+    }}
     __syncwarp();
   }}
-  const int row = q0 + warp * 16 + r;
-  if (row < Sq) {{
-    half* o = out + (int64_t(b) * Sq + row) * row_stride + h * D + odd;
-    const float inv = 1.f / row_sum;
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[2 * i] = __float2half(acc[i] * inv);
+  for (int rr = 0; rr < 16; ++rr) {{
+    if (row0 + rr < Sq) {{
+      half* o = out + (int64_t(b) * Sq + row0 + rr) * row_stride + h * D + lane;
+      const float inv = 1.f / row_sum[rr];
+#pragma unroll
+      for (int c = 0; c < kOutCols; ++c) o[32 * c] = __float2half(acc[rr][c] * inv);
+    }}
   }}
 }}
 

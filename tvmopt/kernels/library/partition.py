@@ -279,7 +279,7 @@ def attention_geometry(notes, bindings) -> AttentionGeometry | None:
     scale = 1.0
     if "scale" in notes:
         c = _scalar(notes["scale"], bindings)
-        if not c:
+        if not c or c < 0:  # the kernel starts its scores from mask / scale
             return None
         scale = c if _consumer(bindings, notes["scale"]) == "relax.multiply" else 1.0 / c
     mask_shape = mask_dtype = None
