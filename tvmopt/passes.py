@@ -127,7 +127,6 @@ FP16_MAX = 65504.0
 def _clamp_to_fp16_range():
     """A module pass replacing float32 constants that hold finite values beyond fp16's range."""
     import numpy as np
-    import tvm
     from tvm import relax
 
     clamped = []
@@ -144,17 +143,12 @@ def _clamp_to_fp16_range():
             clamped.append(int(beyond.sum()))
             return relax.const(np.where(beyond, np.sign(values) * FP16_MAX, values), "float32")
 
-    @tvm.transform.module_pass(opt_level=0, name="ClampToFp16Range")
-    def clamp(mod, _ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = Clamp(mod).visit_expr(func)
+    def report():
         if clamped:
             log.info("fp16: %d value(s) in %d constant(s) beyond fp16's range clamped to +-%g",
                      sum(clamped), len(clamped), FP16_MAX)
-        return mod
 
-    return clamp
+    return _each_relax_function("ClampToFp16Range", Clamp, report)
 
 
 # Ops as exact or as safe in fp16 as PyTorch's .half() runs them: TVM's layer norm computes its
@@ -226,14 +220,7 @@ def _fp16_activations():
             narrow = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
             return relax.op.astype(narrow, "float32")
 
-    @tvm.transform.module_pass(opt_level=0, name="Fp16Activations")
-    def narrow(mod, _ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = Narrow(mod).visit_expr(func)
-        return mod
-
-    return narrow
+    return _each_relax_function("Fp16Activations", Narrow)
 
 
 def _integer_powers():
@@ -263,14 +250,24 @@ def _integer_powers():
                 return square
             return relax.op.multiply(square, x if n == 3.0 else square)
 
-    @tvm.transform.module_pass(opt_level=0, name="IntegerPowers")
-    def products(mod, _ctx):
+    return _each_relax_function("IntegerPowers", Products)
+
+
+def _each_relax_function(name: str, mutator, after=lambda: None):
+    """A module pass running `mutator` (a relax.PyExprMutator class) over every Relax function,
+    then `after()`."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def run(mod, _ctx):
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
-                mod[gv] = Products(mod).visit_expr(func)
+                mod[gv] = mutator(mod).visit_expr(func)
+        after()
         return mod
 
-    return products
+    return run
 
 
 def describe_pipeline() -> str:
