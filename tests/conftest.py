@@ -105,9 +105,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def rpc_tracker():
-    """A real TVM RPC tracker and two servers on 127.0.0.1, under key tvmopt-test."""
+def rpc_tracker(tmp_path_factory):
+    """A real TVM RPC tracker and two servers on 127.0.0.1, under key tvmopt-test; their output
+    goes to rpc-*.log files, which a failing test's report shows."""
     port = free_port()
+    logs = tmp_path_factory.mktemp("rpc")
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                "--port", str(port), "--port-end", str(port + 1)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
@@ -128,12 +130,18 @@ def rpc_tracker():
                 [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
                  "--key", "tvmopt-test", "--host", "127.0.0.1", "--port", str(server_port),
                  "--port-end", str(server_port + 1)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=(logs / f"rpc-server-{i}.log").open("w"), stderr=subprocess.STDOUT))
         while tracker.summary()["queue_info"].get("tvmopt-test", {}).get("free", 0) < 2:
-            assert time.monotonic() < deadline, tracker.summary()
+            assert time.monotonic() < deadline, (tracker.summary(), _tails(logs))
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
         for p in procs:
             p.kill()
             p.wait()
+        print(_tails(logs))  # captured: pytest shows the servers' side when the test failed
+
+
+def _tails(logs: Path, lines: int = 30) -> str:
+    return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-lines:])
+                     for log in sorted(logs.glob("*.log")))
