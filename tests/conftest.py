@@ -105,10 +105,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def rpc_tracker(tmp_path_factory):
+def rpc_tracker(tmp_path_factory, request):
     """A real TVM RPC tracker and two servers on 127.0.0.1, under key tvmopt-test; their output
-    goes to rpc-*.log files, which a failing test's report shows."""
+    goes to rpc-*.log files, which a failing test's report shows. For GPU tests the servers spawn
+    their session processes instead of forking them, as GPU servers must be run."""
     port = free_port()
+    spawn = ["--no-fork"] if request.node.get_closest_marker("gpu") else []
     logs = tmp_path_factory.mktemp("rpc")
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                "--port", str(port), "--port-end", str(port + 1)],
@@ -129,7 +131,7 @@ def rpc_tracker(tmp_path_factory):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
                  "--key", "tvmopt-test", "--host", "127.0.0.1", "--port", str(server_port),
-                 "--port-end", str(server_port + 1)],
+                 "--port-end", str(server_port + 1), *spawn],
                 stdout=(logs / f"rpc-server-{i}.log").open("w"), stderr=subprocess.STDOUT))
         while tracker.summary()["queue_info"].get("tvmopt-test", {}).get("free", 0) < 2:
             assert time.monotonic() < deadline, (tracker.summary(), _tails(logs))
