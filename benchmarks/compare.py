@@ -126,7 +126,8 @@ def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path
     from tvmopt.prepare import ModelOptions
 
     preset = targets.resolve("cuda" if args.device == "cuda" else "host")
-    options = ModelOptions(precision=args.precision, layout=args.layout, kernels=args.kernels[0])
+    options = ModelOptions(input_shapes=args.shapes, precision=args.precision, layout=args.layout,
+                           kernels=args.kernels[0])
     tuned_db = args.db or (default_path()[0] if args.tune_trials else None)
     if args.tune_trials:
         tuning.tune(model_path, preset, db_path=tuned_db, model_options=options,
@@ -250,6 +251,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--input-shape", default=None, metavar="DIMS",
                         help="input shape for a --torch factory that returns a bare module, "
                              "e.g. 1x3x224x224")
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
+                        help="fix a dynamic input of an ONNX model, e.g. input_ids=1x128 "
+                             "(repeat for each input)")
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size, for a --torch factory that takes `batch` "
                              "(benchmarks/peer_models.py's do) [default: the factory's]")
@@ -273,6 +277,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.model is None and args.torch_factory is None:
         parser.error("give MODEL.onnx or --torch MODULE:FACTORY")
+    try:
+        args.shapes = {name: tuple(int(d) for d in dims.split("x"))
+                       for name, dims in (s.split("=", 1) for s in args.shape)}
+    except ValueError:
+        parser.error("--shape takes NAME=DIMS, e.g. input_ids=1x128")
 
     import tvm
 
@@ -295,7 +304,8 @@ def main(argv=None) -> dict:
         if example is not None:  # the factory's own inputs: token ids in range, a real mask
             inputs = {name: t.numpy() for name, t in example.items()}
         else:
-            inputs = runtime.random_inputs(resolve_inputs(load_model(args.model), {}), seed=0)
+            inputs = runtime.random_inputs(resolve_inputs(load_model(args.model), args.shapes),
+                                           seed=0)
         reference = runtime.onnxruntime_outputs(args.model, inputs)
         rows = tvmopt_rows(args, args.model, inputs, reference, tmp)
         rows.append(onnxruntime_row(args, args.model, inputs, reference))

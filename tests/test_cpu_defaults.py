@@ -1,5 +1,6 @@
 """Untuned CPU kernels: convolutions and matmuls get the parallel, vectorised register tile of
-tvmopt/kernels/cpu_gemm.py and still match ONNX Runtime; kernels of other shapes stay unscheduled."""
+tvmopt/kernels/cpu_gemm.py, every other kernel the parallel, vectorised rows of
+tvmopt/kernels/cpu_rows.py, and the models still match ONNX Runtime."""
 
 import pytest
 
@@ -44,7 +45,34 @@ def test_neon_and_avx512_vector_widths():
     assert (cpu_gemm.vector_lanes(arm), cpu_gemm.vector_lanes(x86)) == (4, 16)
 
 
-def test_kernels_without_a_single_reduction_stay_unscheduled(tmp_path):
+def test_elementwise_and_row_reduction_kernels_run_in_parallel_vectorised(tmp_path):
+    """A BERT attention block, fp32: every kernel gets a default schedule (softmax and layer norm
+    rows in parallel, transposes and elementwise kernels vectorised and parallel) and the model
+    still matches ONNX Runtime."""
+    import numpy as np
+
+    host = targets.resolve("host")
+    path = models.attention_block(tmp_path / "a.onnx", seq=128)
+    result = build.build(path, host, tmp_path / "a.so")
+    assert set(result.manifest["kernel_providers"].values()) == {"default"}
+    mask = np.ones((2, 128), np.int64)
+    mask[:, 96:] = 0
+    inputs = {"x": np.random.default_rng(1).standard_normal((2, 128, 128)).astype(np.float32),
+              "attention_mask": mask}
+    (mismatch,) = runtime.compare(runtime.load(result.path)(inputs),
+                                  runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-4, mismatch
+
+    found = kernels(prepare.prepare(path, host).mod)
+    scripts = {name: default_schedule(f, host.tvm_target()).mod["main"].script()
+               for name, f in found.items() if "softmax" in name or "layer_norm" in name
+               or "transpose" in name}
+    assert len(scripts) >= 3 and all("T.parallel(" in s for s in scripts.values()), scripts
+    assert all("T.vectorized(" in s for name, s in scripts.items() if "transpose" in name)
+
+
+def test_kernels_too_small_for_threads_stay_on_one_core(tmp_path):
     path = models.one_relu(tmp_path / "relu.onnx")
-    result = build.build(path, targets.resolve("host"), tmp_path / "r.so")
-    assert set(result.manifest["kernel_providers"].values()) == {"unscheduled"}
+    (relu,) = kernels(prepare.prepare(path, targets.resolve("host")).mod).values()
+    script = default_schedule(relu, targets.resolve("host").tvm_target()).mod["main"].script()
+    assert "T.vectorized(T.int64(4))" in script and "T.parallel(" not in script

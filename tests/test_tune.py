@@ -246,7 +246,8 @@ def test_time_budget_and_shared_anchor_tuning(tmp_path):
     """Two kernels with one anchor conv are searched once; the winner is measured on both. The
     run stops when the next round would not fit in the budget (patience too large to stop it
     first: how soon a small search converges depends on the machine)."""
-    # one pixel wide: the kernels run unscheduled untuned, so the search finds a new best to share
+    # one pixel wide: the default schedule cannot vectorise the convs, so the search finds a new
+    # best to share
     model = models.shared_anchor(tmp_path / "shared.onnx", size=16, width=1)
     db = tmp_path / "t.db"
     report = tuning.tune(model, targets.resolve("host"), db_path=db, options=tuning.TuneOptions(

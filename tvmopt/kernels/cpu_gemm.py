@@ -89,11 +89,11 @@ def _tile(sch, anchor, lanes: int) -> None:
     # One vector wide, in a width that divides the axis (no tail to predicate). Wider tiles
     # measured far slower: LLVM spills their accumulators (a 1x1 conv: 29 ms at 28 lanes, 1.1 ms
     # at 14, AVX-512).
-    width = _largest_divisor(extent[v], lanes)
+    width = largest_divisor(extent[v], lanes)
     v_out, v_in = sch.split(loops[v], [None, width])
     outer = [loops[i] for i in spatial if i not in (v, u)]
     if u is not None:
-        height = _largest_divisor(extent[u], ROWS)
+        height = largest_divisor(extent[u], ROWS)
         u_out, u_in = sch.split(loops[u], [None, height])
         outer.append(u_out)
         sch.reorder(*outer, v_out, *(loops[i] for i in reduce), u_in, v_in)
@@ -109,7 +109,7 @@ def _tile(sch, anchor, lanes: int) -> None:
     sch.decompose_reduction(anchor, loops[reduce[0]])
 
 
-def _largest_divisor(n: int, limit: int) -> int:
+def largest_divisor(n: int, limit: int) -> int:
     """The largest tile of at most `limit` that splits `n` evenly (no tail to predicate)."""
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 

@@ -1,15 +1,15 @@
 """Provider 3: default schedules for kernels nobody tuned. GPUs: tensor-core GEMMs tiled to fill
 the GPU (`tensorcore_gemm`), then DLight's rules for everything else. CPUs: convolutions and
-matmuls get a parallel, vectorised register tile (`cpu_gemm`); other CPU kernels stay unscheduled
-(DLight's CPU rules cover only GEMV and reductions). The tuner measures these same schedules
-first, as each task's baseline record.
+matmuls get a parallel, vectorised register tile (`cpu_gemm`); elementwise kernels and row
+reductions (softmax, layer norm) run in parallel, vectorised along the contiguous axis
+(`cpu_rows`). The tuner measures these same schedules first, as each task's baseline record.
 """
 
 from __future__ import annotations
 
 import re
 
-from . import cpu_gemm
+from . import cpu_gemm, cpu_rows
 from .tensorcore_gemm import TensorCoreGemm
 
 
@@ -32,7 +32,7 @@ def default_schedule(func, target):
     from tvm.s_tir import dlight as dl
 
     if not relax.pipeline.BackendDispatcher.is_gpu_target(target):
-        return cpu_gemm.schedule(func, target)
+        return cpu_gemm.schedule(func, target) or cpu_rows.schedule(func, target)
     rules = (TensorCoreGemm(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
              dl.gpu.GeneralReduction(), dl.gpu.Fallback())
     chosen = rule_target(target)
