@@ -314,3 +314,26 @@ def test_bad_tune_arguments(tiny, invoke, args, fragment):
 def test_model_without_tunable_task(tmp_path, invoke):
     path = models.data_movement_only(tmp_path / "dm.onnx")
     assert_one_line_error(invoke("tune", path, "--target", "host"), "no tunable task")
+
+
+def test_a_changed_default_schedule_is_measured_with_the_budget_spent(tmp_path, tiny, invoke):
+    """A database tuned before the default schedule changed holds records but none of what the
+    build now gives the kernel untuned: `tune` measures that baseline although the trial budget
+    is spent, and the build keeps whichever is faster (here the default, the old record being
+    slow); a second tune then has nothing to do."""
+    from tvmopt.tasks import extract_tasks
+
+    host = targets.resolve("host")
+    (task,) = extract_tasks(prepare.prepare(tiny, host).mod, host.tvm_target())
+    db = tmp_path / "old.db"
+    with open_database(db) as store:
+        records.commit_schedule(store, task, host.tvm_target(), 1.0, tuned=True)
+    tune = ["tune", tiny, "--target", "host", "--trials", "1", "--db", db, "--json"]
+    result = invoke(*tune)
+    assert result.exit_code == 0, result.output
+    (measured,) = json.loads(result.stdout)["tasks"]
+    assert 0 < measured["baseline_sec"] < 1.0 and measured["best_sec"] == measured["baseline_sec"]
+    lib = build.build(tiny, host, tmp_path / "m.so", db_path=db)
+    assert lib.tuned == [] and set(lib.manifest["kernel_providers"].values()) == {"default"}
+    again = json.loads(invoke(*tune).stdout)
+    assert again["stop_reason"].startswith("the budget of 1 trials is already spent")

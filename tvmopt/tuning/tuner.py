@@ -106,6 +106,7 @@ class Tuner:
         self.siblings: dict[str, list[TaskProgress]] = {}  # leader task name -> its siblings
         self._builder = self._runner = self._report = None
         self._baselines: dict[str, tuple] = {}
+        self._stale_baselines: set[str] = set()  # tasks with records but none of their baseline
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -118,11 +119,15 @@ class Tuner:
         tsha = target_identity(self.target)[0]
         progress.prior_trials = self.store.count_trials(workload_id, tsha)
         best = self.store.best_records(workload_id, tsha, 1)
+        trace = self._baseline(progress)[1]
         if best:
             progress.best_sec = best[0].mean_sec
             progress.tensor_core = uses_tensor_cores(best[0].trace_json)
-            progress.baseline_sec = self.store.measured_sec(workload_id, tsha,
-                                                            self._baseline(progress)[1])
+            progress.baseline_sec = self.store.measured_sec(workload_id, tsha, trace)
+        if progress.prior_trials and not self.store.has_measured(workload_id, tsha, trace):
+            # Tuned before its default schedule changed: measured whatever the budget, or the
+            # build could keep a record slower than what it now gives the kernel untuned.
+            self._stale_baselines.add(progress.task.name)
 
     def _baseline(self, progress: TaskProgress):
         """(the task's baseline as a traced Schedule, its trace as stored): what the build gives
@@ -191,7 +196,8 @@ class Tuner:
             self._prior_state(p)
         tactics_pending = any(tactics.pending(layer, self.target, self.store)
                               for layer in self.library_layers.values())
-        if report.trials_total >= opts.trials and not tactics_pending:
+        if report.trials_total >= opts.trials and not tactics_pending and not (
+                opts.trials and self._stale_baselines):
             report.stop_reason = (
                 "--trials 0: no kernel-library tactic left to measure (nothing else is)"
                 if not opts.trials
@@ -398,8 +404,8 @@ class Tuner:
         room = self.options.trials - report.trials_total
         entries = []
         for p in report.tasks:
-            if len(entries) >= room:
-                break
+            if len(entries) >= room and p.task.name not in self._stale_baselines:
+                continue
             sch, trace_json = self._baseline(p)
             workload_id = self.store.find_workload(p.task.mod)
             if workload_id is not None and self.store.has_measured(workload_id, tsha, trace_json):
