@@ -52,7 +52,10 @@ class AttentionGeometry:
 
     @property
     def params(self) -> tuple[int | float, ...]:
-        return (self.batch, self.heads, *self.mask_strides, self.scale)
+        """The instance's scalar arguments, in the order of ATTENTION_PARAMS."""
+        values = (self.batch, self.heads, *self.mask_strides, self.scale)
+        assert len(values) == len(ATTENTION_PARAMS)
+        return values
 
     @property
     def mask_kind(self) -> str:
