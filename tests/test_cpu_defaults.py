@@ -27,16 +27,35 @@ def test_untuned_convs_and_matmuls_are_scheduled_and_match_onnxruntime(tmp_path,
     assert mismatches and all(m.max_rel <= 1e-4 for m in mismatches), mismatches
 
 
-def test_a_conv_kernel_is_parallel_and_vectorised_by_the_target_simd_width(tmp_path):
-    host = targets.resolve("host").tvm_target()
-    mod = prepare.prepare(models.tiny_conv(tmp_path / "c.onnx"), targets.resolve("host")).mod
-    (conv,) = [f for name, f in kernels(mod).items() if "conv2d" in name]
-    script = default_schedule(conv, host).mod["main"].script()
-    assert "T.parallel(" in script and "T.vectorized(" in script and "T.unroll(" in script
-    # the tile's vector divides the 14-wide rows: 14 lanes on AVX-512 or a smaller divisor
-    lanes = cpu_gemm.vector_lanes(host)
-    width = max(d for d in range(1, min(14, lanes) + 1) if 14 % d == 0)
-    assert f"T.vectorized(T.int64({width}))" in script
+def test_an_untuned_cpu_conv_is_packed_parallel_and_vectorised_with_weights_packed_at_build(
+        tmp_path):
+    """The conv runs in NCHW{b}c, b the host's SIMD lanes: its weights reach the kernel as a
+    constant already packed to OIHW{b}i{b}o (no packing kernel runs per inference), its loops are
+    parallel, unrolled and vectorised b wide, and the build matches ONNX Runtime."""
+    import tvm
+    from tvm import relax
+
+    host = targets.resolve("host")
+    lanes = cpu_gemm.vector_lanes(host.tvm_target())
+    path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)  # conv2: 32 -> 32, 3x3
+    mod = prepare.prepare(path, host).mod
+    (name, conv), = [(n, f) for n, f in kernels(mod).items() if "conv2d_NCHWc" in n]
+    packed = (32 // lanes, 32 // lanes, 3, 3, lanes, lanes)
+    assert tuple(int(d) for d in conv.params[1].ty.shape) == packed
+    weights = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: weights.extend(
+        a for a in e.args[1] if isinstance(a, tvm.ir.expr.Constant)) if isinstance(e, relax.Call)
+        and e.op == tvm.ir.Op.get("relax.call_tir") and e.args[0].name_hint == name else None)
+    assert [w.value.numpy().shape for w in weights][:1] == [packed]
+
+    script = default_schedule(conv, host.tvm_target()).mod["main"].script()
+    assert "T.parallel(" in script and "T.unroll(" in script
+    assert f"T.vectorized(T.int64({lanes}))" in script
+
+    model = runtime.load(build.build(path, host, tmp_path / "c.so").path)
+    inputs = runtime.random_inputs(model.inputs, seed=4)
+    (mismatch,) = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-4, mismatch
 
 
 def test_neon_and_avx512_vector_widths():

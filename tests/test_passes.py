@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from tvmopt import frontend, passes, targets
@@ -75,6 +77,54 @@ def test_nhwc_layout_conversion(conv_model, host_target):
     # ...and only when asked for
     default = _run(_relax(conv_model), host_target, "layout-nhwc")
     assert 'data_layout="NHWC"' not in default.script()
+
+
+def test_cpu_convs_are_converted_to_packed_nchwc(tmp_path, host_target):
+    """On CPUs, convs whose channels fill SIMD blocks run in NCHW{b}c with packed weights; GPUs and
+    --layout NHWC keep their layouts."""
+    import models
+    from tvmopt.kernels import cpu_gemm
+
+    lanes = cpu_gemm.vector_lanes(host_target)
+    path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)
+    convs = [line for line in _run(_relax(path), host_target, "layout-nchwc").script()
+             .splitlines() if "R.nn.conv2d(" in line]
+    # the first conv reads 3 channels: no whole block, it stays NCHW
+    assert [c for c in convs if f'data_layout="NCHW{lanes}c"' in c
+            and f'kernel_layout="OIHW{lanes}i{lanes}o"' in c] == convs[1:]
+    cuda = targets.resolve("cuda-sm80").tvm_target()
+    for target, layout in ((cuda, "NCHW"), (host_target, "NHWC")):
+        text = _run(_relax(path), target, "layout-nchwc", layout=layout).script()
+        assert "R.nn.conv2d(" in text and not re.search(r'data_layout="NCHW\d+c"', text)
+
+
+def test_variadic_sum_max_min_mean_become_binary_ops(tmp_path, host_target):
+    """TVM imports Sum/Max/Min/Mean of several tensors as broadcast copies stacked and reduced;
+    they become chains of binary ops (broadcasting as ONNX does) and still match ONNX Runtime."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import models
+    from tvmopt import build, load, runtime
+
+    shapes = {"a": [2, 3, 4], "b": [1, 4], "c": [2, 1, 1]}
+    ops = {"sum3": ("Sum", "abc"), "max2": ("Max", "ab"), "min2": ("Min", "ca"),
+           "mean3": ("Mean", "abc"), "sum1": ("Sum", "b")}
+    graph = helper.make_graph(
+        [helper.make_node(op, list(args), [name]) for name, (op, args) in ops.items()],
+        "variadic", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                     for n, s in shapes.items()],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                       [1, 4] if args == "b" else [2, 3, 4])
+         for name, (_, args) in ops.items()])
+    path = models._save(graph, tmp_path / "variadic.onnx")
+    names = passes.op_names(_run(_relax(path), host_target, "variadic-as-binary"))
+    assert "relax.stack" not in names and names.count("relax.maximum") == 1
+    model = load(build.build(path, targets.resolve("host"), tmp_path / "v.so").path)
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert len(mismatches) == len(ops) and all(m.max_rel <= 1e-6 for m in mismatches), mismatches
 
 
 def test_mixed_precision_uses_fp16(conv_model, host_target):

@@ -8,6 +8,9 @@ kernels/, toolchain) -> runtime (manifest) -> bench.
 __version__ = "0.1.0"
 
 from .errors import TvmoptError  # noqa: E402
+from .threads import use_physical_cores
+
+use_physical_cores()  # before any TVM kernel starts TVM's thread pool (tvmopt.threads says why)
 
 __all__ = ["TvmoptError", "load", "__version__"]
 

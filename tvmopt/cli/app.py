@@ -83,7 +83,9 @@ def model_options(*, target_required: bool):
             click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
                          show_default=True),
             click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW",
-                         show_default=True, help="Convolution layout; NHWC runs the layout-nhwc pass."),
+                         show_default=True,
+                         help="Convolution layout; NHWC runs the layout-nhwc pass, NCHW on CPUs "
+                         "the layout-nchwc pass (channel blocks of the SIMD width)."),
             click.option("--kernels", type=click.Choice(["all", "tvm"]), default="all",
                          show_default=True,
                          help="all: kernel libraries (CUTLASS on Hopper, fp16) where they apply, "

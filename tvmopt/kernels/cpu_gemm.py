@@ -3,20 +3,26 @@ output's contiguous axis, the outer tiles in parallel, the epilogue fused per ti
 
 Without it a CPU kernel nobody tuned runs as TVM's plain loop nest (one core, scalar, the
 accumulator in memory): a 56x56x64 3x3 conv took 130-288 ms on the 2-core VM. The tile is the
-classic one of hand-written CPU GEMMs: a vector of outputs along the contiguous axis times up to 8
-along an axis the vector operand does not depend on, so each vector load feeds
-8 fused multiply-adds, with the reduction loops outside the tile so the accumulators stay in
-registers. Kernels of any other shape (several reductions, non-float, dynamic shapes) return
-None and stay unscheduled.
+classic one of hand-written CPU GEMMs (and of oneDNN's packed convolutions): a vector of outputs
+along the contiguous axis, times up to 8 rows along an axis the vector operand does not depend on
+(each vector load feeds 8 fused multiply-adds), times a few columns of vectors that reuse each
+broadcast scalar, as many as the register file holds. The reduction loops run outside the tile so
+the accumulators stay in registers; a packed conv's input channels run innermost, unrolled, so
+consecutive steps read consecutive scalars and weight vectors. Kernels of any other shape
+(several reductions, non-float, dynamic shapes) return None and stay unscheduled.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 log = logging.getLogger(__name__)
 
 ROWS = 8  # accumulator rows of the register tile
+# Below this many multiply-adds (a few microseconds on one core) waking the thread pool costs more
+# than the second core saves.
+PARALLEL_MIN_MACS = 1 << 18
 
 
 def vector_lanes(target, dtype_bits: int = 32) -> int:
@@ -30,6 +36,12 @@ def vector_lanes(target, dtype_bits: int = 32) -> int:
     return max(1, width // dtype_bits)
 
 
+def vector_registers(target) -> int:
+    """SIMD registers of the target: 32 with AVX-512 and on AArch64, else 16 (AVX2, SSE)."""
+    mtriple = str(target.attrs.get("mtriple", ""))
+    return 32 if vector_lanes(target) >= 16 or mtriple.startswith("aarch64") else 16
+
+
 def schedule(func, target):
     """The traced Schedule, or None when `func` is not a single float reduction with static
     shapes (or a primitive refuses it)."""
@@ -40,7 +52,7 @@ def schedule(func, target):
         anchor = _anchor(sch)
         if anchor is None:
             return None
-        _tile(sch, anchor, vector_lanes(target))
+        _tile(sch, anchor, vector_lanes(target), vector_registers(target))
     except (s_tir.ScheduleError, ValueError) as e:  # a primitive refuses this kernel's structure
         log.debug("no CPU GEMM schedule for this kernel: %s", e)
         return None
@@ -64,9 +76,10 @@ def _anchor(sch):
     return reductions[0]
 
 
-def _tile(sch, anchor, lanes: int) -> None:
+def _tile(sch, anchor, lanes: int, registers: int) -> None:
     from tvm import tirx
 
+    _parallel_producers(sch, anchor, lanes)
     block = sch.get(anchor)
     ivs = block.iter_vars
     loops = sch.get_loops(anchor)
@@ -80,33 +93,76 @@ def _tile(sch, anchor, lanes: int) -> None:
     if len(vec) != 1 or extent[vec[0]] < 2:
         raise ValueError("no single contiguous output axis")
     v = vec[0]
-    # The row axis: a spatial axis the vector-loaded operands do not depend on (a conv's output
-    # channel, a matmul's row), so one vector load serves every row of the tile.
-    vector_reads = [r for r in block.reads if _uses(r.region[-1].min, ivs[v].var)]
-    rows = [i for i in spatial if i != v and extent[i] > 1 and not any(
-        _uses(rg.min, ivs[i].var) for r in vector_reads for rg in r.region)]
-    u = max(rows, key=lambda i: extent[i]) if rows else None
-    # One vector wide, in a width that divides the axis (no tail to predicate). Wider tiles
-    # measured far slower: LLVM spills their accumulators (a 1x1 conv: 29 ms at 28 lanes, 1.1 ms
-    # at 14, AVX-512).
+    operands = [r for r in block.reads if not r.source.same_as(block.writes[0].source)]
+    vector_reads = [r for r in operands if _uses(r.region[-1].min, ivs[v].var)]
+    scalar_reads = [r for r in operands if r not in vector_reads]
+
+    def reads(i, regions):
+        return any(_uses(rg.min, ivs[i].var) for r in regions for rg in r.region)
+
+    # Rows: a spatial axis the vector operands do not depend on (a packed conv's output width,
+    # an NCHW conv's output channel, a matmul's row): one vector load serves every row. The
+    # innermost such axis, whose scalars lie next to each other.
+    rows = [i for i in spatial if i != v and extent[i] > 1 and not reads(i, vector_reads)]
+    u = rows[-1] if rows else None
+    # Columns: a second axis of vectors that reuses each broadcast scalar (a packed conv's output
+    # channel blocks, an NCHW conv's output rows).
+    cols = [i for i in spatial if i not in (v, u) and extent[i] > 1
+            and not reads(i, scalar_reads)]
+    c = cols[-1] if cols else None
+    # One vector wide, in a width that divides the axis (no tail to predicate); accumulators
+    # within the register file, the rest left for the operands (more spill: a 28-accumulator
+    # tile measured 25% slower than 14 on AVX-512).
     width = largest_divisor(extent[v], lanes)
+    budget = registers * 3 // 4
+    height = largest_divisor(extent[u], ROWS) if u is not None else 1
+    across = largest_divisor(extent[c], max(1, budget // height)) if c is not None else 1
     v_out, v_in = sch.split(loops[v], [None, width])
-    outer = [loops[i] for i in spatial if i not in (v, u)]
-    if u is not None:
-        height = largest_divisor(extent[u], ROWS)
-        u_out, u_in = sch.split(loops[u], [None, height])
-        outer.append(u_out)
-        sch.reorder(*outer, v_out, *(loops[i] for i in reduce), u_in, v_in)
-    else:
-        u_in = None
-        sch.reorder(*outer, v_out, *(loops[i] for i in reduce), v_in)
-    if outer:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-    _fuse_epilogue(sch, anchor, v_out)
-    if u_in is not None:
-        sch.unroll(u_in)
+    outer, tile = [], []
+    for i, size in ((c, across), (u, height)):
+        if i is None:
+            continue
+        i_out, i_in = sch.split(loops[i], [None, size])
+        outer.append(i_out)
+        tile.append(i_in)
+    outer = [loops[i] for i in spatial if i not in (v, u, c)] + outer
+    reduce_loops, inner_reduce = _packed_reduction(sch, anchor, loops, reduce, scalar_reads)
+    sch.reorder(*outer, v_out, *reduce_loops, *inner_reduce, *tile, v_in)
+    tasks = sch.fuse(*outer, v_out) if outer else v_out
+    if math.prod(extent) >= PARALLEL_MIN_MACS:
+        sch.parallel(tasks)
+    _fuse_epilogue(sch, anchor, tasks)
+    for loop in (*inner_reduce, *tile):
+        sch.unroll(loop)
     sch.vectorize(v_in)
-    sch.decompose_reduction(anchor, loops[reduce[0]])
+    sch.decompose_reduction(anchor, reduce_loops[0])
+
+
+def _packed_reduction(sch, anchor, loops, reduce, scalar_reads) -> tuple[list, list]:
+    """(the reduction loops, the innermost one split off them). A reduction axis read as `k % b`
+    in a scalar operand's innermost dimension (a packed conv's input channels) is split by b: its
+    inner b steps run innermost, reading consecutive scalars and consecutive weight vectors."""
+    from tvm import tirx
+
+    block = sch.get(anchor)
+    reduce_loops = [loops[i] for i in reduce]
+    for n, i in enumerate(reduce):
+        var = block.iter_vars[i].var
+        for read in scalar_reads:
+            last = read.region[-1].min
+            if (isinstance(last, tirx.FloorMod) and last.a.same_as(var)
+                    and isinstance(last.b, tirx.IntImm)):
+                reduce_loops[n], inner = sch.split(loops[i], [None, int(last.b)])
+                return reduce_loops, [inner]
+    return reduce_loops, []
+
+
+def _parallel_producers(sch, anchor, lanes: int) -> None:
+    """The blocks before the anchor (a conv's padding) in parallel and vectorised too."""
+    from .cpu_rows import parallel_vector
+
+    for producer in sch.get_producers(anchor):
+        parallel_vector(sch, sch.get_loops(producer), lanes)
 
 
 def largest_divisor(n: int, limit: int) -> int:

@@ -70,11 +70,11 @@ def _injective(sch, blocks, lanes: int) -> bool:
             pass  # kept as its own loop nest (read twice, say): still scheduled below
     changed = False
     for block in _blocks(sch):
-        changed |= _parallel_vector(sch, sch.get_loops(block), lanes)
+        changed |= parallel_vector(sch, sch.get_loops(block), lanes)
     return changed
 
 
-def _parallel_vector(sch, loops, lanes: int) -> bool:
+def parallel_vector(sch, loops, lanes: int) -> bool:
     """Vectorise the innermost loop by a width that divides it, run the rest in parallel."""
     if not loops:
         return False
@@ -107,7 +107,7 @@ def _rows(sch, blocks, lanes: int) -> bool:
         if not loops:
             continue
         if not _reduces(sch, block):
-            changed |= _parallel_vector(sch, loops, lanes)
+            changed |= parallel_vector(sch, loops, lanes)
             continue
         size = 1
         for loop in loops:
