@@ -127,6 +127,32 @@ def test_variadic_sum_max_min_mean_become_binary_ops(tmp_path, host_target):
     assert len(mismatches) == len(ops) and all(m.max_rel <= 1e-6 for m in mismatches), mismatches
 
 
+def test_cpu_exp_erf_tanh_softmax_become_fast_approximations(tmp_path, host_target):
+    """On CPUs the transcendental ops lower to TOPI's vectorisable approximations (GPUs keep
+    theirs), within 1e-5 of ONNX Runtime over a wide input range."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import models
+    from tvmopt import build, load, runtime
+
+    ops = {"e": ("Exp", {}), "g": ("Erf", {}), "t": ("Tanh", {}), "s": ("Softmax", {"axis": -1})}
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], [name], **attrs) for name, (op, attrs) in ops.items()],
+        "transcendental", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 256])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 256]) for name in ops])
+    path = models._save(graph, tmp_path / "t.onnx")
+    exact = {"relax.exp", "relax.erf", "relax.tanh", "relax.nn.softmax"}
+    assert exact <= set(passes.op_names(_relax(path)))
+    assert not exact & set(passes.op_names(_run(_relax(path), host_target, "fast-math")))
+    cuda = targets.resolve("cuda-sm80").tvm_target()
+    assert exact <= set(passes.op_names(_run(_relax(path), cuda, "fast-math")))
+    model = load(build.build(path, targets.resolve("host"), tmp_path / "t.so").path)
+    inputs = {"x": np.linspace(-12, 12, 1024, dtype=np.float32).reshape(4, 256)}
+    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert len(mismatches) == 4 and all(m.max_rel <= 1e-5 for m in mismatches), mismatches
+
+
 def test_mixed_precision_uses_fp16(conv_model, host_target):
     mod = _run(_relax(conv_model), host_target, "fold-batchnorm", "mixed-precision-fp16",
                precision="fp16")

@@ -106,7 +106,7 @@ def _tile(sch, anchor, lanes: int, registers: int) -> None:
     rows = [i for i in spatial if i != v and extent[i] > 1 and not reads(i, vector_reads)]
     u = rows[-1] if rows else None
     # Columns: a second axis of vectors that reuses each broadcast scalar (a packed conv's output
-    # channel blocks, an NCHW conv's output rows).
+    # channel blocks, an NCHW conv's output rows; else, a matmul's, more vectors of the same axis).
     cols = [i for i in spatial if i not in (v, u) and extent[i] > 1
             and not reads(i, scalar_reads)]
     c = cols[-1] if cols else None
@@ -116,12 +116,16 @@ def _tile(sch, anchor, lanes: int, registers: int) -> None:
     width = largest_divisor(extent[v], lanes)
     budget = registers * 3 // 4
     height = largest_divisor(extent[u], ROWS) if u is not None else 1
-    across = largest_divisor(extent[c], max(1, budget // height)) if c is not None else 1
+    columns = extent[c] if c is not None else extent[v] // width
+    across = largest_divisor(columns, max(1, budget // height))
     v_out, v_in = sch.split(loops[v], [None, width])
     outer, tile = [], []
+    if c is None and across > 1:
+        v_out, v_cols = sch.split(v_out, [None, across])
+        tile.append(v_cols)
     for i, size in ((c, across), (u, height)):
         if i is None:
-            continue
+            continue  # (columns along the vector axis are split off it above)
         i_out, i_in = sch.split(loops[i], [None, size])
         outer.append(i_out)
         tile.append(i_in)
