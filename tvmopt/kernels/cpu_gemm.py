@@ -120,7 +120,7 @@ def _tile(sch, anchor, lanes: int, registers: int) -> None:
     across = largest_divisor(columns, max(1, budget // height))
     v_out, v_in = sch.split(loops[v], [None, width])
     outer, tile = [], []
-    if c is None and across > 1:
+    if c is None and across > 1 and height > 1:  # (a GEMV streams its matrix: no reuse)
         v_out, v_cols = sch.split(v_out, [None, across])
         tile.append(v_cols)
     for i, size in ((c, across), (u, height)):
