@@ -6,7 +6,7 @@ import pytest
 
 import models
 from tvmopt import build, prepare, runtime, targets
-from tvmopt.kernels import cpu_gemm
+from tvmopt.kernels import cpu_simd
 from tvmopt.kernels.defaults import default_schedule
 from tvmopt.prepare import ModelOptions
 from tvmopt.tasks import kernels
@@ -36,7 +36,7 @@ def test_an_untuned_cpu_conv_is_packed_parallel_and_vectorised_with_weights_pack
     from tvm import relax
 
     host = targets.resolve("host")
-    lanes = cpu_gemm.vector_lanes(host.tvm_target())
+    lanes = cpu_simd.vector_lanes(host.tvm_target())
     path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)  # conv2: 32 -> 32, 3x3
     mod = prepare.prepare(path, host).mod
     (name, conv), = [(n, f) for n, f in kernels(mod).items() if "conv2d_NCHWc" in n]
@@ -61,7 +61,7 @@ def test_an_untuned_cpu_conv_is_packed_parallel_and_vectorised_with_weights_pack
 def test_neon_and_avx512_vector_widths():
     arm = targets.resolve("arm-cortex-a72").tvm_target()
     x86 = targets.resolve("x86-skylake-avx512").tvm_target()
-    assert (cpu_gemm.vector_lanes(arm), cpu_gemm.vector_lanes(x86)) == (4, 16)
+    assert (cpu_simd.vector_lanes(arm), cpu_simd.vector_lanes(x86)) == (4, 16)
 
 
 def test_elementwise_and_row_reduction_kernels_run_in_parallel_vectorised(tmp_path):

@@ -83,9 +83,9 @@ def test_cpu_convs_are_converted_to_packed_nchwc(tmp_path, host_target):
     """On CPUs, convs whose channels fill SIMD blocks run in NCHW{b}c with packed weights; GPUs and
     --layout NHWC keep their layouts."""
     import models
-    from tvmopt.kernels import cpu_gemm
+    from tvmopt.kernels import cpu_simd
 
-    lanes = cpu_gemm.vector_lanes(host_target)
+    lanes = cpu_simd.vector_lanes(host_target)
     path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)
     convs = [line for line in _run(_relax(path), host_target, "layout-nchwc").script()
              .splitlines() if "R.nn.conv2d(" in line]

@@ -17,29 +17,14 @@ from __future__ import annotations
 import logging
 import math
 
+from .cpu_simd import largest_divisor, parallel_vector, vector_lanes, vector_registers
+
 log = logging.getLogger(__name__)
 
 ROWS = 8  # accumulator rows of the register tile
 # Below this many multiply-adds (a few microseconds on one core) waking the thread pool costs more
 # than the second core saves.
 PARALLEL_MIN_MACS = 1 << 18
-
-
-def vector_lanes(target, dtype_bits: int = 32) -> int:
-    """Elements of `dtype_bits` in one SIMD register of the target (AVX-512: 16 fp32, NEON: 4)."""
-    from tvm.target import codegen
-
-    try:
-        width = int(codegen.llvm_get_vector_width(target))
-    except Exception:  # noqa: BLE001 - a target LLVM does not know: assume 128-bit SIMD
-        width = 128
-    return max(1, width // dtype_bits)
-
-
-def vector_registers(target) -> int:
-    """SIMD registers of the target: 32 with AVX-512 and on AArch64, else 16 (AVX2, SSE)."""
-    mtriple = str(target.attrs.get("mtriple", ""))
-    return 32 if vector_lanes(target) >= 16 or mtriple.startswith("aarch64") else 16
 
 
 def schedule(func, target):
@@ -163,15 +148,8 @@ def _packed_reduction(sch, anchor, loops, reduce, scalar_reads) -> tuple[list, l
 
 def _parallel_producers(sch, anchor, lanes: int) -> None:
     """The blocks before the anchor (a conv's padding) in parallel and vectorised too."""
-    from .cpu_rows import parallel_vector
-
     for producer in sch.get_producers(anchor):
         parallel_vector(sch, sch.get_loops(producer), lanes)
-
-
-def largest_divisor(n: int, limit: int) -> int:
-    """The largest tile of at most `limit` that splits `n` evenly (no tail to predicate)."""
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 def _fuse_epilogue(sch, anchor, at) -> None:

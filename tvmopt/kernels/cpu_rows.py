@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from .cpu_gemm import largest_divisor, vector_lanes
+from .cpu_simd import PARALLEL_MIN_ELEMENTS, parallel_vector, vector_lanes
 
 log = logging.getLogger(__name__)
 
-PARALLEL_MIN_ELEMENTS = 1 << 14  # below this, the thread pool's wake-up costs more than it saves
 
 
 def schedule(func, target):
@@ -94,29 +93,6 @@ def _in_output_order(sch, block) -> bool:
         log.debug("kept in input order: %s", e)
         return False
     return True
-
-
-def parallel_vector(sch, loops, lanes: int) -> bool:
-    """Vectorise the innermost loop by a width that divides it, run the rest in parallel."""
-    if not loops:
-        return False
-    size = 1
-    for loop in loops:
-        size *= _extent(sch, loop)
-    width = largest_divisor(_extent(sch, loops[-1]), lanes)
-    outer = list(loops[:-1])
-    changed = False
-    if width > 1:
-        rest, vector = sch.split(loops[-1], [None, width])
-        outer.append(rest)
-        sch.vectorize(vector)
-        changed = True
-    else:
-        outer.append(loops[-1])
-    if size >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-        changed = True
-    return changed
 
 
 def _rows(sch, blocks, lanes: int) -> bool:

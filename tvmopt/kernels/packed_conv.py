@@ -18,7 +18,7 @@ PACKED = re.compile(r"NCHW(\d+)c")
 
 def block_size(target) -> int:
     """Channels per block: fp32 lanes of one SIMD register (AVX-512: 16, AVX2: 8, NEON/SSE: 4)."""
-    from .cpu_gemm import vector_lanes
+    from .cpu_simd import vector_lanes
 
     return vector_lanes(target)
 
