@@ -47,13 +47,24 @@ def _nhwc_passes(relax, target):
 def _packed_conv_passes(relax, target):
     from .kernels import packed_conv
 
+    import tvm
+
     if relax.pipeline.BackendDispatcher.is_gpu_target(target):
         return []
-    return [
+    convert = tvm.transform.Sequential([
         relax.transform.ConvertLayout({}, packed_conv.layouts_for(target)),
         relax.transform.FoldConstant(),  # pack the constant weights once, at build time
         relax.transform.EliminateCommonSubexpr(),  # one packing of a tensor two convs read
-    ]
+    ])
+
+    @tvm.transform.module_pass(opt_level=0, name="PackedConvLayouts")
+    def when_convs(mod, _ctx):
+        # Without convs ConvertLayout only adds work: it transposes even a 0-d reduction result.
+        has_conv = any("relax.nn.conv2d" in op_names(mod, gv) for gv, func in mod.functions.items()
+                       if isinstance(func, relax.Function))
+        return convert(mod) if has_conv else mod
+
+    return [when_convs]
 
 
 def _legalize_passes(relax, target):
@@ -437,8 +448,8 @@ def count_kernels(mod) -> int:
     return calls
 
 
-def op_names(mod) -> list[str]:
-    """Relax operator names called in the main function, e.g. relax.nn.batch_norm."""
+def op_names(mod, function="main") -> list[str]:
+    """Relax operator names called in a function (main by default), e.g. relax.nn.batch_norm."""
     import tvm
     from tvm import relax
 
@@ -448,5 +459,5 @@ def op_names(mod) -> list[str]:
         if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
             names.append(expr.op.name)
 
-    relax.analysis.post_order_visit(mod["main"], visit)
+    relax.analysis.post_order_visit(mod[function], visit)
     return names
