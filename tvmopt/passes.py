@@ -45,9 +45,9 @@ def _nhwc_passes(relax, target):
 
 
 def _packed_conv_passes(relax, target):
-    from .kernels import packed_conv
-
     import tvm
+
+    from .kernels import packed_conv
 
     if relax.pipeline.BackendDispatcher.is_gpu_target(target):
         return []

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 
-from .cpu_simd import PARALLEL_MIN_ELEMENTS, parallel_vector, vector_lanes
+from .cpu_simd import PARALLEL_MIN_ELEMENTS, extent, iterations, parallel_vector, vector_lanes
 
 log = logging.getLogger(__name__)
-
 
 
 def schedule(func, target):
@@ -53,10 +52,6 @@ def _reduces(sch, block) -> bool:
     from tvm import tirx
 
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
 
 
 def _injective(sch, blocks, lanes: int) -> bool:
@@ -107,13 +102,11 @@ def _rows(sch, blocks, lanes: int) -> bool:
         if not _reduces(sch, block):
             changed |= parallel_vector(sch, loops, lanes)
             continue
-        size = 1
-        for loop in loops:
-            size *= _extent(sch, loop)
+        size = iterations(sch, loops)
         ivs = sch.get(block).iter_vars
         if len(ivs) != len(loops):
             continue  # loops and block variables no longer correspond one to one
-        if (ivs[0].iter_type == tirx.IterVar.DataPar and _extent(sch, loops[0]) > 1
+        if (ivs[0].iter_type == tirx.IterVar.DataPar and extent(sch, loops[0]) > 1
                 and size >= PARALLEL_MIN_ELEMENTS):
             sch.parallel(loops[0])
             changed = True

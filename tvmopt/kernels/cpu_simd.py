@@ -3,6 +3,8 @@ loop shape both give elementwise work: the innermost loop vectorised, the rest i
 
 from __future__ import annotations
 
+import math
+
 PARALLEL_MIN_ELEMENTS = 1 << 14  # below this, the thread pool's wake-up costs more than it saves
 
 
@@ -28,14 +30,21 @@ def largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
+def extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def iterations(sch, loops) -> int:
+    """How many times the body of a loop nest runs."""
+    return math.prod(extent(sch, loop) for loop in loops)
+
+
 def parallel_vector(sch, loops, lanes: int) -> bool:
     """Vectorise the innermost loop by a width that divides it, run the rest in parallel."""
     if not loops:
         return False
-    size = 1
-    for loop in loops:
-        size *= int(sch.get(loop).extent)
-    width = largest_divisor(int(sch.get(loops[-1]).extent), lanes)
+    size = iterations(sch, loops)
+    width = largest_divisor(extent(sch, loops[-1]), lanes)
     outer = list(loops[:-1])
     changed = False
     if width > 1:

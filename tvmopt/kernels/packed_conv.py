@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import re
 
-PACKED = re.compile(r"NCHW(\d+)c")
-
-
-def block_size(target) -> int:
-    """Channels per block: fp32 lanes of one SIMD register (AVX-512: 16, AVX2: 8, NEON/SSE: 4)."""
-    from .cpu_simd import vector_lanes
-
-    return vector_lanes(target)
+PACKED = re.compile(r"NCHW\d+c")
 
 
 def layouts_for(target):
     """ConvertLayout's per-call choice: packed layouts for ungrouped convs (TVM keeps a conv
     whose channels fill no whole block in NCHW), NCHW for grouped ones, which TOPI's packed conv
-    cannot compute; other ops follow their inputs."""
-    block = block_size(target)
+    cannot compute; other ops follow their inputs. A block is the fp32 lanes of one SIMD register
+    (AVX-512: 16, AVX2: 8, NEON/SSE: 4)."""
+    from .cpu_simd import vector_lanes
+
+    block = vector_lanes(target)
     packed = {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}
     plain = {"relax.nn.conv2d": ["NCHW", "OIHW"]}
 
