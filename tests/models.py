@@ -25,8 +25,10 @@ def _const(rng, name, shape, scale=0.5):
     return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
 
 
-def conv_bn_relu(path: Path, batch: int | str = 1, channels: int = 8, size: int = 16) -> Path:
-    """conv -> batch-norm -> relu -> conv -> add(residual) -> global pool -> flatten -> gemm."""
+def conv_bn_relu(path: Path, batch: int | str = 1, channels: int = 8, size: int = 16,
+                 kernel: int = 3) -> Path:
+    """conv -> batch-norm -> relu -> conv (kernel x kernel) -> add(residual) -> global pool ->
+    flatten -> gemm."""
     rng = np.random.default_rng(0)
     c = channels
     inits = [
@@ -34,14 +36,15 @@ def conv_bn_relu(path: Path, batch: int | str = 1, channels: int = 8, size: int 
         numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "bn_scale"),
         _const(rng, "bn_bias", (c,)), _const(rng, "bn_mean", (c,)),
         numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "bn_var"),
-        _const(rng, "w2", (c, c, 3, 3), 0.2), _const(rng, "fc_w", (10, c)), _const(rng, "fc_b", (10,)),
+        _const(rng, "w2", (c, c, kernel, kernel), 0.2), _const(rng, "fc_w", (10, c)),
+        _const(rng, "fc_b", (10,)),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["c1", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
                          ["bn1"], name="bn1"),
         helper.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[kernel // 2] * 4),
         helper.make_node("Add", ["c2", "r1"], ["res"], name="residual"),
         helper.make_node("GlobalAveragePool", ["res"], ["gap"], name="gap"),
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),

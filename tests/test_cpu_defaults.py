@@ -32,27 +32,58 @@ def test_an_untuned_cpu_conv_is_packed_parallel_and_vectorised_with_weights_pack
     """The conv runs in NCHW{b}c, b the host's SIMD lanes: its weights reach the kernel as a
     constant already packed to OIHW{b}i{b}o (no packing kernel runs per inference), its loops are
     parallel, unrolled and vectorised b wide, and the build matches ONNX Runtime."""
-    import tvm
-    from tvm import relax
-
     host = targets.resolve("host")
     lanes = cpu_simd.vector_lanes(host.tvm_target())
-    path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)  # conv2: 32 -> 32, 3x3
+    path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32, kernel=1)  # conv2: 32 -> 32
     mod = prepare.prepare(path, host).mod
     (name, conv), = [(n, f) for n, f in kernels(mod).items() if "conv2d_NCHWc" in n]
-    packed = (32 // lanes, 32 // lanes, 3, 3, lanes, lanes)
+    packed = (32 // lanes, 32 // lanes, 1, 1, lanes, lanes)
     assert tuple(int(d) for d in conv.params[1].ty.shape) == packed
-    weights = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: weights.extend(
-        a for a in e.args[1] if isinstance(a, tvm.ir.expr.Constant)) if isinstance(e, relax.Call)
-        and e.op == tvm.ir.Op.get("relax.call_tir") and e.args[0].name_hint == name else None)
-    assert [w.value.numpy().shape for w in weights][:1] == [packed]
+    assert [w.shape for w in _constant_arguments(mod, name)][:1] == [packed]
 
     script = default_schedule(conv, host.tvm_target()).mod["main"].script()
     assert "T.parallel(" in script and "T.unroll(" in script
     assert f"T.vectorized(T.int64({lanes}))" in script
+    _assert_matches_onnxruntime(path, host, tmp_path)
 
-    model = runtime.load(build.build(path, host, tmp_path / "c.so").path)
+
+def test_an_untuned_3x3_conv_runs_as_winograd_with_weights_transformed_at_build(tmp_path):
+    """A 3x3 stride-1 packed conv becomes Winograd F(4x4, 3x3): an input transform, a GEMM
+    whose weights are a constant already transformed (6 x 6 points, no transform per inference)
+    and an output transform with the conv's epilogue; the transforms run in parallel, unrolled and
+    vectorised; the build matches ONNX Runtime."""
+    host = targets.resolve("host")
+    lanes = cpu_simd.vector_lanes(host.tvm_target())
+    path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)  # conv2: 32 -> 32, 3x3
+    mod = prepare.prepare(path, host).mod
+    found = kernels(mod)
+    assert not [n for n in found if "conv2d_NCHWc" in n]  # conv1 reads 3 channels: direct
+    (gemm,) = [n for n in found if n.startswith("winograd_gemm")]
+    assert [w.shape for w in _constant_arguments(mod, gemm)] == [(6, 6, 32 // lanes, 32, lanes)]
+    transforms = [f for n, f in found.items() if "winograd_input" in n or "winograd_output" in n]
+    assert len(transforms) == 2
+    for func in transforms:
+        script = default_schedule(func, host.tvm_target()).mod["main"].script()
+        assert "T.parallel(" in script and "T.unroll(" in script
+        assert f"T.vectorized(T.int64({lanes}))" in script
+    _assert_matches_onnxruntime(path, host, tmp_path)
+
+
+def _constant_arguments(mod, kernel: str) -> list:
+    """The constants the main function passes to `kernel`, as numpy arrays."""
+    import tvm
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.extend(
+        a.value.numpy() for a in e.args[1] if isinstance(a, tvm.ir.expr.Constant))
+        if isinstance(e, relax.Call) and e.op == tvm.ir.Op.get("relax.call_tir")
+        and e.args[0].name_hint == kernel else None)
+    return found
+
+
+def _assert_matches_onnxruntime(path, target, tmp_path):
+    model = runtime.load(build.build(path, target, tmp_path / "c.so").path)
     inputs = runtime.random_inputs(model.inputs, seed=4)
     (mismatch,) = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
     assert mismatch.max_rel <= 1e-4, mismatch

@@ -154,6 +154,15 @@ PIPELINE: tuple[GraphPass, ...] = (
         lambda relax, target: [] if relax.pipeline.BackendDispatcher.is_gpu_target(target)
         else [_fast_math()],
     ),
+    GraphPass(
+        "winograd",
+        "CPUs: fp32 3x3 stride-1 packed convs as Winograd F(4x4, 3x3), an input transform, 36 "
+        "channel GEMMs and an output transform, with the weights transformed at build time: a "
+        "quarter of a direct conv's multiply-adds",
+        lambda relax, target: [] if relax.pipeline.BackendDispatcher.is_gpu_target(target)
+        else [_winograd()],
+        lambda opts: opts.layout == "NCHW",
+    ),
     GraphPass("legalize", "lower Relax ops to TIR kernels (packed convs to conv2d_NCHWc)",
               _legalize_passes),
     GraphPass(
@@ -323,6 +332,32 @@ def _fast_math():
             return self.builder_.call_te(fast[name], call.args[0])
 
     return _each_relax_function("FastMath", Fast)
+
+
+def _winograd():
+    """A module pass replacing packed 3x3 conv2d calls that `winograd.applies` to by Winograd's
+    three kernels."""
+    import tvm
+    from tvm import relax
+
+    from .kernels import winograd
+
+    @relax.expr_functor.mutator
+    class Winograd(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+                return call
+            weight = call.args[1]
+            if isinstance(weight, relax.Var):
+                weight = self.lookup_binding(weight)
+            if not winograd.applies(call, weight):
+                return call
+            return winograd.emit(self.builder_, call.args[0],
+                                 winograd.transformed_weights(weight.value.numpy()),
+                                 call.attrs.padding, call.ty.shape)
+
+    return _each_relax_function("Winograd", Winograd)
 
 
 def _variadic_as_binary():

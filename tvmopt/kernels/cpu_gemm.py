@@ -104,17 +104,22 @@ def _tile(sch, anchor, lanes: int, registers: int) -> None:
     columns = extent[c] if c is not None else extent[v] // width
     across = largest_divisor(columns, max(1, budget // height))
     v_out, v_in = sch.split(loops[v], [None, width])
-    outer, tile = [], []
+    tile, split_off = [], {}
     if c is None and across > 1 and height > 1:  # (a GEMV streams its matrix: no reuse)
         v_out, v_cols = sch.split(v_out, [None, across])
         tile.append(v_cols)
     for i, size in ((c, across), (u, height)):
         if i is None:
             continue  # (columns along the vector axis are split off it above)
-        i_out, i_in = sch.split(loops[i], [None, size])
-        outer.append(i_out)
+        split_off[i], i_in = sch.split(loops[i], [None, size])
         tile.append(i_in)
-    outer = [loops[i] for i in spatial if i not in (v, u, c)] + outer
+    # Axes that index the activations only (an image's rows, a matmul's rows) outermost, so
+    # that the parallel loop splits the image between the cores as the kernels before and after
+    # do, and each core reads what it wrote: split by output channels, half of every activation
+    # crossed to the other core's cache.
+    order = sorted((i for i in spatial if i != v),
+                   key=lambda i: (reads(i, vector_reads), i))
+    outer = [split_off.get(i, loops[i]) for i in order]
     reduce_loops, inner_reduce = _packed_reduction(sch, anchor, loops, reduce, scalar_reads)
     sch.reorder(*outer, v_out, *reduce_loops, *inner_reduce, *tile, v_in)
     tasks = sch.fuse(*outer, v_out) if outer else v_out

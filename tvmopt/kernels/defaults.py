@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from . import cpu_gemm, cpu_rows
+from . import cpu_gemm, cpu_rows, winograd
 from .tensorcore_gemm import TensorCoreGemm
 
 
@@ -32,7 +32,8 @@ def default_schedule(func, target):
     from tvm.s_tir import dlight as dl
 
     if not relax.pipeline.BackendDispatcher.is_gpu_target(target):
-        return cpu_gemm.schedule(func, target) or cpu_rows.schedule(func, target)
+        return (winograd.schedule(func, target) or cpu_gemm.schedule(func, target)
+                or cpu_rows.schedule(func, target))
     rules = (TensorCoreGemm(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
              dl.gpu.GeneralReduction(), dl.gpu.Fallback())
     chosen = rule_target(target)
