@@ -45,6 +45,13 @@ def default_schedule(func, target):
     return None
 
 
+def hand_scheduled(func) -> bool:
+    """Kernels whose default schedule is written for their structure and not tuned: Winograd's
+    transforms (MetaSchedule's search spent minutes per trial on their unrolled points, and its
+    candidates do not unroll them)."""
+    return winograd.is_transform(func)
+
+
 def baseline(workload, target):
     """What a kernel of `workload` (a task's module) gets from the build without a tuned record:
     (its default schedule, or else its plain loop nest, as a traced Schedule; that trace spelled

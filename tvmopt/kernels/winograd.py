@@ -31,6 +31,12 @@ TILE = 4  # outputs per tile side: F(4x4, 3x3)
 KERNEL = 3
 ALPHA = TILE + KERNEL - 1  # input tile side
 INPUT_BLOCK, OUTPUT_BLOCK = "winograd_input", "winograd_output"
+# The GEMM does `tiles` multiply-adds per transformed weight, of which there are 4x a direct
+# conv's: with fewer than 16 tiles (under 16x16 outputs) it waits on memory for its weights unless
+# they stay in cache. ResNet-50's 512-channel 3x3 at 7x7 (38 MB of transformed weights) measured
+# slower as Winograd; the small ResNet's 128-channel one at 8x8 (2.4 MB) faster.
+MIN_TILES = 16
+CACHED_WEIGHT_BYTES = 4 << 20
 _OUT_ELEMWISE_FUSABLE = 4  # relax's OpPatternKind::kOutEWiseFusable, as conv2d's
 _PACKED_DATA = re.compile(r"NCHW(\d+)c")
 _PACKED_KERNEL = re.compile(r"OIHW(\d+)i(\d+)o")
@@ -46,8 +52,9 @@ def matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def applies(call, weight) -> bool:
     """Whether a conv2d call gets Winograd: packed fp32 layouts, 3x3, stride and dilation 1,
-    constant weights, and an output large enough that the tiles' GEMMs do at most half the
-    direct conv's multiply-adds (a 3x3 output is one 6x6 tile: no gain)."""
+    constant weights; an output large enough that the tiles' GEMMs do at most half the direct
+    conv's multiply-adds (a 3x3 output is one 6x6 tile: no gain), and either enough tiles to
+    reuse each transformed weight or transformed weights that stay in cache."""
     import tvm
 
     attrs = call.attrs
@@ -59,17 +66,19 @@ def applies(call, weight) -> bool:
         return False
     if str(call.args[0].ty.dtype) != "float32" or int(attrs.groups) != 1:
         return False
-    _, _, kernel_h, kernel_w, _, _ = weight.value.shape
+    out_chunks, in_chunks, kernel_h, kernel_w, in_block, out_block = weight.value.shape
     if (kernel_h, kernel_w) != (KERNEL, KERNEL):
         return False
     if any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation):
         return False
-    shape = call.ty.shape
-    if not all(isinstance(d, int) or hasattr(d, "value") for d in shape.values):
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values):
         return False
-    out_h, out_w = int(shape[2]), int(shape[3])
+    out_h, out_w = int(call.ty.shape[2]), int(call.ty.shape[3])
     tiles = -(-out_h // TILE) * -(-out_w // TILE)
-    return 2 * ALPHA * ALPHA * tiles <= KERNEL * KERNEL * out_h * out_w
+    if 2 * ALPHA * ALPHA * tiles > KERNEL * KERNEL * out_h * out_w:
+        return False
+    transformed_bytes = ALPHA * ALPHA * out_chunks * out_block * in_chunks * in_block * 4
+    return tiles >= MIN_TILES or transformed_bytes <= CACHED_WEIGHT_BYTES
 
 
 def transformed_weights(packed: np.ndarray) -> np.ndarray:
@@ -186,6 +195,22 @@ def _weighted_sum(coefficients, values):
     return total if total is not None else tirx.const(0.0, "float32")
 
 
+def is_transform(func) -> bool:
+    """Whether a kernel is one of the Winograd transforms (with any epilogue fused in)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        return bool(_row_sums(sch, sch.get_child_blocks(sch.get_sblock("root"))))
+    except s_tir.ScheduleError:
+        return False  # no root block (an extern call)
+
+
+def _row_sums(sch, blocks) -> list:
+    return [b for b in blocks if sch.get(b).name_hint.startswith(
+        (INPUT_BLOCK + "_rows", OUTPUT_BLOCK + "_rows"))]
+
+
 def schedule(func, target):
     """The default schedule of a Winograd transform kernel (None for any other kernel): tiles in
     parallel, each tile's points unrolled (so each keeps only its own terms) with its row sums
@@ -198,8 +223,7 @@ def schedule(func, target):
     lanes = vector_lanes(target)
     try:
         blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-        rows = [b for b in blocks if sch.get(b).name_hint.startswith(
-            (INPUT_BLOCK + "_rows", OUTPUT_BLOCK + "_rows"))]
+        rows = _row_sums(sch, blocks)
         if len(rows) != 1:
             return None
         rows = rows[0]

@@ -27,6 +27,7 @@ from ..formatting import duration
 from ..prepare import ModelOptions, prepare
 from ..targets import Preset
 from ..kernels import library
+from ..kernels.defaults import hand_scheduled
 from ..tasks import Task, extract_tasks, kernel_tasks
 from ..toolchain import toolchain
 from .control import RoundClock, StopAfterBatch
@@ -87,10 +88,10 @@ class Tuner:
                  *, model_sha256: str | None = None, command: str = "",
                  on_progress: ProgressCallback | None = None, library_layers: dict | None = None):
         options.validate()
-        self.tasks = [t for t in tasks if t.flops > 0]
+        self.tasks = [t for t in tasks if t.flops > 0 and not hand_scheduled(t.mod["main"])]
         if not self.tasks:
-            raise TvmoptError("the model has no tunable task (no kernel does arithmetic); "
-                              "build it directly with `tvmopt build`")
+            raise TvmoptError("the model has no tunable task (no kernel does arithmetic, or "
+                              "only hand-scheduled ones); build it directly with `tvmopt build`")
         self.target = target
         self.precision = precision
         self.store = store
