@@ -7,7 +7,7 @@ import pytest
 import models
 from tvmopt import build, prepare, runtime, targets
 from tvmopt.kernels import cpu_simd
-from tvmopt.kernels.defaults import default_schedule
+from tvmopt.kernels.defaults import default_schedule, hand_scheduled
 from tvmopt.prepare import ModelOptions
 from tvmopt.tasks import kernels
 
@@ -47,14 +47,16 @@ def test_an_untuned_cpu_conv_is_packed_parallel_and_vectorised_with_weights_pack
     _assert_matches_onnxruntime(path, host, tmp_path)
 
 
-def test_an_untuned_3x3_conv_runs_as_winograd_with_weights_transformed_at_build(tmp_path):
+@pytest.mark.parametrize("batch, size", [(1, 16), (2, 14)])  # 14: tiles overhang the image
+def test_an_untuned_3x3_conv_runs_as_winograd_with_weights_transformed_at_build(
+        tmp_path, batch, size):
     """A 3x3 stride-1 packed conv becomes Winograd F(4x4, 3x3): an input transform, a GEMM
     whose weights are a constant already transformed (6 x 6 points, no transform per inference)
     and an output transform with the conv's epilogue; the transforms run in parallel, unrolled and
     vectorised; the build matches ONNX Runtime."""
     host = targets.resolve("host")
     lanes = cpu_simd.vector_lanes(host.tvm_target())
-    path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)  # conv2: 32 -> 32, 3x3
+    path = models.conv_bn_relu(tmp_path / "c.onnx", batch=batch, channels=32, size=size)
     mod = prepare.prepare(path, host).mod
     found = kernels(mod)
     assert not [n for n in found if "conv2d_NCHWc" in n]  # conv1 reads 3 channels: direct
@@ -62,6 +64,8 @@ def test_an_untuned_3x3_conv_runs_as_winograd_with_weights_transformed_at_build(
     assert [w.shape for w in _constant_arguments(mod, gemm)] == [(6, 6, 32 // lanes, 32, lanes)]
     transforms = [f for n, f in found.items() if "winograd_input" in n or "winograd_output" in n]
     assert len(transforms) == 2
+    # the transforms keep their hand-written schedule (the tuner skips them); the GEMM is tuned
+    assert all(hand_scheduled(f) for f in transforms) and not hand_scheduled(found[gemm])
     for func in transforms:
         script = default_schedule(func, host.tvm_target()).mod["main"].script()
         assert "T.parallel(" in script and "T.unroll(" in script

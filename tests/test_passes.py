@@ -89,9 +89,11 @@ def test_cpu_convs_are_converted_to_packed_nchwc(tmp_path, host_target):
     path = models.conv_bn_relu(tmp_path / "c.onnx", channels=32)
     convs = [line for line in _run(_relax(path), host_target, "layout-nchwc").script()
              .splitlines() if "R.nn.conv2d(" in line]
-    # the first conv reads 3 channels: no whole block, it stays NCHW
     assert [c for c in convs if f'data_layout="NCHW{lanes}c"' in c
             and f'kernel_layout="OIHW{lanes}i{lanes}o"' in c] == convs[1:]
+    # the first conv reads 3 channels, no whole block: it reads NCHW and writes packed output
+    assert ('data_layout="NCHW"' in convs[0] and f'kernel_layout="OIHW{lanes}o"' in convs[0]
+            and f'out_layout="NCHW{lanes}c"' in convs[0]), convs[0]
     cuda = targets.resolve("cuda-sm80").tvm_target()
     for target, layout in ((cuda, "NCHW"), (host_target, "NHWC")):
         text = _run(_relax(path), target, "layout-nchwc", layout=layout).script()
