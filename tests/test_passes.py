@@ -155,6 +155,42 @@ def test_cpu_exp_erf_tanh_softmax_become_fast_approximations(tmp_path, host_targ
     assert len(mismatches) == 4 and all(m.max_rel <= 1e-5 for m in mismatches), mismatches
 
 
+def test_cpu_matmul_weights_are_packed_into_panels_at_build(tmp_path, host_target):
+    """On CPUs a matmul by constant weights (2-D and batched activations) reads them as a
+    constant already packed to [N/b, K, b], b the SIMD lanes; GPUs keep the matmul; the build
+    matches ONNX Runtime."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    import models
+    from tvmopt import build, load, prepare, runtime
+    from tvmopt.kernels import cpu_simd
+    from tvmopt.tasks import kernels
+
+    lanes = cpu_simd.vector_lanes(host_target)
+    rng = np.random.default_rng(5)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w1", (48, 64)), ("w2", (64, 32)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 32])], weights)
+    path = models._save(graph, tmp_path / "m.onnx")
+    assert "relax.matmul" not in passes.op_names(_run(_relax(path), host_target,
+                                                     "pack-matmul-weights"))
+    cuda = targets.resolve("cuda-sm80").tvm_target()
+    assert "relax.matmul" in passes.op_names(_run(_relax(path), cuda, "pack-matmul-weights"))
+    found = kernels(prepare.prepare(path, targets.resolve("host")).mod)
+    packed = sorted(tuple(int(d) for d in f.params[1].ty.shape) for f in found.values()
+                    if len(f.params) > 1 and len(f.params[1].ty.shape) == 3)
+    assert packed == sorted([(64 // lanes, 48, lanes), (32 // lanes, 64, lanes)])
+    model = load(build.build(path, targets.resolve("host"), tmp_path / "m.so").path)
+    inputs = runtime.random_inputs(model.inputs, seed=3)
+    (mismatch,) = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-4, mismatch
+
+
 def test_mixed_precision_uses_fp16(conv_model, host_target):
     mod = _run(_relax(conv_model), host_target, "fold-batchnorm", "mixed-precision-fp16",
                precision="fp16")

@@ -155,6 +155,13 @@ PIPELINE: tuple[GraphPass, ...] = (
         else [_fast_math()],
     ),
     GraphPass(
+        "pack-matmul-weights",
+        "CPUs: fp32 matmuls by constant weights read them packed at build time into panels of "
+        "one SIMD vector's width, [N/b, K, b], which the register tile streams front to back",
+        lambda relax, target: [] if relax.pipeline.BackendDispatcher.is_gpu_target(target)
+        else [_packed_matmul_weights(target)],
+    ),
+    GraphPass(
         "winograd",
         "CPUs: fp32 3x3 stride-1 packed convs as Winograd F(4x4, 3x3), an input transform, 36 "
         "channel GEMMs and an output transform, with the weights transformed at build time: a "
@@ -332,6 +339,33 @@ def _fast_math():
             return self.builder_.call_te(fast[name], call.args[0])
 
     return _each_relax_function("FastMath", Fast)
+
+
+def _packed_matmul_weights(target):
+    """A module pass replacing matmuls that `packed_matmul.applies` to by matmuls of the weights
+    packed into panels."""
+    import tvm
+    from tvm import relax
+
+    from .kernels import cpu_simd, packed_matmul
+
+    lanes = cpu_simd.vector_lanes(target)
+
+    @relax.expr_functor.mutator
+    class Pack(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+                return call
+            weight = call.args[1]
+            if isinstance(weight, relax.Var):
+                weight = self.lookup_binding(weight)
+            if not packed_matmul.applies(call, weight, lanes):
+                return call
+            return packed_matmul.emit(self.builder_, call.args[0],
+                                      packed_matmul.panels(weight.value.numpy(), lanes))
+
+    return _each_relax_function("PackMatmulWeights", Pack)
 
 
 def _winograd():
