@@ -7,7 +7,8 @@ transformer's 3072-wide layers, and the prefetcher loses the streams. Packed int
 the 2-core AVX-512 VM, 128x768x3072 went from 144 to 215 GFLOP/s and 128x768x768 from 182 to
 283 (`cpu_gemm`'s default schedule both times). This is what TVM's `layout_free_buffers` and
 MetaSchedule's RewriteLayout do for tuned kernels only; as a graph rewrite the packing is done
-once, by FoldConstant-style numpy at build time, and tuning and build see the same kernel.
+once, in numpy at build time, for untuned and tuned kernels alike, and tuning and build see the
+same kernel.
 """
 
 from __future__ import annotations
