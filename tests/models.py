@@ -93,7 +93,8 @@ def unsupported_ops(path: Path) -> Path:
 
 def tiny_conv(path: Path) -> Path:
     """One small conv + bias + relu: a single real tuning task that builds and measures fast.
-    Its 3 input channels fill no SIMD block, so on CPUs it stays NCHW (no layout transforms)."""
+    Its 6 output channels fill no SIMD block (4, 8 or 16 lanes), so on CPUs it stays NCHW (no
+    layout transforms)."""
     rng = np.random.default_rng(3)
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -102,8 +103,8 @@ def tiny_conv(path: Path) -> Path:
     graph = helper.make_graph(
         nodes, "tiny_conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 14, 14])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 14, 14])],
-        [_const(rng, "w", (16, 3, 3, 3), 0.2), _const(rng, "b", (16,))])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 14, 14])],
+        [_const(rng, "w", (6, 3, 3, 3), 0.2), _const(rng, "b", (6,))])
     return _save(graph, path)
 
 
