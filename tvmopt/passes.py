@@ -67,6 +67,12 @@ def _packed_conv_passes(relax, target):
     return [when_convs]
 
 
+def _on_cpus(make):
+    """A GraphPass maker running the module pass make(target) on CPU targets only."""
+    return lambda relax, target: ([] if relax.pipeline.BackendDispatcher.is_gpu_target(target)
+                                  else [make(target)])
+
+
 def _legalize_passes(relax, target):
     from .kernels import packed_conv
 
@@ -151,23 +157,20 @@ PIPELINE: tuple[GraphPass, ...] = (
         "CPUs: fp32 exp, erf, tanh and softmax as TOPI's polynomial approximations, which "
         "vectorise (LLVM calls libm once per element for the exact ones: a BERT encoder's GELU and "
         "softmax were 86% of its time)",
-        lambda relax, target: [] if relax.pipeline.BackendDispatcher.is_gpu_target(target)
-        else [_fast_math()],
+        _on_cpus(lambda target: _fast_math()),
     ),
     GraphPass(
         "pack-matmul-weights",
         "CPUs: fp32 matmuls by constant weights read them packed at build time into panels of "
         "one SIMD vector's width, [N/b, K, b], which the register tile streams front to back",
-        lambda relax, target: [] if relax.pipeline.BackendDispatcher.is_gpu_target(target)
-        else [_packed_matmul_weights(target)],
+        _on_cpus(lambda target: _packed_matmul_weights(target)),
     ),
     GraphPass(
         "winograd",
         "CPUs: fp32 3x3 stride-1 packed convs as Winograd F(4x4, 3x3), an input transform, 36 "
         "channel GEMMs and an output transform, with the weights transformed at build time: a "
         "quarter of a direct conv's multiply-adds",
-        lambda relax, target: [] if relax.pipeline.BackendDispatcher.is_gpu_target(target)
-        else [_winograd()],
+        _on_cpus(lambda target: _winograd()),
         lambda opts: opts.layout == "NCHW",
     ),
     GraphPass("legalize", "lower Relax ops to TIR kernels (packed convs to conv2d_NCHWc)",
@@ -344,54 +347,52 @@ def _fast_math():
 def _packed_matmul_weights(target):
     """A module pass replacing matmuls that `packed_matmul.applies` to by matmuls of the weights
     packed into panels."""
-    import tvm
-    from tvm import relax
-
     from .kernels import cpu_simd, packed_matmul
 
     lanes = cpu_simd.vector_lanes(target)
 
-    @relax.expr_functor.mutator
-    class Pack(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
-                return call
-            weight = call.args[1]
-            if isinstance(weight, relax.Var):
-                weight = self.lookup_binding(weight)
-            if not packed_matmul.applies(call, weight, lanes):
-                return call
-            return packed_matmul.emit(self.builder_, call.args[0],
-                                      packed_matmul.panels(weight.value.numpy(), lanes))
+    def pack(bb, call, weight):
+        if not packed_matmul.applies(call, weight, lanes):
+            return None
+        return packed_matmul.emit(bb, call.args[0],
+                                  packed_matmul.panels(weight.value.numpy(), lanes))
 
-    return _each_relax_function("PackMatmulWeights", Pack)
+    return _rewrite_by_weights("PackMatmulWeights", "relax.matmul", pack)
 
 
 def _winograd():
     """A module pass replacing packed 3x3 conv2d calls that `winograd.applies` to by Winograd's
     three kernels."""
+    from .kernels import winograd
+
+    def transform(bb, call, weight):
+        if not winograd.applies(call, weight):
+            return None
+        return winograd.emit(bb, call.args[0], winograd.transformed_weights(weight.value.numpy()),
+                             call.attrs.padding, call.ty.shape)
+
+    return _rewrite_by_weights("Winograd", "relax.nn.conv2d", transform)
+
+
+def _rewrite_by_weights(name: str, op_name: str, rewrite):
+    """A module pass calling rewrite(builder, call, weights) on each `op_name` call, its weights
+    (second argument) resolved through their binding; a None result keeps the call."""
     import tvm
     from tvm import relax
 
-    from .kernels import winograd
-
     @relax.expr_functor.mutator
-    class Winograd(relax.PyExprMutator):
+    class Rewrite(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == op_name):
                 return call
             weight = call.args[1]
             if isinstance(weight, relax.Var):
                 weight = self.lookup_binding(weight)
-            if not winograd.applies(call, weight):
-                return call
-            return winograd.emit(self.builder_, call.args[0],
-                                 winograd.transformed_weights(weight.value.numpy()),
-                                 call.attrs.padding, call.ty.shape)
+            rewritten = rewrite(self.builder_, call, weight)
+            return call if rewritten is None else rewritten
 
-    return _each_relax_function("Winograd", Winograd)
+    return _each_relax_function(name, Rewrite)
 
 
 def _variadic_as_binary():
