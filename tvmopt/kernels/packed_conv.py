@@ -59,30 +59,28 @@ def legalize_conv2d(bb, call):
                           primfunc_name_hint="conv2d_NCHWc")
     if str(attrs.data_layout) == "NCHW" and PACKED.fullmatch(str(attrs.out_layout)):
         return bb.call_te(_conv2d_nchw_to_packed, call.args[0], call.args[1], attrs.strides,
-                          attrs.padding, attrs.dilation, str(call.ty.dtype),
+                          attrs.padding, attrs.dilation, call.ty.shape, str(call.ty.dtype),
                           primfunc_name_hint="conv2d_NCHW_to_NCHWc")
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
     return default(bb, call)
 
 
-def _conv2d_nchw_to_packed(data, kernel, strides, padding, dilation, out_dtype):
-    """An ungrouped conv from NCHW input and OIHW{b}o weights to NCHW{b}c output."""
+def _conv2d_nchw_to_packed(data, kernel, strides, padding, dilation, out_shape, out_dtype):
+    """An ungrouped conv from NCHW input and OIHW{b}o weights to NCHW{b}c output, of the shape
+    Relax inferred for the call."""
     from tvm import te, topi
     from tvm.topi.utils import get_const_tuple
 
-    n, _, height, width = get_const_tuple(data.shape)
-    out_chunks, in_channels, kernel_h, kernel_w, block = get_const_tuple(kernel.shape)
+    _, in_channels, kernel_h, kernel_w, _ = get_const_tuple(kernel.shape)
     stride_h, stride_w = (int(s) for s in strides)
     dilation_h, dilation_w = (int(d) for d in dilation)
     top, left, bottom, right = (int(p) for p in padding)
-    out_h = (height + top + bottom - (kernel_h - 1) * dilation_h - 1) // stride_h + 1
-    out_w = (width + left + right - (kernel_w - 1) * dilation_w - 1) // stride_w + 1
     padded = topi.nn.pad(data, (0, 0, top, left), (0, 0, bottom, right), name="data_pad")
     ic = te.reduce_axis((0, in_channels), name="ic")
     kh = te.reduce_axis((0, kernel_h), name="kh")
     kw = te.reduce_axis((0, kernel_w), name="kw")
     return te.compute(
-        (n, out_chunks, out_h, out_w, block),
+        tuple(int(d) for d in out_shape),
         lambda b, oc, oh, ow, lane: te.sum(
             padded[b, ic, oh * stride_h + kh * dilation_h, ow * stride_w + kw * dilation_w]
             .astype(out_dtype) * kernel[oc, ic, kh, kw, lane].astype(out_dtype),

@@ -24,9 +24,12 @@ at 7x7, whose transformed weights (38 MB) no longer stay in cache: see `applies`
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
+
+from .packed_conv import PACKED
 
 TILE = 4  # outputs per tile side: F(4x4, 3x3)
 KERNEL = 3
@@ -39,8 +42,7 @@ INPUT_BLOCK, OUTPUT_BLOCK = "winograd_input", "winograd_output"
 MIN_TILES = 16
 CACHED_WEIGHT_BYTES = 4 << 20
 _OUT_ELEMWISE_FUSABLE = 4  # relax's OpPatternKind::kOutEWiseFusable, as conv2d's
-_PACKED_DATA = re.compile(r"NCHW(\d+)c")
-_PACKED_KERNEL = re.compile(r"OIHW(\d+)i(\d+)o")
+_PACKED_KERNEL = re.compile(r"OIHW\d+i\d+o")
 
 
 def matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,7 +61,7 @@ def applies(call, weight) -> bool:
     import tvm
 
     attrs = call.attrs
-    if not (_PACKED_DATA.fullmatch(str(attrs.data_layout))
+    if not (PACKED.fullmatch(str(attrs.data_layout))
             and _PACKED_KERNEL.fullmatch(str(attrs.kernel_layout))
             and str(attrs.out_layout) == str(attrs.data_layout)):
         return False
@@ -75,7 +77,7 @@ def applies(call, weight) -> bool:
     if not all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values):
         return False
     out_h, out_w = int(call.ty.shape[2]), int(call.ty.shape[3])
-    tiles = -(-out_h // TILE) * -(-out_w // TILE)
+    tiles = math.prod(_tiles(out_h, out_w))
     if 2 * ALPHA * ALPHA * tiles > KERNEL * KERNEL * out_h * out_w:
         return False
     transformed_bytes = ALPHA * ALPHA * out_chunks * out_block * in_chunks * in_block * 4
