@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -128,6 +129,34 @@ def external_data_files(model: onnx.ModelProto, path: Path) -> list[Path]:
     return [path.parent / loc for loc in dict.fromkeys(locations)]
 
 
+def _check_data_file(model_path: Path, data: Path) -> None:
+    """External weights are read only from a regular file in the model's own directory: a
+    location that is absolute, climbs out with .., or is a link is refused (a crafted model
+    could otherwise read any file into the artifact)."""
+    import stat
+
+    location = os.path.relpath(data, model_path.parent)
+    fix = "save its weights file beside it (onnx.save(..., save_as_external_data=True))"
+    if ".." in Path(location).parts:
+        raise TvmoptError(f"{model_path}: its weights location {location!r} is outside the model's "
+                          f"directory; tvmopt reads weights only from beside the model: {fix}")
+    part = model_path.parent / location
+    while part != model_path.parent:
+        if part.is_symlink():
+            raise TvmoptError(f"{model_path}: its weights location {location} goes through a "
+                              f"symbolic link ({part.name}); tvmopt reads weights only from real "
+                              f"files beside the model: {fix}")
+        part = part.parent
+    try:
+        mode = data.stat().st_mode
+    except FileNotFoundError:
+        raise TvmoptError(f"{model_path}: its weights are in {location}, which is not beside it in "
+                          f"{model_path.parent}; copy that file next to the model") from None
+    if not stat.S_ISREG(mode):
+        raise TvmoptError(f"{model_path}: its weights location {location} is not a regular file "
+                          f"(a {'pipe' if stat.S_ISFIFO(mode) else 'directory or device'}); {fix}")
+
+
 @dataclass
 class LoadedModel:
     """An ONNX file read once: the parsed model (external data loaded), and what identifies it."""
@@ -175,14 +204,12 @@ def load(path: str | Path) -> LoadedModel:
         raise TvmoptError(f"{path}: the graph declares no outputs, so it computes nothing; "
                           "re-export it naming its outputs (torch.onnx.export(output_names=...))")
     data_files = external_data_files(model, path)
-    missing = [f for f in data_files if not f.is_file()]
-    if missing:
-        raise TvmoptError(f"{path}: its weights are in {missing[0].name}, which is not beside it "
-                          f"in {path.parent}; copy that file next to the model")
+    for f in data_files:
+        _check_data_file(path, f)
     if data_files:
         try:
             load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
             raise TvmoptError(f"{path}: cannot read its external data ({first_line(e)}); "
                               "re-export the model") from None
         log.info("loaded external data from %s", ", ".join(f.name for f in data_files))

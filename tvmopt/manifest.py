@@ -16,7 +16,9 @@ import hashlib
 import json
 import logging
 import mmap
+import os
 import re
+import stat
 import struct
 from pathlib import Path
 
@@ -47,10 +49,24 @@ def source(manifest: dict) -> str:
     )
 
 
+def check_regular(path: Path, st: os.stat_result | None = None) -> None:
+    """A library is a regular file: a missing path, a directory or a pipe is refused by name."""
+    if st is None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise TvmoptError(f"{path}: no such file; pass a library built by `tvmopt build`") from None
+        except OSError as e:
+            raise TvmoptError(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else (
+            "a pipe" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+        raise TvmoptError(f"{path}: {what}, not a library; pass a library built by `tvmopt build`")
+
+
 def _mapped(path: Path) -> mmap.mmap:
     """The file mapped read-only: a library of hundreds of MB is not read into memory."""
-    if not path.is_file():
-        raise TvmoptError(f"{path}: no such file; pass a library built by `tvmopt build`")
+    check_regular(path)
     with open(path, "rb") as f:
         try:
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -123,27 +139,47 @@ def integrity(path: str | Path) -> str:
         return "intact" if recorded == _digest(data, span) else "damaged"
 
 
-def verify(path: str | Path) -> None:
-    """Refuse a library whose bytes changed since it was built (before anything of it runs)."""
+def verify(path: str | Path, *, shown_as: str | Path | None = None) -> None:
+    """Refuse a library whose bytes changed since it was built (before anything of it runs).
+    `shown_as` is the name to give in messages (`path` may be a private copy)."""
     status = integrity(path)
     if status == "damaged":
-        raise TvmoptError(f"{path}: damaged: its bytes differ from those it was built with; "
-                          "copy it again or rebuild it, and do not load it")
+        raise TvmoptError(f"{shown_as or path}: damaged: its bytes differ from those it was built "
+                          "with; copy it again or rebuild it, and do not load it")
     if status == "unrecorded":
         log.warning("%s records no digest (built by an older tvmopt): its bytes are not "
-                    "verified; rebuild it to have them checked", path)
+                    "verified; rebuild it to have them checked", shown_as or path)
 
 
-def read(path: str | Path) -> dict:
+# What every manifest holds, with its type: a crafted or foreign one is refused by name.
+_REQUIRED = {"format": int, "tvmopt_version": str, "tvm_version": str, "model": str,
+             "model_sha256": str,
+             "target": dict, "target_key": str, "preset": str, "family": str, "precision": str,
+             "layout": str, "inputs": list, "outputs": list, "kernel_providers": dict}
+
+
+def read(path: str | Path, *, shown_as: str | Path | None = None) -> dict:
     """The manifest linked into a tvmopt artifact (works for any target's library)."""
+    shown = shown_as or path
     machine, raw = elf_section(path, SECTION)
     if raw is None:
-        raise TvmoptError(f"{path}: not a tvmopt artifact (no manifest); build it with "
+        raise TvmoptError(f"{shown}: not a tvmopt artifact (no manifest); build it with "
                           "`tvmopt build MODEL.onnx --target T -o OUT.so`")
     try:
         manifest = json.loads(raw.rstrip(b"\0").decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise TvmoptError(f"{path}: the tvmopt manifest is damaged; rebuild the library") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise TvmoptError(f"{shown}: the tvmopt manifest is damaged; rebuild the library") from None
+    wrong = ([] if isinstance(manifest, dict) else ["its layout"]) or [
+        key for key, kind in _REQUIRED.items() if not isinstance(manifest.get(key), kind)]
+    if not wrong and not all(isinstance(t, dict) and {"name", "shape", "dtype"} <= t.keys()
+                             for t in manifest["inputs"] + manifest["outputs"]):
+        wrong = ["a tensor"]
+    if wrong:
+        raise TvmoptError(f"{shown}: its tvmopt manifest is not one tvmopt wrote ({wrong[0]} is "
+                          "missing or wrong); rebuild the library with `tvmopt build`")
+    if manifest["format"] != FORMAT:
+        raise TvmoptError(f"{shown}: manifest format {manifest['format']}, this tvmopt reads "
+                          f"format {FORMAT}; rebuild the library with this tvmopt")
     manifest["elf_machine"] = machine
     if manifest.get("family") == "rocm":
         manifest["amdgpu_code_objects"] = amdgpu_code_objects(path)

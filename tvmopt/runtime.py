@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -134,17 +137,6 @@ class Model:
         return np.ascontiguousarray(arr)
 
 
-def check_sha256(path: Path, expected: str) -> None:
-    from .frontend import file_sha256
-
-    if not path.is_file():
-        raise TvmoptError(f"{path}: no such file; pass a library built by `tvmopt build`")
-    actual = file_sha256(path)
-    if actual != expected.strip().lower():
-        raise TvmoptError(f"{path}: sha256 is {actual}, not the pinned {expected}; it is not the "
-                          "file you trust: do not load it")
-
-
 def flatten_outputs(result):
     import tvm
 
@@ -164,22 +156,29 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
     """Load a library built by `tvmopt build`; checks it is one and that it can run here.
 
     Loading a library runs its code: load only artifacts you built, or pin the sha256 of the file
-    you trust (`sha256`), which is checked before anything of it runs."""
+    you trust (`sha256`). The file is read once, into a private copy, and every check (the pin,
+    the digest recorded at build time, the manifest) is made on the bytes that are then loaded:
+    swapping the file at `path` meanwhile changes nothing."""
     from tvm import relax
 
     path = Path(path)
-    if sha256 is not None:
-        check_sha256(path, sha256)  # the file the user trusts: its own digest adds nothing
-    else:
-        artifact_manifest.verify(path)
-    manifest = artifact_manifest.read(path)
-    device = device_for(manifest, path)
-    try:
-        lib = _load_current(path)
-        vm = relax.VirtualMachine(lib, device)
-    except Exception as e:  # noqa: BLE001 - the loader reports through assorted exceptions
-        raise TvmoptError(f"{path}: cannot be loaded ({first_line(e)}); "
-                          "rebuild it with this tvmopt version") from None
+    with private_copy(path) as (copy, actual_sha256):
+        manifest = artifact_manifest.read(copy, shown_as=path)
+        if sha256 is not None:  # the file the user trusts: its own digest adds nothing
+            if actual_sha256 != sha256.strip().lower():
+                raise TvmoptError(f"{path}: sha256 is {actual_sha256}, not the pinned {sha256}; it "
+                                  "is not the file you trust: do not load it")
+        else:
+            artifact_manifest.verify(copy, shown_as=path)
+        device = device_for(manifest, path)
+        try:
+            import tvm
+
+            lib = tvm.runtime.load_module(str(copy))
+            vm = relax.VirtualMachine(lib, device)
+        except Exception as e:  # noqa: BLE001 - the loader reports through assorted exceptions
+            raise TvmoptError(f"{path}: cannot be loaded ({first_line(e)}); "
+                              "rebuild it with this tvmopt version") from None
     return Model(
         path, manifest,
         [TensorSpec.from_dict(d) for d in manifest["inputs"]],
@@ -188,26 +187,30 @@ def load(path: str | Path, *, sha256: str | None = None) -> Model:
     )
 
 
-# {resolved path: (inode, mtime, size) of the file this process first loaded from it}
-_LOADED: dict[str, tuple[int, int, int]] = {}
-
-
-def _load_current(path: Path):
-    """The library as the file is now. dlopen hands back whatever a process first loaded under a
-    path, even after the file was rebuilt there; a changed file is loaded from a private copy."""
-    import tvm
-
-    resolved = str(path.resolve())
-    st = path.stat()
-    signature = (st.st_ino, st.st_mtime_ns, st.st_size)
-    if _LOADED.setdefault(resolved, signature) == signature:
-        return tvm.runtime.load_module(resolved)
-    tmp = Path(tempfile.mkdtemp(prefix="tvmopt-reload-"))
+@contextlib.contextmanager
+def private_copy(path: Path):
+    """(copy, sha256): the file's bytes, read once through one open descriptor into a directory
+    only this process can write. dlopen of the copy loads exactly the bytes that were checked (and
+    a library rebuilt at the same path is loaded anew: dlopen would hand back the old mapping)."""
+    # O_NONBLOCK: a pipe named like a library is refused, not waited on.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        artifact_manifest.check_regular(path)  # names what is wrong with the path
+        raise TvmoptError(f"{path}: cannot be read ({e.strerror})") from None
+    src = os.fdopen(fd, "rb")
+    tmp = Path(tempfile.mkdtemp(prefix="tvmopt-load-"))
     try:  # the mapping outlives the file: the copy can go once it is loaded
-        copy = tmp / path.name
-        shutil.copyfile(path, copy)
-        return tvm.runtime.load_module(str(copy))
+        artifact_manifest.check_regular(path, os.fstat(fd))
+        copy = tmp / (path.stem + ".so")
+        h = hashlib.sha256()
+        with open(copy, "xb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                h.update(chunk)
+                dst.write(chunk)
+        yield copy, h.hexdigest()
     finally:
+        src.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

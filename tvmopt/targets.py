@@ -43,6 +43,7 @@ class Preset:
     def tvm_target(self):
         import tvm
 
+        _check_llvm_cpu(self)
         try:
             return tvm.target.Target(self.target)
         except Exception as e:  # TVM validates attributes in C++ and raises assorted types
@@ -67,6 +68,23 @@ class Preset:
         }
 
 
+def _check_llvm_cpu(preset: Preset) -> None:
+    """LLVM replaces an mcpu it does not know by `generic` with only a log line: code without the
+    CPU's vector units, under a key naming that CPU."""
+    target = preset.target
+    for t in (target, target.get("host") if isinstance(target.get("host"), dict) else None):
+        if not t or t.get("kind") != "llvm" or not isinstance(t.get("mcpu"), str):
+            continue
+        from tvm.target import codegen
+
+        triple = str(t.get("mtriple") or codegen.llvm_get_system_triple())
+        if not codegen.llvm_is_valid_cpu(t["mcpu"], triple):
+            raise TvmoptError(
+                f"target {preset.name!r}: LLVM does not know the CPU {t['mcpu']!r} for {triple}; "
+                f"fix {preset.source or 'the target JSON'} (`llc -mtriple={triple} -mcpu=help` "
+                "lists the names)")
+
+
 def target_key(target: dict) -> str:
     """A readable name for a target, e.g. cuda/sm_90a or llvm/x86_64/znver4."""
     kind = target.get("kind", "?")
@@ -86,12 +104,33 @@ def preset_dirs() -> list[Path]:
     return [d for d in (*extra, *_BUILTIN_DIRS) if d.is_dir()]
 
 
-def _preset_files() -> dict[str, Path]:
+def _preset_files(*, builtin_only: bool = False) -> dict[str, Path]:
     files: dict[str, Path] = {}
-    for d in preset_dirs():
-        for f in sorted(d.glob("*.json")):
+    for d in (_BUILTIN_DIRS if builtin_only else preset_dirs()):
+        for f in sorted(d.glob("*.json")) if d.is_dir() else ():
             files.setdefault(f.stem, f)
     return files
+
+
+def _is_builtin(path: Path) -> bool:
+    return path.parent in _BUILTIN_DIRS
+
+
+def _check_trusted(path: Path) -> None:
+    """A preset is code (its `cc` runs): one from outside tvmopt must be a file, in a directory,
+    that only this user (or root) can write."""
+    for where in (path.parent, path):
+        try:
+            st = where.stat()
+        except OSError as e:
+            raise TvmoptError(f"target preset {path}: cannot be read ({e.strerror})") from None
+        if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
+            who = ("owned by another user" if st.st_uid not in (os.getuid(), 0)
+                   else "writable by other users")
+            raise TvmoptError(
+                f"target preset {path}: {'its directory ' + str(where) if where != path else 'the file'}"
+                f" is {who}, and a preset's compiler runs as you: refused; keep presets in a "
+                f"directory only you can write (chmod go-w {where}, owned by you)")
 
 
 def available() -> list[str]:
@@ -175,7 +214,8 @@ def _local_device_preset(family: str) -> Preset | None:
         return None
     attr = "arch" if family == "cuda" else "mcpu"
     matches = []
-    for name, path in _preset_files().items():
+    # A family name never resolves to a preset from TVMOPT_TARGETS_PATH: those are used by name.
+    for name, path in _preset_files(builtin_only=True).items():
         try:
             data = json.loads(path.read_text())
             device_arch = str(data["target"][attr]) if data.get("family") == family else ""
@@ -257,17 +297,22 @@ def resolve(spec: str) -> Preset:
         preset.tvm_target()  # validate now, with a clear error
         return preset
     if spec.endswith(".json") and Path(spec).is_file():
+        _check_trusted(Path(spec).absolute())
         return _read_preset(Path(spec).stem, Path(spec))
-    files = _preset_files()
+    # Family names pick this machine's device among the built-in presets only.
+    files = _preset_files(builtin_only=spec in _FAMILIES)
     if spec not in files:
         raise TvmoptError(
-            f"unknown target {spec!r}; known presets: {', '.join(sorted(files))} "
+            f"unknown target {spec!r}; known presets: {', '.join(sorted(_preset_files()))} "
             "(or pass a TVM target JSON object)"
         )
-    builtin = [d / f"{spec}.json" for d in _BUILTIN_DIRS if (d / f"{spec}.json").is_file()]
-    if builtin and files[spec] not in builtin:  # presets are code: their `cc` runs
-        log.warning("target %s: using %s from TVMOPT_TARGETS_PATH instead of the built-in preset",
-                    spec, files[spec])
+    if not _is_builtin(files[spec]):  # presets are code: their `cc` runs
+        _check_trusted(files[spec])
+        if spec in _preset_files(builtin_only=True):
+            log.warning("target %s: using %s from TVMOPT_TARGETS_PATH instead of the built-in "
+                        "preset", spec, files[spec])
+        else:
+            log.info("target %s: preset %s from TVMOPT_TARGETS_PATH", spec, files[spec])
     return _read_preset(spec, files[spec])
 
 

@@ -28,6 +28,8 @@ def _setup_logging(verbose: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("tvmopt").setLevel(level)
+    # TVM's C++ log lines (tvmopt.cli.process), at debug level: shown from -v on.
+    logging.getLogger("tvmopt.native").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # The ONNX importer warns about every dynamic dim; tvmopt reports those itself.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
@@ -67,7 +69,12 @@ def model_options(*, target_required: bool):
             from ..frontend import parse_input_shape
             from ..prepare import ModelOptions
 
-            shapes = dict(parse_input_shape(v) for v in input_shapes)
+            shapes = {}
+            for name, dims in map(parse_input_shape, input_shapes):
+                if name in shapes and shapes[name] != dims:
+                    raise TvmoptError(f"--input-shape {name} is given twice ("
+                                      f"{_shape(shapes[name])} and {_shape(dims)}); give it once")
+                shapes[name] = dims
             return f(*args, model_options=ModelOptions(shapes, precision, layout, normalize=not raw,
                                                   kernels=kernels),
                      **kwargs)
@@ -148,4 +155,6 @@ def echo_tensors(described: dict) -> None:
 
 
 def main() -> None:
-    cli(prog_name="tvmopt")
+    from .process import run
+
+    run(lambda: cli(prog_name="tvmopt"))

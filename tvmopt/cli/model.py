@@ -349,6 +349,7 @@ def _load_npz(path: Path, specs) -> dict:
 
     import numpy as np
 
+    _check_input_file(path, "--inputs")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -364,10 +365,28 @@ def _load_npz(path: Path, specs) -> dict:
 def _load_npy(path: Path):
     import numpy as np
 
+    _check_input_file(path, "--input")
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise TvmoptError(f"--input {path}: not a readable .npy file ({e})") from None
+
+
+def _check_input_file(path: Path, flag: str) -> None:
+    """Inputs are regular files: a pipe would block the run forever, a device never ends."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TvmoptError(f"{flag} {path}: no such file") from None
+    except OSError as e:
+        raise TvmoptError(f"{flag} {path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        what = "a pipe" if stat.S_ISFIFO(mode) else (
+            "a directory" if stat.S_ISDIR(mode) else "a device or special file")
+        raise TvmoptError(f"{flag} {path}: {what}, not a file; save the arrays to a file with "
+                          "numpy (np.save / np.savez) and pass that")
 
 
 @cli.group(invoke_without_command=True)
