@@ -326,3 +326,53 @@ def attention_block(path: Path, *, batch: int = 2, seq: int = 32, heads: int = 2
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, seq])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, h])], inits)
     return _save(graph, path)
+
+
+def masked_scores(path: Path, *, batch: int = 3, heads: int = 4, seq: int = 37,
+                  head_dim: int = 16) -> Path:
+    """An attention score matmul and its additive mask, as two graph inputs each: Q
+    (batch, heads, seq, head_dim) @ K^T (batch, heads, head_dim, seq) + mask (batch, 1, seq, seq).
+    At a sequence length no vector width divides (37) its build once never finished on CPUs."""
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
+         helper.make_node("Add", ["scores", "mask"], ["y"])], "masked_scores",
+        [helper.make_tensor_value_info("q", f, [batch, heads, seq, head_dim]),
+         helper.make_tensor_value_info("k_t", f, [batch, heads, head_dim, seq]),
+         helper.make_tensor_value_info("mask", f, [batch, 1, seq, seq])],
+        [helper.make_tensor_value_info("y", f, [batch, heads, seq, seq])])
+    return _save(graph, path)
+
+
+# Col2Im cases: name -> (image_shape, block_shape, attributes). "padded", "mixed" and "1d" leave
+# rows or columns past the last block (ConvTranspose's output_padding).
+COL2IM_CASES = {
+    "plain": ((5, 5), (2, 2), {}),
+    "stride2": ((8, 6), (2, 2), {"strides": [2, 2]}),
+    "dilated": ((7, 6), (3, 2), {"dilations": [2, 1]}),
+    "padded": ((6, 7), (3, 3), {"strides": [2, 1], "pads": [1, 0, 1, 2]}),
+    "mixed": ((9, 4), (2, 3), {"strides": [3, 1], "dilations": [1, 2], "pads": [0, 1, 1, 1]}),
+    "1d": ((10,), (3,), {"strides": [2], "pads": [1, 1]}),
+}
+
+
+def col2im(path: Path, cases: dict = COL2IM_CASES, *, batch: int = 2, channels: int = 3) -> Path:
+    """One Col2Im node (opset 18, as torch's F.fold exports) per case, each from its own input
+    `x_<case>` (batch, channels * block positions, columns) to its own output `y_<case>`; the
+    image and block shapes are initializers."""
+    nodes, inputs, outputs, inits = [], [], [], []
+    for name, (image, block, attrs) in cases.items():
+        rank = len(image)
+        strides, dilations = attrs.get("strides", [1] * rank), attrs.get("dilations", [1] * rank)
+        pads = attrs.get("pads", [0] * 2 * rank)
+        columns = int(np.prod([(size + pads[i] + pads[i + rank] - dilations[i] * (block[i] - 1)
+                                - 1) // strides[i] + 1 for i, size in enumerate(image)]))
+        inits += [numpy_helper.from_array(np.array(image, np.int64), f"image_{name}"),
+                  numpy_helper.from_array(np.array(block, np.int64), f"block_{name}")]
+        nodes.append(helper.make_node("Col2Im", [f"x_{name}", f"image_{name}", f"block_{name}"],
+                                      [f"y_{name}"], name=f"col2im_{name}", **attrs))
+        inputs.append(helper.make_tensor_value_info(
+            f"x_{name}", TensorProto.FLOAT, [batch, channels * int(np.prod(block)), columns]))
+        outputs.append(helper.make_tensor_value_info(
+            f"y_{name}", TensorProto.FLOAT, [batch, channels, *image]))
+    return _save(helper.make_graph(nodes, "col2im", inputs, outputs, inits), path, opset=18)

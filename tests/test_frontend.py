@@ -83,3 +83,88 @@ def test_import_binds_weights_as_constants(conv_model):
     mod = frontend.import_model(model, frontend.resolve_inputs(model)).mod
     params = mod["main"].params
     assert len(params) == 1  # only the real input; weights are embedded constants
+
+
+def _build_and_compare_with_onnxruntime(path, tmp_path, input_shapes=None):
+    """Largest relative error of a host build against ONNX Runtime, over every output."""
+    import tvmopt
+    from tvmopt import build, runtime, targets
+    from tvmopt.prepare import ModelOptions
+
+    options = ModelOptions(input_shapes=input_shapes or {})
+    lib = build.build(path, targets.resolve("host"), tmp_path / (path.stem + ".so"),
+                      options=options).path
+    model = tvmopt.load(lib)
+    inputs = runtime.random_inputs(model.inputs, seed=7)
+    reference = runtime.onnxruntime_outputs(path, inputs)
+    return max(m.max_rel for m in runtime.compare(model(inputs), reference))
+
+
+def test_col2im_is_rewritten_exactly_and_builds(tmp_path, invoke):
+    """Col2Im has no TVM converter: normalisation writes it as a ConvTranspose, which ONNX Runtime
+    runs to the same bits, and the host build matches ONNX Runtime on every attribute mix."""
+    import json
+
+    import numpy as np
+
+    from tvmopt import normalize, runtime
+
+    path = models.col2im(tmp_path / "col2im.onnx")
+    info = json.loads(invoke("inspect", path, "--json").stdout)
+    assert info["op_histogram"] == {"Col2Im": len(models.COL2IM_CASES)}
+    assert info["unsupported_ops"] == []
+    assert [c["step"] for c in info["normalization"]] == ["col2im"]
+
+    model = frontend.load_model(path)
+    specs = frontend.resolve_inputs(model)
+    rewritten, _ = normalize.normalize(model, specs)
+    assert {n.op_type for n in rewritten.graph.node} == {"Reshape", "ConvTranspose"}
+    inputs = runtime.random_inputs(specs, seed=3)
+    expected = runtime.onnxruntime_outputs(path, inputs)
+    got = runtime.onnxruntime_outputs(rewritten.SerializeToString(), inputs)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+    assert _build_and_compare_with_onnxruntime(path, tmp_path) <= 1e-6
+
+
+def test_torch_fold_and_unfold_exported_by_dynamo_build(tmp_path):
+    """The dynamo exporter (opset 18) writes F.fold as Col2Im; F.unfold as Gathers and a Pad."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    import zoo
+
+    class FoldUnfold(torch.nn.Module):
+        def forward(self, columns, image):
+            folded = F.fold(columns, output_size=(7, 9), kernel_size=(2, 3), stride=(2, 1),
+                            padding=(1, 0), dilation=(1, 2))  # blocks overlap in width
+            return folded, F.fold(F.unfold(image, 3, padding=1) * 2, (8, 8), 3, padding=1)
+
+    path = tmp_path / "fold.onnx"
+    args = (torch.randn(zoo.BATCH, 4 * 6, 20), torch.randn(zoo.BATCH, 3, 8, 8))
+    exported = zoo._export(FoldUnfold(), args, path, input_names=["columns", "image"],
+                           output_names=["folded", "refolded"], opset=18, exporter="dynamo",
+                           dynamic_axes={name: {0: "batch"} for name in
+                                         ("columns", "image", "folded", "refolded")})
+    assert [n.op_type for n in exported.graph.node].count("Col2Im") == 2
+    zoo._save(exported, path)
+    shapes = {"columns": (zoo.BATCH, 24, 20), "image": (zoo.BATCH, 3, 8, 8)}
+    assert _build_and_compare_with_onnxruntime(path, tmp_path, shapes) <= 1e-6
+
+
+def test_col2im_with_a_computed_image_shape_is_refused_by_name():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvmopt import normalize
+
+    graph = helper.make_graph(
+        [helper.make_node("Col2Im", ["x", "size", "block"], ["y"], name="fold")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9]),
+         helper.make_tensor_value_info("size", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, None, None])],
+        [numpy_helper.from_array(np.array([2, 2], np.int64), "block")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(TvmoptError, match="Col2Im node 'fold': its image_shape is computed"):
+        normalize.normalize(model, frontend.resolve_inputs(model))

@@ -325,11 +325,12 @@ _DATA_DEPENDENT = {
 def _supported_ops() -> set[str]:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
+    from .normalize import REWRITTEN_OPS
     from .recurrent import GATES
 
     # Constant and If are handled by the importer itself rather than through its converter map;
-    # recurrent layers are unrolled before import.
-    return set(_get_convert_map()) | {"Constant", "If"} | set(GATES)
+    # recurrent layers are unrolled, and Col2Im written as a ConvTranspose, before import.
+    return set(_get_convert_map()) | {"Constant", "If"} | set(GATES) | REWRITTEN_OPS
 
 
 def _all_nodes(graph: onnx.GraphProto):
