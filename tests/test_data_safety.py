@@ -156,28 +156,3 @@ def test_a_preset_that_shadows_a_builtin_is_announced(invoke, tmp_path, monkeypa
     result = invoke("targets", "show", "host")
     assert result.exit_code == 0, result.output
     assert f"{tmp_path / 'host.json'} from TVMOPT_TARGETS_PATH instead of the built-in" in result.output
-
-
-def test_ctrl_c_during_a_build_exits_130_and_leaves_no_file(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    import models
-
-    out = tmp_path / "m.so"
-    proc = subprocess.Popen([sys.executable, "-m", "tvmopt", "build",
-                             str(models.LIGHT_DIR / "light_densenet121.onnx"), "--target", "host",
-                             "-o", str(out), "--db", str(empty_database(tmp_path / "e.db"))],
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    for line in proc.stderr:
-        if line.startswith("[2/3] compile ..."):
-            break
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
-    assert "Interrupted" in err and "internal error" not in err and "TVM failed" not in err
-    assert "Traceback" not in err
-    assert not [p.name for p in tmp_path.iterdir() if ".so" in p.name]  # no library, no partial

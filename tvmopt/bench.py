@@ -120,6 +120,8 @@ def _is_host(device) -> bool:
 
 def _check_options(model: runtime.Model, options: BenchOptions) -> tuple[int, bool]:
     batch = artifact_batch(model)
+    if options.batch is not None and options.batch < 1:
+        raise TvmoptError(f"--batch must be at least 1 (got {options.batch})")
     if options.batch is not None and options.batch != batch:
         spec = _batched_input(model)
         how = (f"rebuild with --input-shape {spec.name}="

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import manifest as artifact_manifest
 from .database import open_database, target_identity
-from .errors import TvmoptError, first_line
+from .errors import TvmoptError, compiler_cause
 from .frontend import LoadedModel, load
 from .kernels import BuildContext, Kernel, apply_providers, library
 from .outputs import check_output, written_whole
@@ -158,7 +158,7 @@ def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str,
             executable.export_library(str(partial), fcompile=fcompile, workspace_dir=tmp,
                                       addons=[str(src), *map(str, link_objects), *libraries])
         except Exception as e:  # the compiler driver reports through assorted exceptions
-            raise TvmoptError(f"linking with {cc} failed: {first_line(e)}") from e
+            raise TvmoptError(f"linking with {cc} failed: {compiler_cause(e)}") from e
         artifact_manifest.seal(partial)
 
 

@@ -30,3 +30,15 @@ def onnxruntime_cause(e: Exception) -> str:
         if depth == 0:
             return (text[:start] + " " + text[end + 1:].strip())[:300]
     return text[:300]
+
+
+def compiler_cause(e: BaseException, limit: int = 300) -> str:
+    """The line of a compiler's or linker's output that says what went wrong (TVM's wrapper
+    puts "Compilation error:" first and the compiler's own words after it)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    causes = [line for line in lines if line.rstrip(":").lower() != "compilation error"
+              and any(w in line.lower() for w in ("error", "no space", "cannot", "denied",
+                                                  "not found", "killed"))]
+    rest = [line for line in lines if line.rstrip(":").lower() != "compilation error"]
+    return ((causes or rest or lines or [type(e).__name__])[0])[:limit]
+

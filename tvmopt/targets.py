@@ -293,7 +293,10 @@ def resolve(spec: str) -> Preset:
         if not isinstance(target, dict) or "kind" not in target:
             raise TvmoptError('--target JSON must be an object with a "kind"')
         family = _family_of(target)
-        preset = Preset("custom", "target given as JSON", family, target, source="--target")
+        # Linked by the compiler of the code's architecture: a cross compiler for another one.
+        cross = (family == "arm" and host_arch() != "aarch64")
+        preset = Preset("custom", "target given as JSON", family, target,
+                        cc="aarch64-linux-gnu-g++" if cross else "g++", source="--target")
         preset.tvm_target()  # validate now, with a clear error
         return preset
     if spec.endswith(".json") and Path(spec).is_file():

@@ -11,7 +11,7 @@ from .app import cli, echo_json, log, sha256_option, table
 
 @cli.command()
 @click.argument("library", type=click.Path(path_type=Path))
-@click.option("--batch", type=click.IntRange(min=1), default=None,
+@click.option("--batch", type=int, default=None,
               help="Samples per inference; must match the artifact [default: its batch].")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls first.")
 @click.option("--iterations", type=int, default=None,
