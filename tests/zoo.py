@@ -939,6 +939,134 @@ def helper_opset21(path: Path, *, opset: int = 21, batch="batch", seq="sequence"
 
 
 # ---------------------------------------------------------------------------------------------
+# detection and segmentation CNNs (input N x 3 x 64 x 64): what the CPU's packed layout cannot
+# carry everywhere (channel splits, transposed convs, resizes) next to what it can
+
+
+DETECTOR_IMAGE = (3, 64, 64)
+
+
+def _conv_bn_silu(cin, cout, k=1, stride=1):
+    """ultralytics' Conv: conv + batch norm + SiLU."""
+    nn = _torch().nn
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.SiLU())
+
+
+def _export_image_model(net, path, *, input_name, output_name, opset, exporter) -> Path:
+    torch = _torch()
+    _randomize_bn(net)
+    dyn = {input_name: {0: "batch"}, output_name: {0: "batch"}}
+    model = _export(net, (torch.randn(BATCH, *DETECTOR_IMAGE),), path, input_names=[input_name],
+                    output_names=[output_name], dynamic_axes=dyn, opset=opset, exporter=exporter)
+    return _save(model, path)
+
+
+def yolo_detector(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """YOLOv8-style detector: Conv+BN+SiLU, C2f blocks splitting their channels into halves with
+    `split((c, c), 1)` (an ONNX Split by sizes; halves of 16 channels, one AVX-512 block, and of
+    8, less than one) and concatenating the branches, an SPPF of three chained 5x5 max pools, an
+    FPN (nearest 2x upsample + concat) and a PAN (strided conv + concat), and a head flattening
+    both scales into N x 8 x 320 (4 box values, 4 class scores through a sigmoid)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c, shortcut):
+            super().__init__()
+            self.body = nn.Sequential(_conv_bn_silu(c, c, 3), _conv_bn_silu(c, c, 3))
+            self.shortcut = shortcut
+
+        def forward(self, x):
+            return x + self.body(x) if self.shortcut else self.body(x)
+
+    class C2f(nn.Module):
+        def __init__(self, cin, cout, shortcut=True):
+            super().__init__()
+            self.c = cout // 2
+            self.cv1 = _conv_bn_silu(cin, 2 * self.c)
+            self.m = Bottleneck(self.c, shortcut)
+            self.cv2 = _conv_bn_silu(3 * self.c, cout)
+
+        def forward(self, x):
+            y = list(self.cv1(x).split((self.c, self.c), 1))
+            y.append(self.m(y[-1]))
+            return self.cv2(torch.cat(y, 1))
+
+    class SPPF(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.cv1, self.cv2 = _conv_bn_silu(c, c // 2), _conv_bn_silu(c // 2 * 4, c)
+            self.pool = nn.MaxPool2d(5, 1, 2)
+
+        def forward(self, x):
+            y = [self.cv1(x)]
+            y.extend(self.pool(y[-1]) for _ in range(3))
+            return self.cv2(torch.cat(y, 1))
+
+    class Detector(nn.Module):
+        def __init__(self, classes=4):
+            super().__init__()
+            self.p3 = nn.Sequential(_conv_bn_silu(3, 16, 3, 2), _conv_bn_silu(16, 32, 3, 2),
+                                    C2f(32, 32))                                    # 16 x 16
+            self.p4 = nn.Sequential(_conv_bn_silu(32, 32, 3, 2), C2f(32, 32), SPPF(32))  # 8 x 8
+            self.up = nn.Upsample(scale_factor=2, mode="nearest")
+            self.top3 = C2f(64, 16, shortcut=False)                                 # FPN
+            self.down3 = _conv_bn_silu(16, 16, 3, 2)
+            self.bottom4 = C2f(48, 32, shortcut=False)                              # PAN
+            self.heads = nn.ModuleList(nn.Conv2d(c, 4 + classes, 1) for c in (16, 32))
+
+        def forward(self, x):
+            p3 = self.p3(x)
+            p4 = self.p4(p3)
+            t3 = self.top3(torch.cat([self.up(p4), p3], 1))
+            b4 = self.bottom4(torch.cat([self.down3(t3), p4], 1))
+            out = torch.cat([h(f).flatten(2) for h, f in zip(self.heads, (t3, b4))], 2)
+            box, cls = out.split([4, out.shape[1] - 4], 1)
+            return torch.cat([box, cls.sigmoid()], 1)
+
+    torch.manual_seed(0)
+    return _export_image_model(Detector(), path, input_name="images", output_name="detections",
+                               opset=opset, exporter=exporter)
+
+
+def unet(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
+    """Small UNet: a strided stem, two encoder levels (conv+BN+ReLU, max pool), a decoder of
+    transposed convolutions (3x3 stride 2 with output_padding=1, and 2x2 stride 2), each followed
+    by a skip concat and a conv, and the mask resized bilinearly to the input's size
+    (`F.interpolate(size=x.shape[-2:])`): N x 2 x 64 x 64."""
+    torch = _torch()
+    nn = torch.nn
+    F = nn.functional
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = _conv_bn(3, 16, stride=2)                           # 32 x 32
+            self.enc1 = _conv_bn(16, 16)
+            self.enc2 = _conv_bn(16, 32)                                    # 16 x 16
+            self.mid = _conv_bn(32, 32)                                     # 8 x 8
+            self.up2 = nn.ConvTranspose2d(32, 32, 3, stride=2, padding=1, output_padding=1)
+            self.dec2 = _conv_bn(64, 32)
+            self.up1 = nn.ConvTranspose2d(32, 16, 2, stride=2)
+            self.dec1 = _conv_bn(32, 16)
+            self.out = nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            e1 = self.enc1(self.stem(x))
+            e2 = self.enc2(F.max_pool2d(e1, 2))
+            m = self.mid(F.max_pool2d(e2, 2))
+            d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+            d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+            return F.interpolate(self.out(d1), size=x.shape[-2:], mode="bilinear",
+                                 align_corners=False)
+
+    torch.manual_seed(0)
+    return _export_image_model(UNet(), path, input_name="input", output_name="mask", opset=opset,
+                               exporter=exporter)
+
+
+# ---------------------------------------------------------------------------------------------
 # the zoo
 
 
@@ -952,6 +1080,7 @@ def _variant(fn, **fixed):
 
 
 _IMAGE_SHAPE = {"input": (BATCH, *IMAGE)}
+_DETECTOR_SHAPE = {"images": (BATCH, *DETECTOR_IMAGE)}
 _TOKENS = {"input_ids": (BATCH, SEQ), "attention_mask": (BATCH, SEQ)}
 
 
@@ -1009,6 +1138,12 @@ ZOO: dict[str, tuple] = {
     "helper_opset21": (helper_opset21, _meta("transformer-block", {"x": (BATCH, SEQ, 32)},
                                              "onnx.helper", 21,
                                              dynamic=("batch", "sequence"))),
+    # what the CPU's packed layout (`--layout NCHW`) keeps NCHW: channel splits by sizes,
+    # transposed convs, resizes
+    "yolo_detector": (yolo_detector, _meta("detector-split-concat", _DETECTOR_SHAPE, "legacy",
+                                           17)),
+    "unet": (unet, _meta("unet-transposed-conv", {"input": (BATCH, *DETECTOR_IMAGE)}, "legacy",
+                         17)),
 }
 
 

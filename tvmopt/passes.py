@@ -38,10 +38,30 @@ class GraphPass:
 
 
 def _nhwc_passes(relax, target):
-    return [
-        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+    import tvm
+
+    # conv2d_transpose would follow its NHWC input, and TVM lowers it in NCHW/IOHW only (the
+    # build then fails in VM codegen): it stays NCHW, transposes at its boundary.
+    return [_well_formed_or_raise(tvm.transform.Sequential([
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"],
+                                       "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}),
         relax.transform.FoldConstant(),  # transpose the constant weights once, at build time
-    ]
+    ]), "NHWCLayouts")]
+
+
+def _well_formed_or_raise(convert, name):
+    """A module pass running `convert` and raising if its result is not well-formed Relax, so
+    that a layout pass's failure (`skipped_on_failure`) leaves the module as it was."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def checked(mod, _ctx):
+        converted = convert(mod)
+        relax.analysis.well_formed(converted)  # raises at the first violation
+        return converted
+
+    return checked
 
 
 def _packed_conv_passes(relax, target):
@@ -51,13 +71,17 @@ def _packed_conv_passes(relax, target):
 
     if relax.pipeline.BackendDispatcher.is_gpu_target(target):
         return []
-    convert = tvm.transform.Sequential([
+    convert = _well_formed_or_raise(tvm.transform.Sequential([
+        # ops whose layout inference mishandles packed inputs read NCHW (packed_conv.FOLLOW_*)
+        _each_relax_function("FenceUnpackedOps", packed_conv.fence_mutator()),
         relax.transform.ConvertLayout({}, packed_conv.layouts_for(target)),
+        _each_relax_function("RemoveFences", packed_conv.unfence_mutator()),
+        relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),  # pack the constant weights once, at build time
         relax.transform.EliminateCommonSubexpr(),  # one packing of a tensor two convs read
-    ])
+    ]), "PackedConvLayouts")
 
-    @tvm.transform.module_pass(opt_level=0, name="PackedConvLayouts")
+    @tvm.transform.module_pass(opt_level=0, name="PackedConvLayoutsWhenConvs")
     def when_convs(mod, _ctx):
         # Without convs ConvertLayout only adds work: it transposes even a 0-d reduction result.
         has_conv = any("relax.nn.conv2d" in op_names(mod, gv) for gv, func in mod.functions.items()
@@ -111,14 +135,18 @@ PIPELINE: tuple[GraphPass, ...] = (
     GraphPass("dead-code-elimination", "drop bindings and functions nothing uses",
               lambda relax, target: [relax.transform.DeadCodeElimination()]),
     GraphPass("layout-nhwc", "convert conv2d to NHWC/OHWI (--layout NHWC)", _nhwc_passes,
-              lambda opts: opts.layout == "NHWC"),
+              lambda opts: opts.layout == "NHWC", skipped_on_failure="the convs stay NCHW"),
     GraphPass(
         "layout-nchwc",
         "CPUs: convert conv2d to NCHW{b}c with weights packed at build time to OIHW{b}i{b}o, b the "
         "SIMD width (AVX-512: 16, AVX2: 8, NEON: 4), so a conv's inner loop is one vector of "
         "output channels; elementwise ops and pools follow the packed layout",
+        # and concats and splits by sections; what TVM's layout inference cannot carry in it
+        # (transposed convs, resizes, channel splits by indices, norms: packed_conv.FOLLOW_*)
+        # stays NCHW, with layout transforms at its boundary
         _packed_conv_passes,
         lambda opts: opts.layout == "NCHW",
+        skipped_on_failure="the convs stay NCHW",
     ),
     GraphPass(
         "fp16-range-constants",
