@@ -169,21 +169,24 @@ def test_at_a_prime_sequence_length_every_vectorised_loop_is_an_innermost_vector
 def test_a_prime_sequence_length_builds_about_as_fast_and_small_as_the_next_multiple_of_8(
         tmp_path, name, batch, seq):
     """Built for `host` at a prime sequence length and at the next multiple of 8: the prime
-    build takes less than 3x as long, its kernels' machine code is less than 2x as large, and it
+    build takes less than 3x as long (CPU time, plus a second), its kernels' machine code is less than 2x as large, and it
     matches ONNX Runtime."""
     host = targets.resolve("host")
     padded = -(-seq // 8) * 8
     seconds, code = {}, {}
-    for _ in range(2):  # once more if a busy machine made the first timings unfair
+    # CPU seconds of this process (the build's work, whatever else the machine runs), plus one
+    # second for what is not proportional to it; the blow-up this guards against took minutes.
+    bound = lambda: 3 * seconds[padded] + 1.0  # noqa: E731
+    for _ in range(2):  # once more if the first timings were unfair (caches, page faults)
         for n in (padded, seq):
             path, options = _odd_length_model(tmp_path, name, batch, n)
-            start = time.perf_counter()
+            start = time.process_time()
             result = build.build(path, host, tmp_path / f"{name}_{n}.so", options=options)
-            seconds[n] = min(seconds.get(n, float("inf")), time.perf_counter() - start)
+            seconds[n] = min(seconds.get(n, float("inf")), time.process_time() - start)
             code[n] = _code_bytes(result.path)
-        if seconds[seq] < 3 * seconds[padded]:
+        if seconds[seq] < bound():
             break
-    assert seconds[seq] < 3 * seconds[padded], seconds
+    assert seconds[seq] < bound(), seconds
     assert code[seq] < 2 * code[padded], code
 
     model = runtime.load(tmp_path / f"{name}_{seq}.so")

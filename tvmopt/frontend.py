@@ -325,7 +325,7 @@ _DATA_DEPENDENT = {
 def _supported_ops() -> set[str]:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    from .normalize import REWRITTEN_OPS
+    from .col2im import OPS as REWRITTEN_OPS
     from .recurrent import GATES
 
     # Constant and If are handled by the importer itself rather than through its converter map;
