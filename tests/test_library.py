@@ -105,7 +105,10 @@ def test_hopper_artifact_links_cutlass_instances_from_the_cache(tmp_path, kernel
 
 
 def test_an_instance_nvcc_rejects_fails_the_build_or_is_set_aside(tmp_path, monkeypatch):
-    """A build cannot go on without its instance; tactic measurement records it as failed."""
+    """compile_all raises nvcc's first error for an instance it rejects; given a `failed` dict
+    (as builds and tactic measurement pass one) it leaves the instance out and records the error
+    there instead: a build then runs those layers with TVM kernels, with one warning, and `tune`
+    records the tactic as failed. Nothing half-written is left in the cache."""
     from tvmopt.errors import TvmoptError
 
     monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path))

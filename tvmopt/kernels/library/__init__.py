@@ -70,7 +70,17 @@ class KernelLibrary:
             return {}
         arch = str(ctx.target.attrs["arch"])
         specs = {name: layer.instance(tactic, arch) for name, (layer, tactic, _) in chosen.items()}
-        objects = compile_all({s.symbol: s.source() for s in set(specs.values())}, arch)
+        failed: dict[str, str] = {}
+        objects = compile_all({s.symbol: s.source() for s in set(specs.values())}, arch,
+                              failed=failed)
+        if failed:
+            # nvcc rejected an instance or was killed twice (out of memory): the build goes on,
+            # with TVM kernels for the layers that would have called it.
+            lost = sorted(name for name, spec in specs.items() if spec.symbol not in objects)
+            log.warning("kernel library: %d instance(s) could not be compiled, TVM kernels run "
+                        "their %d layer(s) instead: %s", len(failed), len(lost),
+                        "; ".join(failed.values()))
+            specs = {name: spec for name, spec in specs.items() if spec.symbol in objects}
         return {name: ExternKernel(spec.symbol, layer.arg_order, layer.params,
                                    workspace_bytes(spec.tactic), objects[spec.symbol],
                                    spec.tactic.name, _describe(layer), measured)

@@ -1,8 +1,18 @@
-"""Compiling kernel-library instances with nvcc, each once: a cache keyed by (source, nvcc
-version, flags), filled in parallel with progress and an ETA.
+"""Compiling kernel-library instances with nvcc, each once: the toolchain (nvcc, CUTLASS's and
+TVM FFI's headers), compile_all, which fills the kernel cache (kernel_cache.py) in parallel with
+progress and an ETA, and link_shared. Entries are keyed by (source, nvcc version, flags); every
+tvmopt process of a machine (or a team) shares them safely:
 
-The cache lives in $TVMOPT_CACHE (default $XDG_CACHE_HOME/tvmopt, else ~/.cache/tvmopt); objects
-are written whole (temporary file, then rename), so concurrent builds can share it.
+- Job slots: all tvmopt processes using one cache share N job slots, `.slots/0..N-1`, each an
+  flock'd file (released by the kernel when a process dies: a killed build never leaks one).
+  Each process computes N itself (resources.py: by cores and usable memory) and takes only slots
+  below it.
+- One compile per instance: a process holds `.locks/<entry>.lock` while compiling an instance;
+  another process wanting it compiles other instances first, then waits and uses the entry.
+- An instance whose nvcc is killed (the OOM killer) is compiled again once, alone; one that
+  still fails goes to `failed` (the build then runs its layers with TVM kernels).
+- A read-only cache serves what it holds; the rest is compiled into a private temporary cache
+  for this process, with a warning, before any nvcc runs.
 """
 
 from __future__ import annotations
@@ -12,22 +22,27 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from ...errors import TvmoptError
-from ...formatting import duration
+from ...formatting import byte_size, duration
+from . import resources
+from .kernel_cache import (_UNRECORDED, _Cache, _open_cache, _private, _private_cache,
+                           _read_entry, _read_index, _record, _stage, _try_lock, _write_whole)
 
 log = logging.getLogger(__name__)
 
-# One CUTLASS sm90 instance needs ~3.4 GB of memory in nvcc (measured on the 2-core VM).
-_MEMORY_PER_JOB = 3.5e9
+_POLL_SEC = 0.25  # how often a waiting process looks for a free slot or a finished instance
 
 
 class Unavailable(TvmoptError):
@@ -49,12 +64,6 @@ class Toolchain:
 
     def link_options(self) -> list[str]:
         return [f"-L{self.cudart_dir}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("TVMOPT_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tvmopt"
-    return Path(root) / "kernels"
 
 
 @cache
@@ -115,86 +124,239 @@ def _find_nvcc() -> Path:
 
 def compile_all(sources: dict[str, str], arch: str, jobs: int | None = None,
                 failed: dict[str, str] | None = None) -> dict[str, Path]:
-    """{name: C++ source} in, {name: cached object file} out; compiles only what the cache lacks.
-    An instance nvcc rejects raises, or, given a `failed` dict, is left out and put there with
-    nvcc's first error."""
+    """{name: C++ source} in, {name: verified object file} out; compiles only what the cache
+    lacks (or holds damaged). An instance nvcc rejects (or that is killed twice) raises, or,
+    given a `failed` dict, is left out and put there with nvcc's first error. A cache other
+    users could write raises a one-line TvmoptError before anything is compiled. `jobs` caps how
+    many nvcc this process runs at once (the machine-wide slots cap it too)."""
     tools = toolchain()
     flags = tools.flags(arch)
     # Keyed by what the object depends on, not where the headers are installed: a cache filled
     # on one machine serves another with the same nvcc and header versions.
     versions = [tools.version, *tools.header_versions,
                 *(f for f in flags if not f.startswith("-I"))]
-    cache = cache_dir()
-    objects = {}
-    todo = {}
+    shared = _open_cache()
+    index = _read_index(shared, quiet=False)
+    entries, objects, todo, unrecorded = {}, {}, {}, 0
     for name, source in sources.items():
         key = hashlib.sha256("\0".join([source, *versions]).encode()).hexdigest()[:24]
-        objects[name] = cache / f"{name}-{key}.o"
-        if not objects[name].is_file():
-            todo[name] = source
+        entries[name] = f"{name}-{key}.o"
+        data, problem = _read_entry(shared, entries[name], index)
+        if data is not None:
+            objects[name] = _stage(entries[name], data)
+            continue
+        todo[name] = source
+        if problem == _UNRECORDED:
+            unrecorded += 1
+        elif problem and not shared.writable:  # a writable cache says so when it recompiles
+            log.warning("kernel cache entry %s %s; compiling it again", shared.dir / entries[name],
+                        problem)
+    if unrecorded:
+        log.info("%d cached instance(s) in %s have no digest in the cache's index (written by an "
+                 "older tvmopt?): compiling them again", unrecorded, shared.dir)
+    if todo and not shared.writable and "cache" in _private:  # compiled by this process before
+        private = _private_cache()
+        private_index = _read_index(private, quiet=True)
+        for name in list(todo):
+            data, _ = _read_entry(private, entries[name], private_index)
+            if data is not None:
+                objects[name] = _stage(entries[name], data)
+                del todo[name]
     if todo:
-        errors = _compile(todo, {n: objects[n] for n in todo}, tools, flags, jobs or _jobs(),
-                          cached=len(sources) - len(todo))
+        into = shared
+        if not shared.writable:
+            into = _private_cache()
+            log.warning("kernel cache %s is read-only: compiling %d instance(s) into a private "
+                        "temporary cache (%s) for this process", shared.dir, len(todo), into.dir)
+        run = _Compile(into, tools, flags, {n: entries[n] for n in todo})
+        errors = run.all(todo, jobs, cached=len(sources) - len(todo))
+        objects.update(run.objects)
         if errors and failed is None:
             raise TvmoptError(next(iter(errors.values())))
         for name, error in errors.items():
             failed[name] = error
-            del objects[name]
-    return objects
+    return {name: objects[name] for name in sources if name in objects}
 
 
-def _jobs() -> int:
-    import psutil
-
-    by_memory = int(psutil.virtual_memory().available // _MEMORY_PER_JOB)
-    return max(1, min(os.cpu_count() or 1, by_memory))
+# ----------------------------------------------------------------------------------------------
+# Compiling
 
 
-def _compile(sources: dict[str, str], objects: dict[str, Path], tools: Toolchain, flags,
-             jobs: int, cached: int) -> dict[str, str]:
-    """Compile each source into its object; {name: error} for those nvcc rejected."""
-    errors = {}
-    log.info("compiling %d CUTLASS kernel instance(s) with %s, %d at a time (%s)",
-             len(sources), tools.nvcc, jobs, tools.version)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tvmopt-nvcc-") as tmp, \
-            ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_nvcc, tools, flags, Path(tmp), name, source, objects[name]): name
-                   for name, source in sources.items()}
-        for done, future in enumerate(as_completed(futures), 1):
+class _Stopped(Exception):
+    """Another worker failed: this one gives its slot wait up."""
+
+
+@dataclass
+class _Outcome:
+    kind: str  # "compiled", "cached" (another process did), "failed", "killed"
+    error: str | None = None
+
+
+class _Compile:
+    """One compile_all's instances to compile into a writable cache, by worker threads that
+    each take an instance nobody compiles (its lock), then a machine-wide slot, then run nvcc."""
+
+    def __init__(self, into: _Cache, tools: Toolchain, flags: list[str], entries: dict[str, str]):
+        self.cache, self.tools, self.flags, self.entries = into, tools, flags, entries
+        self.objects: dict[str, Path] = {}
+        self.mutex = threading.Lock()
+        self.slots = 1
+        self.announced: set[str] = set()
+        self.stop = False  # set when a worker fails: the others take nothing more
+        self.error: BaseException | None = None
+
+    def all(self, sources: dict[str, str], jobs: int | None, cached: int) -> dict[str, str]:
+        """{name: error} for those that could not be compiled."""
+        self.slots = resources.slot_count()
+        threads = max(1, min(jobs or self.slots, self.slots))
+        memory = resources._usable_memory()
+        log.info("compiling %d CUTLASS kernel instance(s) with %s, %d at a time (%s; %d job "
+                 "slot(s) for %s of usable memory, shared by the tvmopt processes of this cache)",
+                 len(sources), self.tools.nvcc, min(threads, len(sources)), self.tools.version,
+                 self.slots, byte_size(int(memory)))
+        with tempfile.TemporaryDirectory(prefix="tvmopt-nvcc-") as tmp:
+            self.tmp = Path(tmp)
+            outcomes = self._pass(sources, threads, cached)
+            killed = {n: s for n, s in sources.items() if outcomes[n].kind == "killed"}
+            if killed:
+                log.info("nvcc was killed compiling %d instance(s) (out of memory?): compiling "
+                         "%s again, one at a time", len(killed), ", ".join(killed))
+                outcomes.update(self._pass(killed, 1, cached))
+        return {n: o.error for n, o in outcomes.items() if o.kind in ("failed", "killed")}
+
+    def _pass(self, sources: dict[str, str], threads: int, cached: int) -> dict[str, _Outcome]:
+        pending = list(sources)
+        outcomes: dict[str, _Outcome] = {}
+        start = time.perf_counter()
+        found = 0  # entries another process compiled meanwhile
+
+        def worker():
+            nonlocal found
             try:
-                future.result()
-            except TvmoptError as e:
-                errors[futures[future]] = str(e)
-                log.warning("%s", e)
-            elapsed = time.perf_counter() - start
-            # Instances take about the same time; `jobs` of them run at once.
-            rounds_left = -(-(len(sources) - done) // jobs)
-            eta = elapsed / -(-done // jobs) * rounds_left
-            log.info("CUTLASS kernels %d/%d compiled (%d cached)  elapsed %s  ETA %s",
-                     done, len(sources), cached, duration(elapsed), duration(eta))
-    return errors
+                while (taken := self._take(pending)) is not None:
+                    name, lock = taken
+                    try:
+                        outcome = self._one(name, sources[name])
+                    finally:
+                        os.close(lock)
+                    with self.mutex:
+                        outcomes[name] = outcome
+                        done = len(outcomes)
+                        found += outcome.kind == "cached"
+                        if outcome.kind in ("failed", "killed"):
+                            log.info("%s", outcome.error)
+                        elapsed = time.perf_counter() - start
+                        # Instances take about the same time; `threads` of them run at once.
+                        rounds_left = -(-(len(sources) - done) // threads)
+                        eta = elapsed / -(-done // threads) * rounds_left
+                        log.info("CUTLASS kernels %d/%d compiled (%d cached)  elapsed %s  ETA %s",
+                                 done, len(sources), cached + found, duration(elapsed),
+                                 duration(eta))
+            except _Stopped:
+                pass
+            except BaseException as e:  # a CacheRefused (or a bug): the other workers stop too
+                with self.mutex:
+                    self.stop = True
+                    self.error = self.error or e
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            futures = [pool.submit(worker) for _ in range(min(threads, len(sources)))]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:  # Ctrl-C: no worker starts another nvcc
+                self.stop = True
+                raise
+        if self.error is not None:
+            raise self.error
+        return outcomes
+
+    def _take(self, pending: list[str]) -> tuple[str, int] | None:
+        """(an instance no process is compiling, the fd of its lock), waiting while every one
+        left is being compiled elsewhere; None when none is left."""
+        while True:
+            with self.mutex:
+                if self.stop or not pending:
+                    return None
+                for name in pending:
+                    lock = _try_lock(self.cache.lock(self.entries[name]), self.cache.group)
+                    if lock is not None:
+                        pending.remove(name)
+                        return name, lock
+                for name in pending:
+                    if name not in self.announced:
+                        self.announced.add(name)
+                        log.info("waiting for another tvmopt process compiling %s", name)
+            time.sleep(_POLL_SEC)
+
+    def _slot(self) -> int:
+        """The fd of a free machine-wide job slot below this process's slot count."""
+        waited = False
+        while not self.stop:
+            for i in range(self.slots):
+                fd = _try_lock(self.cache.slot(i), self.cache.group)
+                if fd is not None:
+                    return fd
+            with self.mutex:
+                if not waited and "slots" not in self.announced:
+                    self.announced.add("slots")
+                    log.info("all %d nvcc job slot(s) of %s are taken by other tvmopt processes;"
+                             " waiting", self.slots, self.cache.dir)
+            waited = True
+            time.sleep(_POLL_SEC)
+        raise _Stopped
+
+    def _one(self, name: str, source: str) -> _Outcome:
+        """Under the instance's lock: the entry if another process wrote it meanwhile, else
+        compile it and write it into the cache."""
+        entry = self.entries[name]
+        data, problem = _read_entry(self.cache, entry, _read_index(self.cache, quiet=True))
+        if data is not None:
+            self.objects[name] = _stage(entry, data)
+            return _Outcome("cached")
+        if problem and problem != _UNRECORDED:  # compile_all said how many were unrecorded
+            log.warning("kernel cache entry %s %s; compiling it again", self.cache.dir / entry,
+                        problem)
+        slot = self._slot()
+        try:
+            result = _nvcc(self.tools, self.flags, self.tmp, name, source)
+        finally:
+            os.close(slot)
+        if isinstance(result, _Outcome):
+            return result
+        data = result.read_bytes()
+        try:
+            _write_whole(self.cache.dir / entry, data, self.cache.group)
+            _record(self.cache, entry, hashlib.sha256(data).hexdigest())
+        except OSError as e:
+            return _Outcome("failed", f"could not write {name} into the kernel cache "
+                                      f"{self.cache.dir}: {e.strerror}")
+        self.objects[name] = _stage(entry, data)
+        return _Outcome("compiled")
 
 
-def _nvcc(tools: Toolchain, flags, tmp: Path, name: str, source: str, obj: Path) -> None:
+# How a killed nvcc (or its cicc/ptxas) reports: a signal, a shell's 128+9, or its own words.
+_KILLED = re.compile(r"\bKilled\b|signal 9\b|Kill signal|(?i:out of memory)|std::bad_alloc")
+
+
+def _nvcc(tools: Toolchain, flags, tmp: Path, name: str, source: str) -> Path | _Outcome:
+    """The object nvcc wrote (in tmp), or the outcome that says why there is none."""
     src = tmp / f"{name}.cu"
     src.write_text(source)
     partial = tmp / f"{name}.o"
+    with suppress(OSError):
+        partial.unlink()
     proc = subprocess.run([str(tools.nvcc), *flags, "-c", str(src), "-o", str(partial)],
                           capture_output=True, text=True)
-    if proc.returncode != 0:
-        errors = [line for line in proc.stderr.splitlines() if "error" in line]
-        raise TvmoptError(f"nvcc failed on {name}: {(errors or proc.stderr.splitlines() or ['?'])[0]}")
-    obj.parent.mkdir(parents=True, exist_ok=True)
-    _move_whole(partial, obj)
-
-
-def _move_whole(src: Path, dst: Path) -> None:
-    """Copy into dst's directory under a temporary name, then rename: readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".part")
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    if proc.returncode == 0 and partial.is_file():
+        return partial
+    lines = proc.stderr.splitlines()
+    if proc.returncode < 0 or proc.returncode == 128 + 9 or _KILLED.search(proc.stderr):
+        signal = (f"signal {-proc.returncode}" if proc.returncode < 0 else
+                  next((line.strip() for line in lines if _KILLED.search(line)), "killed"))
+        return _Outcome("killed", f"nvcc failed on {name}: killed ({signal}), out of memory?")
+    errors = [line for line in lines if "error" in line]
+    return _Outcome("failed", f"nvcc failed on {name}: {(errors or lines or ['?'])[0]}")
 
 
 def link_shared(objects: list[Path], out: Path) -> Path:
