@@ -37,18 +37,24 @@ def _matmul(path: Path, *, external: str | None = None, n: int = 16) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
+    path.parent.mkdir(exist_ok=True)
     if external is None:
         onnx.save(model, str(path))
         return path
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location="weights.bin", size_threshold=0)
     if external != "weights.bin":  # point the location elsewhere, as a crafted file would
-        model = onnx.load(str(path), load_external_data=False)
-        for entry in model.graph.initializer[0].external_data:
-            if entry.key == "location":
-                entry.value = external
-        onnx.save(model, str(path))
+        _relocate(path, external)
     return path
+
+
+def _relocate(path: Path, location: str) -> None:
+    """Point the model's external tensor at `location`, as written (onnx.save would check it)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    path.write_bytes(model.SerializeToString())
 
 
 @pytest.fixture(scope="module")
@@ -387,15 +393,11 @@ def _message_cases():
 
     def through_dir_link(tmp):
         (tmp / "sub").mkdir()
-        (tmp / "elsewhere").mkdir()
+        (tmp / "elsewhere").mkdir()  # reached through sub/d
         (tmp / "sub" / "d").symlink_to(tmp / "elsewhere")
         model = _matmul(tmp / "sub" / "m.onnx", external="weights.bin")
-        model_proto = onnx.load(str(model), load_external_data=False)
         (tmp / "sub" / "weights.bin").rename(tmp / "elsewhere" / "weights.bin")
-        for e in model_proto.graph.initializer[0].external_data:
-            if e.key == "location":
-                e.value = "d/weights.bin"
-        onnx.save(model_proto, str(model))
+        _relocate(model, "d/weights.bin")
         return ["build", model, "--target", "host", "-o", tmp / "x.so"]
 
     def fifo_weights(tmp):

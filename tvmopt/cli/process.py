@@ -16,6 +16,7 @@ the log ("tvmopt.native", shown with -v), and Python's own stderr keeps the term
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -84,8 +85,11 @@ def capture_native_stderr() -> None:
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    sys.stderr = open(terminal, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
-                      errors="backslashreplace")
+    # Unbuffered bytes underneath: a signal handler that logs (tune's stop message) while the
+    # main thread is inside a write would find a BufferedWriter's lock taken ("reentrant call").
+    sys.stderr = io.TextIOWrapper(io.FileIO(terminal, "w"), encoding=sys.stderr.encoding or "utf-8",
+                                  errors="backslashreplace", line_buffering=True,
+                                  write_through=True)
     threading.Thread(target=_forward, args=(read_fd,), name="tvmopt-native-log",
                      daemon=True).start()
 
