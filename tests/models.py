@@ -330,7 +330,7 @@ def attention_block(path: Path, *, batch: int = 2, seq: int = 32, heads: int = 2
 
 def masked_scores(path: Path, *, batch: int = 3, heads: int = 4, seq: int = 37,
                   head_dim: int = 16) -> Path:
-    """An attention score matmul and its additive mask, as two graph inputs each: Q
+    """An attention score matmul plus its additive mask, all three graph inputs: Q
     (batch, heads, seq, head_dim) @ K^T (batch, heads, head_dim, seq) + mask (batch, 1, seq, seq).
     At a sequence length no vector width divides (37) its build once never finished on CPUs."""
     f = TensorProto.FLOAT

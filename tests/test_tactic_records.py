@@ -110,7 +110,13 @@ def test_export_and_import_carry_tactic_records(tmp_path, invoke):
 
     (out / "tvmopt_tactic_records.json").write_text("{not json\n")
     assert_one_line_error(invoke("db", "import", out, "--db", dst), "not a tactic record")
-    assert_one_line_error(invoke("db", "export", "-o", out, "--db", src), "exists")
+    # An earlier export is replaced whole; a directory holding anything else is not touched.
+    assert invoke("db", "export", "-o", out, "--db", src).exit_code == 0
+    assert len((out / "tvmopt_tactic_records.json").read_text().splitlines()) == 7
+    (out / "notes.txt").write_text("mine")
+    assert_one_line_error(invoke("db", "export", "-o", out, "--db", src),
+                          "exists and is not a tvmopt export")
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_stats_list_each_layers_best_tactic(tmp_path, invoke):

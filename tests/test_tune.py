@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -126,6 +127,33 @@ def test_db_plot_draws_the_tuning_curves(tuned, tmp_path, invoke):
                           "no records for cuda-sm80")
 
 
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_db_plot_replaces_only_its_own_charts(tuned, tmp_path, invoke, fmt):
+    """Reliability cases P01-P04, P06: a user's file, the database being read, a symlink and a
+    directory are refused before anything is written; an earlier chart is replaced."""
+    db = tmp_path / f"plotdb.{fmt}"  # a database whose name looks like a chart
+    shutil.copy(tuned[0], db)
+    draft = tmp_path / f"report.{fmt}"
+    draft.write_text("my thesis draft")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / f"link.{fmt}"
+    link.symlink_to(victim)
+    for out, fragment in [(draft, "is not a tvmopt plot"), (db, "the tuning database in use"),
+                          (link, "symbolic link"), (f"{tmp_path}/plots/", "names a directory"),
+                          (tmp_path / "chart.txt", "ending in .png, .svg, .pdf")]:
+        assert_one_line_error(invoke("db", "plot", "--db", db, "-o", out), fragment)
+    assert draft.read_text() == "my thesis draft" and victim.read_text() == "keep me"
+    with open_database(db, readonly=True) as store:
+        assert store.count_records() > 0  # still a database
+    chart = tmp_path / f"chart.{fmt}"
+    for _ in range(2):  # the second run replaces the first run's chart
+        result = invoke("db", "plot", "--db", db, "-o", chart)
+        assert result.exit_code == 0, result.output
+    assert plot.is_plot(chart) and not plot.is_plot(draft)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_db_plot_and_merge_read_a_file_from_before_run_tasks(tuned, tmp_path, invoke):
     db, report, _ = tuned
     old = tmp_path / "old.db"
@@ -159,7 +187,8 @@ def _wait_for_progress(proc, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
-        if line.startswith("tasks ") and line.rstrip().endswith("]"):  # after a search round
+        # after a search round (with -v and more, the log puts a time and a name first)
+        if re.search(r"(^|INFO )tasks \d+/\d+ ", line) and line.rstrip().endswith("]"):
             return line
     raise AssertionError("no progress line from tvmopt tune")
 
@@ -198,11 +227,13 @@ def test_a_stop_signal_finishes_the_batch_and_prints_resume(tiny, tmp_path, how,
 
 def test_a_second_ctrl_c_stops_at_once_and_still_prints_resume(tiny, tmp_path):
     db = tmp_path / "int.db"
-    proc = subprocess.Popen([*TVMOPT, "tune", str(tiny), "--target", "host", "--trials", "500",
-                             "--batch-size", "8", "--db", str(db)], start_new_session=True,
+    proc = subprocess.Popen([*TVMOPT, "-vv", "tune", str(tiny), "--target", "host", "--trials",
+                             "500", "--batch-size", "8", "--db", str(db)], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_progress(proc)
-    time.sleep(1.0)  # into the next round, which takes seconds
+    for line in proc.stderr:  # the next round is being built and measured: it takes seconds
+        if "building and measuring" in line:
+            break
     os.killpg(proc.pid, signal.SIGINT)
     for line in proc.stderr:  # the first is acknowledged; the second lands in the same round
         if "stopping after the current batch" in line:
@@ -211,7 +242,7 @@ def test_a_second_ctrl_c_stops_at_once_and_still_prints_resume(tiny, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "internal error" not in err and "Traceback" not in err
-    assert f"stopped at once; resume with: tvmopt tune {tiny}" in err
+    assert f"stopped at once; resume with: tvmopt -vv tune {tiny}" in err
     records, failures, trials, ended = _measured(db)
     assert records + failures == trials == 1 + 8 and ended  # the baseline and the first round
 

@@ -12,6 +12,17 @@ from .database import TuningStore
 from .errors import TvmoptError
 
 
+FORMATS = ("png", "svg", "pdf")
+# Written into every chart's metadata: how `db plot -o` knows a file it may replace.
+_CREATOR = "tvmopt db plot"
+
+
+def is_plot(path: Path) -> bool:
+    """A chart `db plot` wrote (its metadata names tvmopt), which it may replace."""
+    with open(path, "rb") as f:
+        return _CREATOR.encode() in f.read(1 << 20)
+
+
 @dataclass
 class Curve:
     label: str
@@ -92,10 +103,10 @@ def plot_tuning(store: TuningStore, target_key: str, out: Path) -> int:
     for ax in (ax_model, ax_tasks):
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
+    fmt = Path(out).suffix.lower().lstrip(".")
     try:
-        fig.savefig(out)
-    except (OSError, ValueError) as e:
-        raise TvmoptError(f"cannot write {out}: {e}") from None
+        fig.savefig(out, format=fmt,
+                    metadata={"png": {"Software": _CREATOR}}.get(fmt, {"Creator": _CREATOR}))
     finally:
         plt.close(fig)
     return len(tasks)

@@ -91,7 +91,7 @@ def db_merge(other, db_path):
     """Add another tvmopt database's records (idempotent; provenance kept)."""
     with _open_db(db_path) as store:
         added = store.merge_from(other)
-    click.echo(f"merged {other}: " + ", ".join(f"{n} {k}" for k, n in added.items()) + " added")
+    click.echo(f"merged {other}: {added.summary()}")  # rows added, and any skipped and why
 
 
 @db.command("prune")
@@ -114,8 +114,14 @@ def db_prune(keep, db_path):
 def db_export(fmt, out, db_path):
     """Write database_workload.json and database_tuning_record.json into a directory, and the
     kernel-library tactic records beside them (tvmopt_tactic_records.json)."""
+    from ..database.store import is_export
+    from ..outputs import check_output, written_whole
+
     with _open_db(db_path, readonly=True) as store:
-        n_workloads, n_records, n_tactics = store.export_json(out)
+        out = check_output(out, flag="-o", kind="tvmopt export", replaceable=is_export,
+                           directory=True, example="export", protected=_database_files(store))
+        with written_whole(out, directory=True) as partial:
+            n_workloads, n_records, n_tactics = store.export_json(partial)
     click.echo(f"exported {n_workloads} workloads, {n_records} records and {n_tactics} tactic "
                f"records to {out}")
 
@@ -138,15 +144,27 @@ def db_import(directory, db_path):
 
 @db.command("plot")
 @db_option
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
               help="Image to write (PNG, SVG or PDF, from the suffix).")
 @click.option("--target", "target", default=None,
               help="Target key (as `db stats` shows) or preset [default: the only one].")
 def db_plot(db_path, out, target):
     """Best latency against trials, per task and for the model (needs matplotlib)."""
-    from ..plot import choose_target, plot_tuning
+    from ..outputs import check_output, written_whole
+    from ..plot import FORMATS, choose_target, is_plot, plot_tuning
 
     with _open_db(db_path, readonly=True) as store:
+        out = check_output(out, flag="-o", kind="tvmopt plot", replaceable=is_plot,
+                           example="tuning.png", protected=_database_files(store))
+        if out.suffix.lower().lstrip(".") not in FORMATS:
+            raise TvmoptError(f"-o {out}: give a file name ending in "
+                              + ", ".join(f".{f}" for f in FORMATS) + " (the image format)")
         key = choose_target(store, target)
-        n = plot_tuning(store, key, out)
+        with written_whole(out) as partial:
+            n = plot_tuning(store, key, partial)
     click.echo(f"wrote {out}: {n} task curves and the model estimate for {key}")
+
+
+def _database_files(store):
+    return [(f"{store.path}{end}", "the tuning database in use") for end in ("", "-wal", "-shm")]
+

@@ -4,7 +4,11 @@ kernels (for the build). Importing this module imports MetaSchedule: only the st
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
+import os
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -50,18 +54,85 @@ def _plain(obj):
 
 def record_from_row(row, workload):
     """A stored record as MetaSchedule's TuningRecord (its trace replayed on `workload`)."""
-    obj = [json.loads(row.trace_json), row.run_secs, json.loads(row.target_json),
-           json.loads(row.args_info_json) if row.args_info_json else None]
-    try:
-        return ms.database.TuningRecord.from_json(obj, workload)
-    except ValueError as e:
-        if "is not registered" not in str(e):
-            raise
-        # Tensor-core traces name intrinsics that only this import registers; it takes seconds,
-        # so it is paid only by builds that meet such a record.
+    return parse_record(row.trace_json, row.run_secs, row.target_json, row.args_info_json,
+                        workload)
+
+
+def parse_record(trace_json: str, run_secs, target_json: str, args_info_json: str | None,
+                 workload):
+    """A record's stored JSON as MetaSchedule's TuningRecord, its trace replayed on `workload`.
+
+    Every trace tvmopt reads goes through here or `read_json_database`: both register the tensor
+    intrinsics a trace names before TVM parses it."""
+    register_tensor_intrinsics_for(trace_json)
+    obj = [json.loads(trace_json), run_secs, json.loads(target_json),
+           json.loads(args_info_json) if args_info_json else None]
+    return ms.database.TuningRecord.from_json(obj, workload)
+
+
+def read_json_database(workload_path, record_path) -> list:
+    """Every record of TVM's JSONDatabase files (which TVM parses, traces included, as it opens
+    them), the tensor intrinsics they name registered first."""
+    with open(record_path, encoding="utf-8", errors="replace") as f:
+        register_tensor_intrinsics_for(f.read())
+    return ms.database.JSONDatabase(str(workload_path), str(record_path),
+                                    allow_missing=False).get_all_tuning_records()
+
+
+# A trace replays `sch.tensorize(block, "wmma_fill_16x16x16_f32")` as this instruction; TVM looks
+# the intrinsic up by name, and raises "TensorIntrin ... is not registered" until it is.
+_TENSORIZE = '"Tensorize"'
+
+
+def register_tensor_intrinsics_for(trace_text: str) -> None:
+    """Register TVM's tensor intrinsics if `trace_text` (one trace, or a file of records)
+    tensorizes: only such traces name one, and registering them all costs seconds."""
+    if _TENSORIZE in trace_text:
+        register_tensor_intrinsics()
+
+
+@functools.cache
+def register_tensor_intrinsics() -> None:
+    """Register every tensor intrinsic TVM ships: CUDA's wmma/mma/ldmatrix, the x86/ARM/RISC-V
+    int8 dot products, ROCm's and Hexagon's (`tvm.s_tir.tensor_intrin` registers them as it is
+    imported; it has no call to register one by name)."""
+    with _fast_frame_modules():
         import tvm.s_tir.tensor_intrin  # noqa: F401
 
-        return ms.database.TuningRecord.from_json(obj, workload)
+
+# Frames of code with no source file met while registering, besides those already on the stack
+# (`python -m` runs in "<frozen runpy>"): importlib's own (the registration is an import), and
+# TVMScript's evaluation of each decorator.
+_SOURCELESS = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>", "<ast>")
+
+
+@contextlib.contextmanager
+def _fast_frame_modules():
+    """Registration parses some 250 TVMScript functions, and the parser calls `inspect.stack()`
+    for each; `inspect.getmodule` finds no module for a sourceless frame ("<frozen runpy>") and
+    rescans all of `sys.modules` each time it meets one: 204 s in all, against 24 s without the
+    scans, on 2 busy cores. Its file -> module cache is told, while registering, that these files
+    have none (a name of no module: the answer it would reach after the scan)."""
+    cache = getattr(inspect, "modulesbyfile", None)
+    if not isinstance(cache, dict):
+        yield
+        return
+    names, frame = set(_SOURCELESS), inspect.currentframe()
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith("<") and name.endswith(">"):
+            names.add(name)
+        frame = frame.f_back
+    keys = {k for name in names for k in (name, os.path.normcase(os.path.abspath(name)))}
+    added = [k for k in keys if k not in cache]
+    for key in added:
+        cache[key] = "<no module>"
+    try:
+        yield
+    finally:
+        for key in added:
+            if cache.get(key) == "<no module>":
+                del cache[key]
 
 
 def apply_record(func, row):

@@ -28,13 +28,41 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+class DatabaseUnavailable(TvmoptError):
+    """A write SQLite refused for a reason outside tvmopt, after rolling it back (nothing of it is
+    stored): another process held the write lock for the whole busy timeout (`locked`; a long
+    merge, say), or the disk is full (not `locked`)."""
+
+    waited_s = 0.0  # how long a tune waited for the lock before giving up (tuning.control)
+
+    def __init__(self, path: Path, e: sqlite3.OperationalError, locked: bool):
+        self.path, self.locked = Path(path), locked
+        where = self.path.parent if str(self.path.parent) else Path(".")
+        super().__init__(
+            f"database {path} is locked by another process (a tune, merge, prune or import "
+            f"writing to it) for over {BUSY_TIMEOUT_S:.0f} s; nothing of this change was "
+            "written: run the command again when that one is done" if locked else
+            f"database {path}: the disk is full ({e}); nothing of this change was written: free "
+            f"space on {where} and run the command again")
+
+
+def unavailable(path: Path, e: sqlite3.OperationalError) -> Exception:
+    """`e` as a DatabaseUnavailable when it is a lock held too long or a full disk, else `e`."""
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(e):
+        return DatabaseUnavailable(path, e, locked=True)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(e):
+        return DatabaseUnavailable(path, e, locked=False)
+    return e
+
+
 def valid_run_secs(run_secs_json: str) -> bool:
     """Positive, finite latencies: what a measurement gives (an edited file may hold others)."""
     try:
         secs = json.loads(run_secs_json)
         return bool(secs) and all(isinstance(s, int | float) and math.isfinite(s) and 0 < s
                                   for s in secs)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested thousands deep
         return False
 
 
@@ -208,10 +236,15 @@ def check_writable(conn: sqlite3.Connection, path: Path) -> None:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def check_file(path: Path) -> None:
+def _pass(argument: str, what: str) -> str:
+    """What to do, for the file the user named as `argument` ("--db", "the database to merge")."""
+    return f"pass {argument} with {what}" if argument == "--db" else f"pass {what} as {argument}"
+
+
+def check_file(path: Path, argument: str = "--db") -> None:
     """Reject files that are not intact SQLite databases, reading only (never writing) them."""
     if not path.is_file():
-        raise TvmoptError(f"database {path}: is not a file; pass --db with a .db file path")
+        raise TvmoptError(f"database {path}: is not a file; {_pass(argument, 'a .db file path')}")
     size = path.stat().st_size
     if size == 0:
         return  # an empty file is an empty SQLite database
@@ -220,7 +253,8 @@ def check_file(path: Path) -> None:
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
         raise TvmoptError(
             f"database {path}: not a SQLite file; pass --db with a tvmopt database, "
-            "or a new path to create one"
+            "or a new path to create one" if argument == "--db" else
+            f"database {path}: not a SQLite file; {_pass(argument, 'a tvmopt database')}"
         )
     page_size = struct.unpack(">H", header[16:18])[0]
     page_size = 65536 if page_size == 1 else page_size
@@ -233,12 +267,12 @@ def check_file(path: Path) -> None:
         )
 
 
-def _not_tvmopt(path: Path) -> TvmoptError:
+def _not_tvmopt(path: Path, argument: str) -> TvmoptError:
     return TvmoptError(f"database {path}: a SQLite file, but not a tvmopt tuning database; "
-                       "pass --db with another path")
+                       f"{_pass(argument, 'another path')}")
 
 
-def applied_migrations(path: Path) -> list[str]:
+def applied_migrations(path: Path, argument: str = "--db") -> list[str]:
     """Applied tvmopt migrations of an existing file; errors for foreign, newer or corrupt files."""
     try:
         with contextlib.closing(connect(path, readonly=True)) as conn:
@@ -247,7 +281,7 @@ def applied_migrations(path: Path) -> list[str]:
             if not tables:
                 return []
             if migrations.migrations_table not in tables:
-                raise _not_tvmopt(path)
+                raise _not_tvmopt(path, argument)
             applied = [m.name for m in migrations.applied(db)]
             if applied:
                 conn.execute("SELECT count(*) FROM records").fetchone()
@@ -264,5 +298,5 @@ def applied_migrations(path: Path) -> list[str]:
             "upgrade tvmopt to use it"
         )
     if not applied and tables - {migrations.migrations_table}:
-        raise _not_tvmopt(path)
+        raise _not_tvmopt(path, argument)
     return applied

@@ -15,6 +15,7 @@ candidate and has no locking. Here:
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import logging
@@ -31,9 +32,9 @@ import sqlite_utils
 
 from ..errors import TvmoptError, first_line
 from .identity import canonical_json, record_identity, sha256, target_identity, workload_identity
+from .jsonlines import check_tvm_files
 from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, check_writable, connect,
-                     known_migrations, migrations, now,
-                     valid_run_secs)
+                     known_migrations, migrations, now, unavailable)
 from .tactics import EXPORT_FILE as TACTICS_FILE
 from .tactics import TacticRecords
 
@@ -43,10 +44,6 @@ DEFAULT_PATH = Path("tuning_logs") / "tvmopt.db"
 # MetaSchedule reports a failed build or run as a huge latency.
 FAILED_RUN_SEC = 1e9
 
-_RECORD_COLUMNS = ("uid", "workload_id", "target_sha256", "target_key", "target_json", "trace_json",
-                   "run_secs_json", "mean_sec", "args_info_json", "device", "tvm_version",
-                   "run_uid", "created_at")
-
 
 def default_path() -> tuple[Path, bool]:
     """(the database a command uses without --db, whether the user chose it with TVMOPT_DB)."""
@@ -54,16 +51,20 @@ def default_path() -> tuple[Path, bool]:
     return (Path(chosen), True) if chosen else (DEFAULT_PATH, False)
 
 
-def open_database(path: str | Path | None = None, *, readonly: bool = False) -> TuningStore:
+def open_database(path: str | Path | None = None, *, readonly: bool = False,
+                  argument: str = "--db") -> TuningStore:
     """Open the tuning database at `path` (or TVMOPT_DB, or the default), migrated to this schema.
 
     Writers create a missing file. Readers never do: a missing file the user named is an error,
     and a missing default database is an empty one ("no records yet"), held in memory.
+    `argument` is how the user named the file, for messages ("the database to merge").
     """
     path, chose = (Path(path), True) if path is not None else default_path()
     if path.exists():
-        check_file(path)
-        applied = applied_migrations(path)
+        check_file(path, argument)
+        applied = applied_migrations(path, argument)
+    elif readonly and chose and argument != "--db":
+        raise TvmoptError(f"database {path}: no such file; check the path of {argument}")
     elif readonly and chose:
         raise TvmoptError(f"database {path}: no such file; check --db / TVMOPT_DB, or run "
                           "`tvmopt tune` to create it")
@@ -172,13 +173,19 @@ class TuningStore(TacticRecords):
         if self.conn.in_transaction:
             yield
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:  # locked past the busy timeout
+            raise unavailable(self.path, e) from None
         try:
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            if self.conn.in_transaction:  # SQLite has rolled back already on a full disk
+                self.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError):
+                raise unavailable(self.path, e) from None
             raise
-        self.conn.execute("COMMIT")
 
     # --- workloads -------------------------------------------------------------------------
 
@@ -367,7 +374,12 @@ class TuningStore(TacticRecords):
              for sha in seen],
             [(sha, sec if sec is None or sec < FAILED_RUN_SEC else None) for sha, sec in trials])
 
-    def end_run(self, uid: str, trials: int) -> None:
+    def end_run(self, uid: str, trials: int, *, at_once: bool = False) -> None:
+        """Mark a run ended; `at_once` after a write failed (locked, disk full): not waiting for
+        the lock again, and without raising."""
+        if at_once:
+            self.end_run_abruptly(uid)
+            return
         with self.write():
             self.conn.execute("UPDATE runs SET trials = ?, ended_at = ? WHERE uid = ?",
                               [trials, now(), uid])
@@ -416,6 +428,8 @@ class TuningStore(TacticRecords):
         rows = self.conn.execute(
             "SELECT id, name, ir_sha256, shash, created_at FROM workloads WHERE CAST(id AS TEXT) = ? "
             "OR ir_sha256 LIKE ? OR name = ? ORDER BY id", [query, f"{query}%", query]).fetchall()
+        by_id = [r for r in rows if str(r[0]) == query]  # "12" is an id, whatever hashes begin so
+        rows = by_id or rows
         return [dict(zip(("id", "name", "ir_sha256", "shash", "created_at"), r)) for r in rows]
 
     def workload_records(self, workload_id: int, limit: int = 5) -> list[dict]:
@@ -427,58 +441,16 @@ class TuningStore(TacticRecords):
         return [dict(zip(("target_key", "mean_sec", "device", "tvm_version", "run_uid",
                           "created_at"), r)) for r in rows]
 
-    def merge_from(self, other_path: str | Path) -> dict[str, int]:
-        """Copy another tvmopt database's workloads, runs, records and failures into this one.
+    def merge_from(self, other_path: str | Path):
+        """Copy another tvmopt database's rows into this one (see `merge`): a MergeCounts of the
+        rows added per table, and of those skipped (`.skipped`, `.summary()`)."""
+        from .merge import merge
 
-        Everything is keyed by content (workload IR hash, record hash, run uid), so merging the
-        same file twice adds nothing, and provenance (device, run, time) travels with each record.
-        """
         other_path = Path(other_path)
         if other_path.resolve() == self.path.resolve():
             raise TvmoptError(f"cannot merge {other_path} into itself")
-        added = {"workloads": 0, "runs": 0, "records": 0, "failures": 0, "tactic records": 0}
-        skipped = 0
-        with open_database(other_path, readonly=True) as other, self.write():
-            id_map, sha_of = {}, {}
-            for wid, ir_sha, shash, name, ir_json, created in other.conn.execute(
-                    "SELECT id, ir_sha256, shash, name, ir_json, created_at FROM workloads"):
-                cur = self.conn.execute(
-                    "INSERT OR IGNORE INTO workloads (ir_sha256, shash, name, ir_json, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)", [ir_sha, shash, name, ir_json, created])
-                added["workloads"] += cur.rowcount
-                id_map[wid] = self.conn.execute(
-                    "SELECT id FROM workloads WHERE ir_sha256 = ?", [ir_sha]).fetchone()[0]
-                sha_of[id_map[wid]] = ir_sha
-            run_cols = "uid, host, user, model_sha256, command, target_key, trials, started_at, ended_at"
-            for row in other.conn.execute(f"SELECT {run_cols} FROM runs"):
-                added["runs"] += self.conn.execute(
-                    f"INSERT OR IGNORE INTO runs ({run_cols}) VALUES ({', '.join('?' * 9)})",
-                    row).rowcount
-            for row in other.conn.execute("SELECT run_uid, ir_sha256, task, weight FROM run_tasks"
-                                          if other.has_table("run_tasks") else "SELECT 1 WHERE 0"):
-                self.conn.execute("INSERT OR IGNORE INTO run_tasks (run_uid, ir_sha256, task, weight) "
-                                  "VALUES (?, ?, ?, ?)", row)
-            cols = [c for c in _RECORD_COLUMNS if c != "uid"]  # identity is recomputed here
-            for row in other.conn.execute(f"SELECT {', '.join(cols)} FROM records"):
-                values = dict(zip(cols, row))
-                if not valid_run_secs(values["run_secs_json"]):
-                    skipped += 1
-                    continue
-                values["workload_id"] = id_map[values["workload_id"]]
-                added["records"] += self._insert_record(values, sha_of[values["workload_id"]])
-            for row in other.conn.execute(
-                    "SELECT workload_id, target_sha256, target_key, trace_sha256, run_uid, created_at "
-                    "FROM failures"):
-                added["failures"] += self.conn.execute(
-                    "INSERT OR IGNORE INTO failures (workload_id, target_sha256, target_key, "
-                    "trace_sha256, run_uid, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [id_map[row[0]], *row[1:]]).rowcount
-            added["tactic records"], skipped_tactics = self._merge_tactics(other)
-            skipped += skipped_tactics
-        if skipped:
-            log.warning("skipped %d records of %s with a latency that is not a positive number",
-                        skipped, other_path)
-        return added
+        with open_database(other_path, readonly=True, argument="the database to merge") as other:
+            return merge(self, other)
 
     def prune(self, keep: int) -> tuple[int, int]:
         """Keep the best `keep` records per workload and target, and the best `keep` tactics per
@@ -497,6 +469,8 @@ class TuningStore(TacticRecords):
         tactic records beside them; returns (workloads, records, tactic records)."""
         from tvm.s_tir import meta_schedule as ms
 
+        from .metaschedule import parse_record
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = [directory / "database_workload.json", directory / "database_tuning_record.json"]
@@ -512,18 +486,17 @@ class TuningStore(TacticRecords):
             for row in self.conn.execute(
                     "SELECT trace_json, run_secs_json, target_json, args_info_json FROM records "
                     "WHERE workload_id = ? ORDER BY target_sha256, mean_sec", [workload_id]).fetchall():
-                record = ms.database.TuningRecord.from_json(
-                    [json.loads(row[0]), json.loads(row[1]), json.loads(row[2]),
-                     json.loads(row[3]) if row[3] else None], workload)
-                json_db.commit_tuning_record(record)
+                json_db.commit_tuning_record(
+                    parse_record(row[0], json.loads(row[1]), row[2], row[3], workload))
                 n_records += 1
+        del json_db  # TVM's writer does not check its stream: count what reached the files
+        for path, expected in zip(paths, (n_workloads, n_records)):
+            _check_written_lines(path, expected)
         return n_workloads, n_records, self._export_tactics(directory)
 
     def import_json(self, directory: str | Path) -> dict[str, int]:
         """Read a TVM JSONDatabase directory; re-importing the same files adds nothing."""
-        from tvm.s_tir import meta_schedule as ms
-
-        from .metaschedule import record_to_json
+        from .metaschedule import read_json_database, record_to_json
 
         directory = Path(directory)
         paths = [directory / "database_workload.json", directory / "database_tuning_record.json"]
@@ -531,9 +504,9 @@ class TuningStore(TacticRecords):
         if missing:
             raise TvmoptError(f"{missing[0]}: no such file; pass a directory holding TVM's "
                               "database_workload.json and database_tuning_record.json")
+        check_tvm_files(*paths)  # TVM's parser crashes on deep nesting, logs on bad numbers
         try:
-            records = ms.database.JSONDatabase(*map(str, paths), allow_missing=False) \
-                .get_all_tuning_records()
+            records = read_json_database(*paths)
         except Exception as e:  # TVM's parser raises assorted types for malformed lines
             raise TvmoptError(f"{directory}: TVM cannot read these database files "
                               f"({first_line(e, 200)})") from None
@@ -567,4 +540,29 @@ def _user() -> str:
     except (KeyError, OSError):
         return "unknown"
 
+
+EXPORT_FILES = ("database_workload.json", "database_tuning_record.json", TACTICS_FILE)
+
+
+def is_export(directory: Path) -> bool:
+    """A directory `db export` wrote (only its files), which a new export may replace."""
+    names = {p.name for p in directory.iterdir()}
+    return names <= set(EXPORT_FILES) and not any(
+        (directory / n).is_symlink() or not (directory / n).is_file() for n in names)
+
+
+def _check_written_lines(path: Path, expected: int) -> None:
+    """A JSON-lines file holds `expected` whole lines (TVM's JSONDatabase ignores write errors,
+    so a full disk would otherwise leave a file cut mid-line)."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    try:
+        for line in lines:
+            json.loads(line)
+    except ValueError:
+        lines = []
+    if len(lines) != expected:
+        raise OSError(errno.ENOSPC, f"{path.name} holds {len(lines)} of {expected} whole lines")
 

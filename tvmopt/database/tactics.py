@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import TvmoptError
 from .identity import canonical_json, sha256, target_identity
+from .jsonlines import BadLine, loads
 from .schema import now, valid_run_secs
 
 EXPORT_FILE = "tvmopt_tactic_records.json"  # beside TVM's database files, one record per line
@@ -113,18 +114,24 @@ class TacticRecords:
             {"layer_key": r[0], "provider": r[1], "tactic": r[2], "best_sec": r[3],
              "records": r[4]} for r in best]}
 
-    def _merge_tactics(self, other) -> tuple[int, int]:
-        """(added, skipped as invalid) from another store's tactic records."""
+    def _merge_tactics(self, other) -> tuple[int, int, int]:
+        """(added, skipped as invalid, skipped as incomplete) from another store's tactic
+        records."""
         if not other.has_table("tactic_records"):
-            return 0, 0
-        added = skipped = 0
+            return 0, 0, 0
+        added = invalid = damaged = 0
         for row in other.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM tactic_records"):
-            values = _checked(dict(zip(_COLUMNS, row)))
+            try:
+                values = _checked(dict(zip(_COLUMNS, row)))
+            except (TypeError, AttributeError):  # no text where the target belongs
+                values = {"layer_key": None}
             if values is None:
-                skipped += 1
+                invalid += 1
+            elif any(values.get(c) is None for c in _COLUMNS[:6] + ("created_at",)):
+                damaged += 1
             else:
                 added += self._insert_tactic(values)
-        return added, skipped
+        return added, invalid, damaged
 
     def _prune_tactics(self, keep: int) -> int:
         """Keep the best `keep` measured tactics per layer, provider and target (and failures,
@@ -149,11 +156,19 @@ class TacticRecords:
         counts = {"tactics_added": 0, "tactics_duplicate": 0, "tactics_invalid": 0}
         if not path.is_file():
             return counts
-        with self.write():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+        with self.write(), open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
                 try:
-                    values = _checked({c: json.loads(line)[c] for c in _COLUMNS})
-                except (ValueError, KeyError, TypeError):
+                    row = loads(line.decode("utf-8"))
+                    values = _checked({c: row[c] for c in _COLUMNS})
+                    if values is not None and any(not isinstance(v, str | int | float | None)
+                                                  for v in values.values()):
+                        raise TypeError
+                except BadLine as e:  # nested too deep, a number out of range, not JSON
+                    raise TvmoptError(f"{path}:{number}: not a tactic record: {e}; fix or "
+                                      "delete that line, or re-export it with `tvmopt db export`"
+                                      ) from None
+                except (ValueError, KeyError, TypeError, AttributeError):
                     raise TvmoptError(f"{path}:{number}: not a tactic record; re-export it with "
                                       "`tvmopt db export`") from None
                 if values is None:

@@ -1,14 +1,66 @@
-"""What ends a tune and when: stop signals (finish the batch, then stop) and the clock that
-estimates whether another round fits in the time budget."""
+"""What ends a tune and when: stop signals (finish the batch, then stop), the clock that
+estimates whether another round fits in the time budget, and how long a measured round waits for
+a database another process is writing."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..database import DatabaseUnavailable
+from ..errors import TvmoptError
+from ..formatting import duration
+
 log = logging.getLogger("tvmopt.tuning")
+
+# How long a measured round waits, in memory, for the database's write lock while another process
+# holds it (a long `db merge`), before the tune stops with the command that resumes it.
+LOCK_WAIT_S = 600.0
+
+
+def store_round(store, write: Callable[[], None], n: int,
+                should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Run `write` (a round's `n` results) in one write transaction. While another process holds
+    the lock past SQLite's busy timeout, keep the results and try again with backoff, for up to
+    LOCK_WAIT_S or until a stop signal; then raise the DatabaseUnavailable (`waited_s` set).
+    A full disk is raised at once."""
+    start = time.monotonic()
+    pause = 1.0
+    while True:
+        try:
+            with store.write():
+                write()
+            if pause > 1.0:
+                log.info("the round is stored, after %s waiting for the database",
+                         duration(time.monotonic() - start))
+            return
+        except DatabaseUnavailable as e:
+            waited = time.monotonic() - start
+            if not e.locked or should_stop() or waited + pause > LOCK_WAIT_S:
+                e.waited_s = waited
+                raise
+            if pause == 1.0:
+                log.warning("database %s is locked by another process: keeping this round's %d "
+                            "results in memory and trying again for up to %s", store.path, n,
+                            duration(LOCK_WAIT_S))
+            time.sleep(pause)
+            pause = min(pause * 2, 30.0)
+
+
+def round_not_stored(e: DatabaseUnavailable, n: int, command: str) -> TvmoptError:
+    """The one line a tune ends with when its measured round cannot be written."""
+    resume = f"resume with: {command}" if command else "run the tune again to resume"
+    if e.locked:
+        return TvmoptError(
+            f"database {e.path} is locked by another process (a merge, prune, import or tune "
+            f"writing to it) and stayed locked for {duration(e.waited_s)}; this round's {n} "
+            f"results were not stored, every round before it was; {resume}")
+    where = e.path.parent if str(e.path.parent) else "."
+    return TvmoptError(f"database {e.path}: the disk is full; this round's {n} results were not "
+                       f"stored, every round before it was; free space on {where}, then {resume}")
 
 
 class StopAfterBatch:
@@ -47,6 +99,11 @@ class StopAfterBatch:
                     "Ctrl-C" if name == "SIGINT" else name)
 
     def __exit__(self, *exc):
+        # After a stop signal these handlers stay: the tune is ending, a further signal means
+        # "stop now", and a handler restored now could still be given the first signal by the
+        # CLI's watcher thread (tvmopt.cli.process), which would report it as an interruption.
+        if self.requested:
+            return
         for s, previous in self._previous.items():
             signal.signal(s, previous)
 

@@ -3,9 +3,12 @@ servers registered with a tracker."""
 
 from __future__ import annotations
 
+import json
 import socket
+import struct
 
 from ..errors import TvmoptError
+from ..processes import bind_tvm_workers
 from ..targets import host_cpu_name
 from .options import TuneOptions
 
@@ -25,24 +28,63 @@ def local_device_name(target) -> str:
 
 def check_tracker(address: str, key: str, timeout_s: float = 5.0) -> dict:
     """Fail fast (well under 10 s) with a clear message when the tracker or its servers are missing."""
-    from tvm import rpc
-
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise TvmoptError(f"--rpc-tracker {address!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
+    start = (f"start it with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}` or "
+             "fix --rpc-tracker")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        sock = socket.create_connection((host, int(port)), timeout=timeout_s)
     except OSError as e:
-        raise TvmoptError(f"RPC tracker {address} is unreachable ({e.strerror or e}); start it "
-                          "with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port "
-                          f"{port}` or fix --rpc-tracker") from None
-    summary = rpc.connect_tracker(host, int(port)).summary()
+        raise TvmoptError(f"RPC tracker {address} is unreachable ({e.strerror or e}); "
+                          f"{start}") from None
+    try:
+        with sock:
+            summary = _tracker_summary(sock)
+    except TimeoutError:
+        raise TvmoptError(f"RPC tracker {address} accepted the connection but did not answer "
+                          f"within {timeout_s:.0f} s (is it a TVM RPC tracker?); {start}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        raise TvmoptError(f"RPC tracker {address}: the server there is not a TVM RPC tracker "
+                          f"({reason}); {start}") from None
     if _key_missing(summary, key):
         known = ", ".join(sorted(summary.get("queue_info", {}))) or "none"
         raise TvmoptError(f"no RPC server is registered under key {key!r} at {address} (keys: "
                           f"{known}); start one with `python -m tvm.exec.rpc_server --tracker "
                           f"{address} --key {key}`")
     return summary
+
+
+def _tracker_summary(sock: socket.socket) -> dict:
+    """The tracker's summary, as `tvm.rpc.connect_tracker(...).summary()` asks for it, but on a
+    socket with a timeout and refusing what a tracker would not send (TVM's client waits forever
+    on a silent server and raises a bare RuntimeError on another one)."""
+    from tvm.rpc import base
+
+    sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+    if struct.unpack("<i", _receive(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
+        raise ValueError("it answered with something else")
+    request = json.dumps([base.TrackerCode.SUMMARY]).encode()
+    sock.sendall(struct.pack("<i", len(request)) + request)
+    size = struct.unpack("<i", _receive(sock, 4))[0]
+    if not 0 < size <= 1 << 24:
+        raise ValueError(f"it announced a reply of {size} bytes")
+    reply = json.loads(_receive(sock, size))
+    if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == base.TrackerCode.SUCCESS
+            and isinstance(reply[1], dict) and isinstance(reply[1].get("queue_info", {}), dict)):
+        raise ValueError("its summary is not a tracker's")
+    return reply[1]
+
+
+def _receive(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ValueError("it closed the connection")
+        data += chunk
+    return data
 
 
 def _key_missing(summary: dict, key: str) -> bool:
@@ -79,6 +121,7 @@ class PersistentBuilder:
         """Start the workers and their TVM import now, so it overlaps the first search."""
         from tvm.support.popen_pool import PopenPoolExecutor
 
+        bind_tvm_workers()
         self.shutdown()
         self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
                                        initializer=ignore_stop_signals)
@@ -155,6 +198,7 @@ def build_gpu_candidate(mod, target, params):
 def make_runner(target, options: TuneOptions):
     from tvm.s_tir import meta_schedule as ms
 
+    bind_tvm_workers()
     evaluator = _evaluator_config(target)
     if options.rpc_tracker:
         summary = check_tracker(options.rpc_tracker, options.rpc_key)

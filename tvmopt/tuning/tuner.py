@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ..database import FAILED_RUN_SEC, open_database, target_identity
+from ..database import FAILED_RUN_SEC, DatabaseUnavailable, open_database, target_identity
 from ..errors import TvmoptError, first_line
 from ..formatting import duration
 from ..prepare import ModelOptions, prepare
@@ -30,7 +30,7 @@ from ..kernels import library
 from ..kernels.defaults import hand_scheduled
 from ..tasks import Task, extract_tasks, kernel_tasks
 from ..toolchain import toolchain
-from .control import RoundClock, StopAfterBatch
+from .control import RoundClock, StopAfterBatch, round_not_stored, store_round
 from .measure import PersistentBuilder, make_runner
 from .options import TuneOptions
 from . import tactics
@@ -105,7 +105,8 @@ class Tuner:
         # Searching while measuring on this same CPU would disturb the timings.
         self.overlap = self.device_type != "cpu" or bool(options.rpc_tracker)
         self.siblings: dict[str, list[TaskProgress]] = {}  # leader task name -> its siblings
-        self._builder = self._runner = self._report = None
+        self._builder = self._runner = self._report = self._stop = None
+        self._db_failed = False  # a round could not be stored (database locked, disk full)
         self._baselines: dict[str, tuple] = {}
         self._stale_baselines: set[str] = set()  # tasks with records but none of their baseline
 
@@ -226,7 +227,7 @@ class Tuner:
         database = self.store.for_target(self.target, device=device, run_uid=report.run_uid)
         contexts: dict[str, object] = {}
         start = time.perf_counter()
-        stop = StopAfterBatch(lambda signum: self._exit_now(report.run_uid, signum))
+        stop = self._stop = StopAfterBatch(lambda signum: self._exit_now(report.run_uid, signum))
         in_flight = None  # (round, future) being built and measured in the background
         try:
             with stop, ThreadPoolExecutor(max_workers=1) as measurer:
@@ -275,7 +276,7 @@ class Tuner:
             report.elapsed_s = time.perf_counter() - start
             if self._builder is not None:
                 self._builder.shutdown()
-            self.store.end_run(report.run_uid, report.trials_this_run)
+            self.store.end_run(report.run_uid, report.trials_this_run, at_once=self._db_failed)
             for ctx in contexts.values():
                 if ctx is not None:
                     with contextlib.suppress(Exception):
@@ -464,6 +465,7 @@ class Tuner:
         if not candidates:
             return []
         seconds = self._report.seconds
+        log.debug("building and measuring %d candidate(s)", len(candidates))
         t0 = time.perf_counter()
         built = self._builder.build([ms.builder.BuilderInput(c.sch.mod, self.target)
                                      for c in candidates])
@@ -489,14 +491,25 @@ class Tuner:
         """Store a measured round in one transaction, then update the search and the tasks."""
         from tvm.s_tir import meta_schedule as ms
 
+        from ..database.metaschedule import record_to_json
+
         t0 = time.perf_counter()
         entries = [*zip(rnd.entries, rnd.results), *zip(rnd.transfers, rnd.transfer_results)]
-        with self.store.write():  # the round's records land together, or not at all
+
+        def write():  # the round's records land together, or not at all; straight into the
+            # store: through MetaSchedule's FFI a SQLite error would come back a RuntimeError
             for (p, c), r in entries:
-                self.store.add_workload(p.task.mod, name=p.task.name)
-                database.commit_tuning_record(ms.database.TuningRecord(
-                    c.sch.trace, ms.database.Workload(p.task.mod),
-                    r.run_secs if r.error_msg is None else None, self.target, c.args_info))
+                self.store.add_record(self.store.add_workload(p.task.mod, name=p.task.name),
+                                      self.target, record_to_json(ms.database.TuningRecord(
+                                          c.sch.trace, ms.database.Workload(p.task.mod),
+                                          r.run_secs if r.error_msg is None else None,
+                                          self.target, c.args_info)),
+                                      device=database.device, run_uid=database.run_uid)
+        try:  # waits while another process writes (a long merge), the results in memory
+            store_round(self.store, write, len(entries), lambda: self._stop.requested)
+        except DatabaseUnavailable as e:
+            self._db_failed = True
+            raise round_not_stored(e, len(entries), self.command) from None
         leader = rnd.task
         if leader is not None:
             candidates = [c for _, c in rnd.entries]
