@@ -284,7 +284,12 @@ def test_time_budget_and_shared_anchor_tuning(tmp_path):
     report = tuning.tune(model, targets.resolve("host"), db_path=db, options=tuning.TuneOptions(
         trials=100000, batch_size=8, time_budget_s=60, patience=10**6)).as_dict()
     assert report["stop_reason"].startswith("time budget reached")
-    assert report["elapsed_s"] <= 60 + 15
+    # A round that started within the budget may end past it, by about one round: bounded by
+    # this run's own round time, so a slow or busy machine (longer rounds) is not a failure.
+    rounds = max(1, (report["trials_this_run"] - 2) // 8)  # after the two baselines
+    busy = sum(report["seconds"][k] for k in ("search", "build", "measure", "database"))
+    per_round = busy / rounds
+    assert report["elapsed_s"] <= 60 + 2 * per_round, (report["elapsed_s"], per_round)
     leader, sibling = report["tasks"]
     assert sibling["finished"] == f"tuned with {leader['name']}"
     # the leader: baseline + search rounds; the sibling: baseline + one transfer per new best
