@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,21 +117,26 @@ def _is_builtin(path: Path) -> bool:
     return path.parent in _BUILTIN_DIRS
 
 
-def _check_trusted(path: Path) -> None:
+def _check_trusted(path: Path, *, sticky_dir_ok: bool = False) -> None:
     """A preset is code (its `cc` runs): one from outside tvmopt must be a file, in a directory,
-    that only this user (or root) can write."""
+    that only this user (or root) can write. A file named by its path may sit in a sticky
+    directory such as /tmp, where others cannot replace it; a TVMOPT_TARGETS_PATH directory
+    may not, since others could add presets to it."""
     for where in (path.parent, path):
         try:
             st = where.stat()
         except OSError as e:
             raise TvmoptError(f"target preset {path}: cannot be read ({e.strerror})") from None
-        if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
+        shared = st.st_mode & 0o022 and not (sticky_dir_ok and where == path.parent
+                                             and st.st_mode & stat.S_ISVTX)
+        if st.st_uid not in (os.getuid(), 0) or shared:
             who = ("owned by another user" if st.st_uid not in (os.getuid(), 0)
                    else "writable by other users")
+            what = "the file" if where == path else f"its directory {where}"
             raise TvmoptError(
-                f"target preset {path}: {'its directory ' + str(where) if where != path else 'the file'}"
-                f" is {who}, and a preset's compiler runs as you: refused; keep presets in a "
-                f"directory only you can write (chmod go-w {where}, owned by you)")
+                f"target preset {path}: {what} is {who}, and a preset's compiler runs as you: "
+                f"refused; keep presets in a directory only you can write (chmod go-w {where}, "
+                "owned by you)")
 
 
 def available() -> list[str]:
@@ -300,7 +306,7 @@ def resolve(spec: str) -> Preset:
         preset.tvm_target()  # validate now, with a clear error
         return preset
     if spec.endswith(".json") and Path(spec).is_file():
-        _check_trusted(Path(spec).absolute())
+        _check_trusted(Path(spec).absolute(), sticky_dir_ok=True)
         return _read_preset(Path(spec).stem, Path(spec))
     # Family names pick this machine's device among the built-in presets only.
     files = _preset_files(builtin_only=spec in _FAMILIES)
