@@ -1,4 +1,7 @@
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -114,7 +117,8 @@ def rpc_tracker(tmp_path_factory, request):
     logs = tmp_path_factory.mktemp("rpc")
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                "--port", str(port), "--port-end", str(port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
     try:
         from tvm import rpc
 
@@ -132,14 +136,16 @@ def rpc_tracker(tmp_path_factory, request):
                 [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
                  "--key", "tvmopt-test", "--host", "127.0.0.1", "--port", str(server_port),
                  "--port-end", str(server_port + 1), *spawn],
-                stdout=(logs / f"rpc-server-{i}.log").open("w"), stderr=subprocess.STDOUT))
+                stdout=(logs / f"rpc-server-{i}.log").open("w"), stderr=subprocess.STDOUT,
+                start_new_session=True))
         while tracker.summary()["queue_info"].get("tvmopt-test", {}).get("free", 0) < 2:
             assert time.monotonic() < deadline, (tracker.summary(), _tails(logs))
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        for p in procs:
-            p.kill()
+        for p in procs:  # with the sessions and workers a server started (their own group)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         print(_tails(logs))  # captured: pytest shows the servers' side when the test failed
 
