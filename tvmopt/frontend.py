@@ -135,6 +135,8 @@ def _check_data_file(model_path: Path, data: Path) -> None:
     could otherwise read any file into the artifact)."""
     import stat
 
+    from .outputs import file_kind
+
     location = os.path.relpath(data, model_path.parent)
     fix = "save its weights file beside it (onnx.save(..., save_as_external_data=True))"
     if ".." in Path(location).parts:
@@ -154,7 +156,7 @@ def _check_data_file(model_path: Path, data: Path) -> None:
                           f"{model_path.parent}; copy that file next to the model") from None
     if not stat.S_ISREG(mode):
         raise TvmoptError(f"{model_path}: its weights location {location} is not a regular file "
-                          f"(a {'pipe' if stat.S_ISFIFO(mode) else 'directory or device'}); {fix}")
+                          f"(a {file_kind(mode)}); {fix}")
 
 
 @dataclass

@@ -23,6 +23,7 @@ import struct
 from pathlib import Path
 
 from .errors import TvmoptError
+from .outputs import file_kind
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,8 @@ def check_regular(path: Path, st: os.stat_result | None = None) -> None:
         except OSError as e:
             raise TvmoptError(f"{path}: cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else (
-            "a pipe" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
-        raise TvmoptError(f"{path}: {what}, not a library; pass a library built by `tvmopt build`")
+        raise TvmoptError(f"{path}: a {file_kind(st.st_mode)}, not a library; pass a library "
+                          "built by `tvmopt build`")
 
 
 def _mapped(path: Path) -> mmap.mmap:

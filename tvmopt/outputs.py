@@ -61,7 +61,7 @@ def check_output(path: str | os.PathLike, *, flag: str, kind: str,
         expected = out.is_dir() if directory else out.is_file()
         if not expected:
             raise TvmoptError(f"{flag} {text} is not a {'directory' if directory else 'regular file'}"
-                              f" (a {_file_type(out)}); choose another path")
+                              f" (a {file_kind(out.stat().st_mode)}); choose another path")
         if not replaceable(out):
             raise TvmoptError(f"{flag} {text} exists and is not a {kind}; tvmopt replaces only its "
                               "own files: remove it or choose another path")
@@ -77,8 +77,8 @@ def check_output(path: str | os.PathLike, *, flag: str, kind: str,
     return out
 
 
-def _file_type(path: Path) -> str:
-    mode = path.stat().st_mode
+def file_kind(mode: int) -> str:
+    """What a file's st_mode says it is, in words: "file", "directory", "pipe", "device"..."""
     for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "pipe"),
                        (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"),
                        (stat.S_ISSOCK, "socket"), (stat.S_ISREG, "file")):

@@ -376,6 +376,8 @@ def _check_input_file(path: Path, flag: str) -> None:
     """Inputs are regular files: a pipe would block the run forever, a device never ends."""
     import stat
 
+    from ..outputs import file_kind
+
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -383,10 +385,8 @@ def _check_input_file(path: Path, flag: str) -> None:
     except OSError as e:
         raise TvmoptError(f"{flag} {path}: cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(mode):
-        what = "a pipe" if stat.S_ISFIFO(mode) else (
-            "a directory" if stat.S_ISDIR(mode) else "a device or special file")
-        raise TvmoptError(f"{flag} {path}: {what}, not a file; save the arrays to a file with "
-                          "numpy (np.save / np.savez) and pass that")
+        raise TvmoptError(f"{flag} {path}: a {file_kind(mode)}, not a file; save the arrays to a "
+                          "file with numpy (np.save / np.savez) and pass that")
 
 
 @cli.group(invoke_without_command=True)
