@@ -10,6 +10,25 @@ import tvmopt
 PACKAGE = Path(tvmopt.__file__).parent
 MAX_LINES = 600
 
+# The compiler's stages in the order data flows through them (tvmopt/__init__.py): a stage imports
+# the stages before it, never one after it, so each can be read and changed knowing only what
+# comes before. `prepare` runs the first two for tuning and the build; `bench` times what the
+# runtime loads. Modules outside the order (errors, targets, kernels...) serve several stages.
+STAGES = ("frontend", "graph", "prepare", "tasks", "tuning", "database", "build", "runtime", "bench")
+# Imports of a later stage that are right, each with its reason.
+LATER_STAGES_ALLOWED = {
+    # Tuning writes its measurements into the database through the database's API: the database
+    # is where tuning hands over to the build, so its writer knows it; it knows nothing of tuning.
+    ("tuning", "database"),
+}
+# Imports the order alone allows but that would be wrong.
+FORBIDDEN = {
+    # The frontend hands the graph stage a Relax module; kernels are chosen after it.
+    ("frontend", "kernels"),
+    # The exception above goes one way: the database stores what was measured, not how.
+    ("database", "tuning"),
+}
+
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -65,6 +84,57 @@ def test_no_import_cycle_inside_the_package():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def _stage(module: str) -> str | None:
+    """tvmopt.frontend.loading -> "frontend", tvmopt.cli.app -> "cli"; the package itself: None."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _direction_violations(graph: dict[str, set[str]]) -> list[str]:
+    """The imports in `graph` that point against the stages' order, and any of the CLI by the
+    library (the CLI is the top: only it and `python -m tvmopt` may import it)."""
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    found = []
+    for module, deps in graph.items():
+        source = _stage(module)
+        for dep in deps:
+            target = _stage(dep)
+            if source is None or target is None or source == target:
+                continue
+            later = source in order and target in order and order[target] > order[source]
+            if (later and (source, target) not in LATER_STAGES_ALLOWED) \
+                    or (source, target) in FORBIDDEN \
+                    or (target == "cli" and source != "__main__"):
+                found.append(f"{module} imports {dep}")
+    return sorted(found)
+
+
+def test_stages_import_only_the_stages_before_them():
+    graph = _graph()
+    assert {"tvmopt.frontend.loading", "tvmopt.graph.pipeline"} <= set(graph)  # the real layout
+    assert _direction_violations({  # the check catches each kind of wrong import
+        "tvmopt.frontend.importer": {"tvmopt.graph.relax_helpers", "tvmopt.kernels.library"},
+        "tvmopt.graph.pipeline": {"tvmopt.tuning.tuner", "tvmopt.frontend"},
+        "tvmopt.database.store": {"tvmopt.tuning"},
+        "tvmopt.runtime": {"tvmopt.cli.app"},
+    }) == ["tvmopt.database.store imports tvmopt.tuning",
+           "tvmopt.frontend.importer imports tvmopt.graph.relax_helpers",
+           "tvmopt.frontend.importer imports tvmopt.kernels.library",
+           "tvmopt.graph.pipeline imports tvmopt.tuning.tuner",
+           "tvmopt.runtime imports tvmopt.cli.app"]
+    assert _direction_violations(graph) == []
+
+
+def test_relax_helpers_load_without_the_kernel_library():
+    """The kernel library imports tvmopt.graph.relax_helpers and the pipeline imports the kernel
+    library: loading the helpers must not load the library, or the two would import each other."""
+    code = ("import sys, tvmopt.graph.relax_helpers; "
+            "assert 'tvmopt.kernels.library' not in sys.modules, 'kernel library imported'; "
+            "assert 'tvm' not in sys.modules, 'tvm imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_no_module_is_too_long_to_read():

@@ -11,7 +11,9 @@ import pytest
 import tvmopt
 import zoo
 from conftest import assert_one_line_error
-from tvmopt import build, frontend, normalize, passes, runtime, targets
+from tvmopt import build, frontend, runtime, targets
+from tvmopt.frontend import normalization
+from tvmopt.graph import pipeline
 from tvmopt.prepare import ModelOptions
 from tvmopt.errors import TvmoptError
 
@@ -95,7 +97,7 @@ def test_shape_arithmetic_is_folded_before_import(zoo_models):
     with pytest.raises(TvmoptError, match=r"importer failed at node '.+' \(\w+\)"):
         frontend.import_model(model, inputs)
     model, inputs = _raw_import(zoo_models["bert_encoder"], meta)
-    normalized, changes = normalize.normalize(model, inputs)
+    normalized, changes = normalization.normalize(model, inputs)
     steps = {c.step: c.detail for c in changes}
     assert steps["fix-input-dims"] == "batch=2, sequence=16"
     assert "Shape" in steps["fold-constants"]
@@ -111,13 +113,13 @@ def test_a_lost_shape_is_named_when_a_later_stage_fails(zoo_models):
     with pytest.raises(TvmoptError, match=r"TVM failed in the graph passes .*first ONNX node whose "
                                           r"output shape TVM could not determine is '.+' \(\w+\)"):
         with imported.explain_failures("the graph passes"):
-            passes.run_pipeline(imported.mod, targets.resolve("host").tvm_target(),
-                                passes.PipelineOptions("fp32", "NCHW"))
+            pipeline.run_pipeline(imported.mod, targets.resolve("host").tvm_target(),
+                                  pipeline.PipelineOptions("fp32", "NCHW"))
 
 
 def test_old_opsets_are_converted_and_clamps_spelled_out(zoo_models):
     model, inputs = _raw_import(zoo_models["mobilenet_v2_opset11"], zoo.ZOO["mobilenet_v2_opset11"][1])
-    normalized, changes = normalize.normalize(model, inputs)
+    normalized, changes = normalization.normalize(model, inputs)
     steps = {c.step: c.detail for c in changes}
     assert steps["convert-opset"].startswith("11 -> 13")
     assert frontend.model_opset(normalized) == 13
@@ -126,9 +128,9 @@ def test_old_opsets_are_converted_and_clamps_spelled_out(zoo_models):
 
 
 def test_big_models_are_folded_through_files(zoo_models, monkeypatch):
-    monkeypatch.setattr(normalize, "INLINE_LIMIT", 0)  # take the > 2 GiB path with a small model
+    monkeypatch.setattr(normalization, "INLINE_LIMIT", 0)  # take the > 2 GiB path with a small model
     model, inputs = _raw_import(zoo_models["gpt_decoder"], zoo.ZOO["gpt_decoder"][1])
-    normalized, changes = normalize.normalize(model, inputs)
+    normalized, changes = normalization.normalize(model, inputs)
     assert "fold-constants" in {c.step for c in changes}
     assert not any(n.op_type == "Shape" for n in normalized.graph.node)
     mod = frontend.import_model(normalized, inputs).mod
@@ -145,8 +147,8 @@ def test_a_big_model_left_unfolded_keeps_its_weights(tmp_path, monkeypatch):
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
         [onnx.numpy_helper.from_array(weight, "w")])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    monkeypatch.setattr(normalize, "INLINE_LIMIT", 0)  # through files, where nothing folds
-    normalized, changes = normalize.normalize(model, frontend.graph_inputs(model))
+    monkeypatch.setattr(normalization, "INLINE_LIMIT", 0)  # through files, where nothing folds
+    normalized, changes = normalization.normalize(model, frontend.graph_inputs(model))
     assert "fold-constants" not in {c.step for c in changes}
     (w,) = normalized.graph.initializer
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(w), weight)  # still in memory

@@ -107,7 +107,7 @@ def test_col2im_is_rewritten_exactly_and_builds(tmp_path, invoke):
 
     import numpy as np
 
-    from tvmopt import normalize, runtime
+    from tvmopt import runtime
 
     path = models.col2im(tmp_path / "col2im.onnx")
     info = json.loads(invoke("inspect", path, "--json").stdout)
@@ -117,7 +117,7 @@ def test_col2im_is_rewritten_exactly_and_builds(tmp_path, invoke):
 
     model = frontend.load_model(path)
     specs = frontend.resolve_inputs(model)
-    rewritten, _ = normalize.normalize(model, specs)
+    rewritten, _ = frontend.normalize(model, specs)
     assert {n.op_type for n in rewritten.graph.node} == {"Reshape", "ConvTranspose"}
     inputs = runtime.random_inputs(specs, seed=3)
     expected = runtime.onnxruntime_outputs(path, inputs)
@@ -157,8 +157,6 @@ def test_col2im_with_a_computed_image_shape_is_refused_by_name():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from tvmopt import normalize
-
     graph = helper.make_graph(
         [helper.make_node("Col2Im", ["x", "size", "block"], ["y"], name="fold")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9]),
@@ -167,4 +165,4 @@ def test_col2im_with_a_computed_image_shape_is_refused_by_name():
         [numpy_helper.from_array(np.array([2, 2], np.int64), "block")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(TvmoptError, match="Col2Im node 'fold': its image_shape is computed"):
-        normalize.normalize(model, frontend.resolve_inputs(model))
+        frontend.normalize(model, frontend.resolve_inputs(model))

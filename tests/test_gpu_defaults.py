@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tvmopt import build, passes, targets
+from tvmopt import build, targets
 from tvmopt.kernels.defaults import default_schedule, rule_target
+from tvmopt.graph.pipeline import PASS_NAMES
 from tvmopt.kernels.tensorcore_gemm import FILL_BLOCKS, block_tile
 from tvmopt.prepare import ModelOptions, prepare
 
@@ -84,7 +85,7 @@ def test_fp16_clamps_constants_beyond_its_range(tmp_path):
     prepared = prepare(tmp_path / "m.onnx", targets.resolve("host"),
                        ModelOptions(precision="fp16"))
     assert "-65504" in prepared.mod.script() and "3.4028" not in prepared.mod.script()
-    assert "fp16-range-constants" in passes.PASS_NAMES
+    assert "fp16-range-constants" in PASS_NAMES
 
 
 def test_fp16_conversion_failure_keeps_the_model_fp32_and_says_so(tmp_path, monkeypatch, caplog):

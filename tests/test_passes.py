@@ -2,7 +2,9 @@ import re
 
 import pytest
 
-from tvmopt import frontend, passes, targets
+from tvmopt import frontend, targets
+from tvmopt.graph import pipeline
+from tvmopt.graph.relax_helpers import count_kernels, op_names
 
 
 @pytest.fixture(scope="module")
@@ -16,29 +18,29 @@ def _relax(path):
 
 
 def _run(mod, target, *names, **opts):
-    return passes.run_pipeline(mod, target, passes.PipelineOptions(**opts), only=names)
+    return pipeline.run_pipeline(mod, target, pipeline.PipelineOptions(**opts), only=names)
 
 
 def test_pipeline_is_named_and_listed_in_build_help(invoke):
     help_text = invoke("build", "--help").output
-    for name in passes.PASS_NAMES:
+    for name in pipeline.PASS_NAMES:
         assert name in help_text
-    assert passes.PASS_NAMES.index("fold-batchnorm") < passes.PASS_NAMES.index("fuse")
+    assert pipeline.PASS_NAMES.index("fold-batchnorm") < pipeline.PASS_NAMES.index("fuse")
 
 
 def test_fold_batchnorm_leaves_no_batch_norm(conv_model, host_target):
     mod = _relax(conv_model)
-    assert "relax.nn.batch_norm" in passes.op_names(mod)
+    assert "relax.nn.batch_norm" in op_names(mod)
     folded = _run(mod, host_target, "fold-batchnorm")
-    assert "relax.nn.batch_norm" not in passes.op_names(folded)
-    assert passes.op_names(folded).count("relax.nn.conv2d") == 2
+    assert "relax.nn.batch_norm" not in op_names(folded)
+    assert op_names(folded).count("relax.nn.conv2d") == 2
 
 
 def test_fold_constant_removes_weight_only_arithmetic(conv_model, host_target):
     # After batch-norm folding the scale/shift of the folded weights is constant arithmetic.
     folded = _run(_relax(conv_model), host_target, "fold-batchnorm")
-    before = len(passes.op_names(folded))
-    after = len(passes.op_names(_run(folded, host_target, "fold-constant")))
+    before = len(op_names(folded))
+    after = len(op_names(_run(folded, host_target, "fold-constant")))
     assert after < before
 
 
@@ -59,15 +61,15 @@ def test_dead_code_elimination_drops_unused_bindings_and_functions(host_target):
         bb.emit_func_output(out)
     mod = bb.get()
     cleaned = _run(mod, host_target, "dead-code-elimination")
-    assert "relax.sigmoid" in passes.op_names(mod)
-    assert passes.op_names(cleaned) == ["relax.nn.relu"]
+    assert "relax.sigmoid" in op_names(mod)
+    assert op_names(cleaned) == ["relax.nn.relu"]
     assert [gv.name_hint for gv in cleaned.get_global_vars()] == ["main"]
 
 
 def test_fusion_gives_fewer_kernels(conv_model, host_target):
     legal = _run(_relax(conv_model), host_target, "fold-batchnorm", "fold-constant", "legalize")
     fused = _run(legal, host_target, "fuse")
-    assert passes.count_kernels(fused) < passes.count_kernels(legal)
+    assert count_kernels(fused) < count_kernels(legal)
 
 
 def test_nhwc_layout_conversion(conv_model, host_target):
@@ -103,12 +105,11 @@ def test_cpu_convs_are_converted_to_packed_nchwc(tmp_path, host_target):
 def _zoo_relax(name, directory):
     """A zoo model imported as the build imports it (its dynamic dims fixed, then normalised)."""
     import zoo
-    from tvmopt import normalize
 
     builder, meta = zoo.ZOO[name]
     model = frontend.load_model(builder(directory / f"{name}.onnx"))
     inputs = frontend.resolve_inputs(model, meta["input_shapes"])
-    model, _ = normalize.normalize(model, inputs)
+    model, _ = frontend.normalize(model, inputs)
     return frontend.import_model(model, inputs).mod
 
 
@@ -169,8 +170,8 @@ def test_packed_layout_keeps_what_it_cannot_carry_in_nchw(tmp_path, host_target,
     # the last line of defence: without the fences TVM's inference fails, and the pass is skipped
     monkeypatch.setattr(packed_conv, "follows_packed", lambda call: True)
     skipped = []
-    mod = passes.run_pipeline(_zoo_relax("unet", tmp_path), host_target,
-                              passes.PipelineOptions(), only=("layout-nchwc",), skipped=skipped)
+    mod = pipeline.run_pipeline(_zoo_relax("unet", tmp_path), host_target,
+                                pipeline.PipelineOptions(), only=("layout-nchwc",), skipped=skipped)
     (line,) = skipped
     assert line.startswith("layout-nchwc failed in TVM (") and line.endswith("the convs stay NCHW")
     assert "Layouts must have the same size" in line, line
@@ -245,7 +246,7 @@ def test_variadic_sum_max_min_mean_become_binary_ops(tmp_path, host_target):
                                        [1, 4] if args == "b" else [2, 3, 4])
          for name, (_, args) in ops.items()])
     path = models._save(graph, tmp_path / "variadic.onnx")
-    names = passes.op_names(_run(_relax(path), host_target, "variadic-as-binary"))
+    names = op_names(_run(_relax(path), host_target, "variadic-as-binary"))
     assert "relax.stack" not in names and names.count("relax.maximum") == 1
     model = load(build.build(path, targets.resolve("host"), tmp_path / "v.so").path)
     rng = np.random.default_rng(0)
@@ -270,10 +271,10 @@ def test_cpu_exp_erf_tanh_softmax_become_fast_approximations(tmp_path, host_targ
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 256]) for name in ops])
     path = models._save(graph, tmp_path / "t.onnx")
     exact = {"relax.exp", "relax.erf", "relax.tanh", "relax.nn.softmax"}
-    assert exact <= set(passes.op_names(_relax(path)))
-    assert not exact & set(passes.op_names(_run(_relax(path), host_target, "fast-math")))
+    assert exact <= set(op_names(_relax(path)))
+    assert not exact & set(op_names(_run(_relax(path), host_target, "fast-math")))
     cuda = targets.resolve("cuda-sm80").tvm_target()
-    assert exact <= set(passes.op_names(_run(_relax(path), cuda, "fast-math")))
+    assert exact <= set(op_names(_run(_relax(path), cuda, "fast-math")))
     model = load(build.build(path, targets.resolve("host"), tmp_path / "t.so").path)
     inputs = {"x": np.linspace(-12, 12, 1024, dtype=np.float32).reshape(4, 256)}
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
@@ -302,10 +303,10 @@ def test_cpu_matmul_weights_are_packed_into_panels_at_build(tmp_path, host_targe
         "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 48])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 32])], weights)
     path = models._save(graph, tmp_path / "m.onnx")
-    assert "relax.matmul" not in passes.op_names(_run(_relax(path), host_target,
-                                                     "pack-matmul-weights"))
+    assert "relax.matmul" not in op_names(_run(_relax(path), host_target,
+                                              "pack-matmul-weights"))
     cuda = targets.resolve("cuda-sm80").tvm_target()
-    assert "relax.matmul" in passes.op_names(_run(_relax(path), cuda, "pack-matmul-weights"))
+    assert "relax.matmul" in op_names(_run(_relax(path), cuda, "pack-matmul-weights"))
     found = kernels(prepare.prepare(path, targets.resolve("host")).mod)
     packed = sorted(tuple(int(d) for d in f.params[1].ty.shape) for f in found.values()
                     if len(f.params) > 1 and len(f.params[1].ty.shape) == 3)
@@ -345,7 +346,7 @@ def test_integer_powers_become_products(tmp_path, host_target):
          for name, e in exponents.items()])
     path = models._save(graph, tmp_path / "powers.onnx")
     mod = _run(_relax(path), host_target, "fold-constant", "integer-powers")
-    assert passes.op_names(mod).count("relax.power") == 1  # the square root
+    assert op_names(mod).count("relax.power") == 1  # the square root
     model = load(build.build(path, targets.resolve("host"), tmp_path / "p.so").path)
     inputs = {"x": np.linspace(-3, 3, 32, dtype=np.float32).reshape(4, 8)}
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))

@@ -801,7 +801,7 @@ def moe_router(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden:
 def recurrent_tagger(path: Path, *, opset: int = 17, exporter: str = "legacy") -> Path:
     """Sequence tagger: token embedding -> 2-layer bidirectional LSTM started from learned initial
     states -> batch-first GRU -> per-token head. Recurrent ops have no TVM converter; tvmopt
-    unrolls them (tvmopt/recurrent.py). Inputs input_ids (batch x sequence, both dynamic)."""
+    unrolls them (tvmopt/frontend/recurrent.py). Inputs input_ids (batch x sequence, both dynamic)."""
     torch = _torch()
     nn = torch.nn
 

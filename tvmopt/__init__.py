@@ -1,7 +1,7 @@
 """tvmopt: compile ONNX models with TVM (Relax + MetaSchedule) for CUDA, ROCm, x86 and ARM.
 
-The pipeline, one module per stage, every import pointing down it:
-prepare (frontend, normalize, passes) -> tasks -> tuning -> database -> build (kernel providers in
+The pipeline, one module or package per stage, every import pointing down it:
+prepare (frontend, graph) -> tasks -> tuning -> database -> build (kernel providers in
 kernels/, toolchain) -> runtime (manifest) -> bench.
 """
 

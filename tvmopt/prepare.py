@@ -1,9 +1,9 @@
 """Stage 1: a model made ready to compile, the same way for `build`, `tune` and `inspect`.
 
-load (read and hash the file once) -> normalise the ONNX graph -> import into Relax -> the graph
-pipeline. Tuning extracts its tasks from the result and the build compiles it; a record stored for
-a task is only found again if both prepared the model identically, so both come through here with
-the same `ModelOptions`.
+load (read and hash the file once) -> normalise the ONNX graph -> import into Relax (stage 1a,
+`tvmopt.frontend`) -> the graph pipeline (stage 1b, `tvmopt.graph`). Tuning extracts its tasks
+from the result and the build compiles it; a record stored for a task is only found again if both
+prepared the model identically, so both come through here with the same `ModelOptions`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import frontend, normalize, passes
+from . import frontend
 from .errors import TvmoptError
+from .graph import pipeline
 from .targets import Preset
 
 
@@ -23,16 +24,16 @@ class ModelOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     precision: str = "fp32"
     layout: str = "NCHW"
-    normalize: bool = True  # clean the ONNX graph up before import (tvmopt.normalize)
+    normalize: bool = True  # clean the ONNX graph up before import (tvmopt.frontend.normalization)
     kernels: str = "all"  # "tvm": no kernel library, TVM kernels for every layer
 
     def __post_init__(self):
-        if self.precision not in passes.PRECISIONS:
-            raise TvmoptError(f"precision {self.precision!r}: use one of {', '.join(passes.PRECISIONS)}")
-        if self.layout not in passes.LAYOUTS:
-            raise TvmoptError(f"layout {self.layout!r}: use one of {', '.join(passes.LAYOUTS)}")
-        if self.kernels not in passes.KERNELS:
-            raise TvmoptError(f"kernels {self.kernels!r}: use one of {', '.join(passes.KERNELS)}")
+        if self.precision not in pipeline.PRECISIONS:
+            raise TvmoptError(f"precision {self.precision!r}: use one of {', '.join(pipeline.PRECISIONS)}")
+        if self.layout not in pipeline.LAYOUTS:
+            raise TvmoptError(f"layout {self.layout!r}: use one of {', '.join(pipeline.LAYOUTS)}")
+        if self.kernels not in pipeline.KERNELS:
+            raise TvmoptError(f"kernels {self.kernels!r}: use one of {', '.join(pipeline.KERNELS)}")
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Prepared:
     model: frontend.LoadedModel
     inputs: list[frontend.TensorSpec]
     mod: object
-    normalization: list[normalize.Change]
+    normalization: list[frontend.Change]
     imported: frontend.Imported
 
     @property
@@ -74,17 +75,17 @@ def prepare(model: str | Path | frontend.LoadedModel, preset: Preset,
     run the graph pipeline."""
     loaded = model if isinstance(model, frontend.LoadedModel) else frontend.load(model)
     inputs = frontend.resolve_inputs(loaded.proto, options.input_shapes)
-    changes = [normalize.Change("repair", r) for r in loaded.repairs]
+    changes = [frontend.Change("repair", r) for r in loaded.repairs]
     if options.normalize:
-        loaded.proto, normalized = normalize.normalize(loaded.proto, inputs)
+        loaded.proto, normalized = frontend.normalize(loaded.proto, inputs)
         changes += normalized
     imported = frontend.import_model(loaded.proto, inputs)
     target = preset.tvm_target()
     skipped: list[str] = []
     with imported.explain_failures("the graph passes"):
-        mod = passes.run_pipeline(imported.mod, target,
-                                  passes.PipelineOptions(options.precision, options.layout,
-                                                         options.kernels),
-                                  skipped=skipped)
-    changes += [normalize.Change("skipped", line) for line in skipped]
+        mod = pipeline.run_pipeline(imported.mod, target,
+                                    pipeline.PipelineOptions(options.precision, options.layout,
+                                                             options.kernels),
+                                    skipped=skipped)
+    changes += [frontend.Change("skipped", line) for line in skipped]
     return Prepared(loaded, inputs, mod, changes, imported)

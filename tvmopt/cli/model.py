@@ -81,7 +81,7 @@ def inspect(path, target_spec, model_options, as_json):
 def _normalization(model, model_options) -> list[dict]:
     """What `build` would change in the graph before import (dynamic dims stay symbolic here
     unless --input-shape fixes them)."""
-    from .. import frontend, normalize
+    from .. import frontend
 
     if not model_options.normalize:
         return []
@@ -89,7 +89,7 @@ def _normalization(model, model_options) -> list[dict]:
     try:
         if model_options.input_shapes or all(s.is_static for s in specs):
             specs = frontend.resolve_inputs(model, model_options.input_shapes)
-        return [c.as_dict() for c in normalize.normalize(model, specs)[1]]
+        return [c.as_dict() for c in frontend.normalize(model, specs)[1]]
     except TvmoptError as e:  # inspect still reports everything else about the model
         return [{"step": "fails", "detail": str(e)}]
 
@@ -133,7 +133,7 @@ def _print_manifest(path, m):
 
 
 def _build_help() -> str:
-    from ..passes import describe_pipeline
+    from ..graph.pipeline import describe_pipeline
 
     return (
         "Compile MODEL for a target into one deployable .so (manifest included).\n\n"

@@ -35,8 +35,8 @@ from .identity import canonical_json, record_identity, sha256, target_identity, 
 from .jsonlines import check_tvm_files
 from .schema import (BUSY_TIMEOUT_S, applied_migrations, check_file, check_writable, connect,
                      known_migrations, migrations, now, unavailable)
-from .tactics import EXPORT_FILE as TACTICS_FILE
-from .tactics import TacticRecords
+from .tactic_records import EXPORT_FILE as TACTICS_FILE
+from .tactic_records import TacticRecords
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import TvmoptError
+from ..errors import TvmoptError
 
 OPS = frozenset({"Col2Im"})
 

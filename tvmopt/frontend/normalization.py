@@ -1,4 +1,4 @@
-"""Stage 1a: make an exported ONNX graph importable by TVM, and say what was changed.
+"""Make an exported ONNX graph importable by TVM, and say what was changed.
 
 TVM's ONNX importer does well on a clean static graph and stumbles on what exporters emit:
 - shape arithmetic (Shape -> Gather -> Range / Concat -> Reshape) that it turns into run-time shape
@@ -7,8 +7,8 @@ TVM's ONNX importer does well on a clean static graph and stumbles on what expor
 - ops at opsets older than its oldest converter for them (it then silently applies the newer
   semantics, e.g. Clip's bounds as inputs rather than attributes);
 - Clip / HardSigmoid / HardSwish, which it imports in forms its fp16 pass cannot rewrite;
-- recurrent layers (LSTM, GRU, RNN), for which it has no converter (`tvmopt.recurrent`);
-- Col2Im (opset 18; torch's `F.fold`), for which it has no converter either.
+- recurrent layers (LSTM, GRU, RNN), for which it has no converter (`recurrent`);
+- Col2Im (opset 18; torch's `F.fold`), for which it has no converter either (`col2im`).
 
 Each step rewrites the graph in ONNX with ONNX's and ONNX Runtime's own tools: fix the input dims
 the user gave, convert the opset where needed, fold constant shape arithmetic (ONNX Runtime's
@@ -29,17 +29,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import TvmoptError, first_line, onnxruntime_cause
 from . import col2im
-from .errors import TvmoptError, first_line, onnxruntime_cause
-from .frontend import TensorSpec, model_opset
 from .recurrent import unroll_recurrent
+from .specs import TensorSpec, model_opset
 
 log = logging.getLogger(__name__)
 
 # Protobuf cannot serialise a message over 2 GiB: bigger models go through files.
 INLINE_LIMIT = 2**31 - 2**24
-
-# Ops without a TVM converter that a step here replaces by others (recurrent layers aside).
 
 
 @dataclass(frozen=True)
