@@ -13,9 +13,7 @@ import tvmopt
 from tvmopt import build, runtime, targets
 from tvmopt import manifest as artifact_manifest
 from tvmopt.kernels import library
-from tvmopt.kernels.library import Layer
-from tvmopt.kernels.library.attention import ATTENTION_CATALOGUE
-from tvmopt.kernels.library.tactics import CATALOGUE, CONV_CATALOGUE, Tactic
+from tvmopt.kernels.library import Layer, attention, conv2d, gemm
 from tvmopt.prepare import ModelOptions
 
 pytestmark = pytest.mark.gpu
@@ -110,18 +108,37 @@ def test_kernel_library_layers_match_onnxruntime(tmp_path):
     assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
 
 
-@pytest.mark.parametrize("tactic", [t.name for t in CATALOGUE + CONV_CATALOGUE])
+@pytest.mark.parametrize("tactic", [t.name for t in gemm.CATALOGUE + conv2d.CATALOGUE])
 def test_every_catalogue_tactic_computes_the_same(tmp_path, monkeypatch, tactic):
     """The GEMM (seq 200: partial tiles) or the 3x3 conv runs `tactic`, the other its default."""
     default = Layer.default_tactic
-    monkeypatch.setattr(Layer, "default_tactic", lambda layer: Tactic.parse(tactic)
-                        if Tactic.parse(tactic) in layer.tactics else default(layer))
+    monkeypatch.setattr(Layer, "default_tactic", lambda layer: next(
+        (t for t in layer.tactics if t.name == tactic), None) or default(layer))
     path = models.library_layers(tmp_path / "m.onnx", epilogues="relu", seq=200)
     result = build.build(path, targets.resolve("cuda"), tmp_path / "m.so",
                          options=ModelOptions(precision="fp16", layout="NHWC"))
     assert tactic in {k["tactic"] for k in result.manifest["library_kernels"].values()}
     model = tvmopt.load(result.path)
     inputs = runtime.random_inputs(model.inputs, seed=4)
+    mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
+
+
+def test_a_registered_toy_op_runs_and_matches_onnxruntime(tmp_path, monkeypatch):
+    """The toy op of tests/ops/, registered with one line, runs its kernel in the artifact."""
+    from ops import bias_relu
+    from test_library_ops import _bias_relu_model
+
+    from tvmopt.kernels.library import registry
+
+    monkeypatch.setattr(registry, "OPS", [*registry.OPS, bias_relu.OP])
+    path = _bias_relu_model(tmp_path / "m.onnx")
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "m.so",
+                         options=ModelOptions(precision="fp16"))
+    assert [k["symbol"] for k in result.manifest["library_kernels"].values()] == [
+        "toy_bias_relu_threads256"]
+    model = tvmopt.load(result.path)
+    inputs = runtime.random_inputs(model.inputs, seed=5)
     mismatches = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
     assert mismatches and all(m.max_rel <= 1e-2 for m in mismatches), mismatches
 
@@ -142,12 +159,12 @@ def _attention_matches_onnxruntime(tmp_path, seq: int) -> dict:
     return result.manifest["library_kernels"]
 
 
-@pytest.mark.parametrize("tactic", [t.name for t in ATTENTION_CATALOGUE])
+@pytest.mark.parametrize("tactic", [t.name for t in attention.CATALOGUE])
 def test_every_attention_tactic_matches_onnxruntime(tmp_path, monkeypatch, tactic):
     """The fused attention at `tactic`, on a sequence of 72: partial query and key blocks."""
     default = Layer.default_tactic
-    monkeypatch.setattr(Layer, "default_tactic", lambda layer: Tactic.parse(tactic)
-                        if layer.op == "attention" else default(layer))
+    monkeypatch.setattr(Layer, "default_tactic", lambda layer: attention.OP.parse_tactic(tactic)
+                        if layer.op is attention.OP else default(layer))
     kernels = _attention_matches_onnxruntime(tmp_path, seq=72)
     assert [k["tactic"] for k in kernels.values() if "attention" in k["symbol"]] == [tactic]
 
@@ -176,7 +193,7 @@ def test_tune_measures_every_tactic_and_the_build_runs_the_fastest(tmp_path, inv
     result = invoke(*tune)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["tactics_measured"] == len(CATALOGUE) + len(CONV_CATALOGUE)
+    assert report["tactics_measured"] == len(gemm.CATALOGUE) + len(conv2d.CATALOGUE)
     with open_database(db, readonly=True) as store:
         rows = list(store.db["tactic_records"].rows)
     assert all((r["mean_sec"] is None) != (r["error"] is None) for r in rows), rows

@@ -72,7 +72,7 @@ def make_nvcc(where: Path, mode: str = "fake", sleep: float = 0.2) -> Path:
     (where / "bin").mkdir(parents=True, exist_ok=True)
     lib = where / "lib64"
     if not lib.exists():
-        lib.symlink_to(nvcc.toolchain().cudart_dir)
+        lib.symlink_to(nvcc.cuda_toolchain().cudart_dir)
     script = where / "bin" / "nvcc"
     script.write_text(WRAPPER.format(log=where / "nvcc.log", real_dir=real.parent, mode=mode,
                                      sleep=sleep))
@@ -114,8 +114,8 @@ def cache(tmp_path, monkeypatch):
 
 def use(monkeypatch, wrapper: Path, memory: float | None = None):
     """This process's compile_all runs `wrapper` as nvcc (and sees `memory` bytes usable)."""
-    real = nvcc.toolchain()
-    monkeypatch.setattr(nvcc, "toolchain", lambda: dataclasses.replace(real, nvcc=wrapper))
+    real = nvcc.cuda_toolchain()
+    monkeypatch.setattr(nvcc, "cuda_toolchain", lambda: dataclasses.replace(real, nvcc=wrapper))
     if memory is not None:
         monkeypatch.setattr(resources, "_usable_memory", lambda: memory)
 
@@ -126,8 +126,8 @@ CHILD = textwrap.dedent("""
     from tvmopt.kernels.library import nvcc, resources
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = json.loads(sys.argv[1])
-    real = nvcc.toolchain()
-    nvcc.toolchain = lambda: dataclasses.replace(real, nvcc=Path(args["nvcc"]))
+    real = nvcc.cuda_toolchain()
+    nvcc.cuda_toolchain = lambda: dataclasses.replace(real, nvcc=Path(args["nvcc"]))
     if args["memory"]:
         resources._usable_memory = lambda: args["memory"]
     failed = {}

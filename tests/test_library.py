@@ -11,7 +11,8 @@ import models
 import records
 from tvmopt import build, prepare, targets
 from tvmopt.kernels import library
-from tvmopt.kernels.library import nvcc
+from tvmopt.kernels.library import attention as attention_op
+from tvmopt.kernels.library import conv2d, gemm, nvcc, registry
 from tvmopt.prepare import ModelOptions
 
 HOPPER = "cuda-sm90a"
@@ -24,21 +25,25 @@ def _layers(path, preset=HOPPER, options=FP16_NHWC):
 
 def test_every_gemm_and_conv_layer_and_epilogue_is_offered_to_the_library(tmp_path):
     layers = _layers(models.library_layers(tmp_path / "m.onnx"))
-    by_epilogue = sorted((l.op, l.b_layout, l.epilogue.name) for l in layers.values())
-    assert by_epilogue == [("conv2d", "col", "bias"), ("conv2d", "col", "bias_relu"),
-                           ("gemm", "col", "bias_residual_relu"),
-                           ("gemm", "row", "bias_gelu"), ("gemm", "row", "bias_relu"),
-                           ("gemm", "row", "bias_silu"), ("gemm", "row", "plain"),
-                           ("gemm", "row", "plain")]
-    (residual,) = [l for l in layers.values() if l.epilogue.residual]
-    # the 1x1 conv's GEMM: M = 8*8 pixels, N = K = 32 channels; its residual is its own input
-    assert (residual.m, residual.n, residual.k, residual.conv) == (64, 32, 32, None)
+    by_epilogue = sorted((l.op.name, l.geometry.epilogue.name) for l in layers.values())
+    assert by_epilogue == [("conv2d", "bias"), ("conv2d", "bias_relu"),
+                           ("gemm", "bias_gelu"), ("gemm", "bias_relu"),
+                           ("gemm", "bias_residual_relu"), ("gemm", "bias_silu"),
+                           ("gemm", "plain"), ("gemm", "plain")]
+    (residual,) = [l for l in layers.values() if l.geometry.epilogue.residual]
+    # the 1x1 conv is the GEMM op's: M = 8*8 pixels, N = K = 32 channels, B is the [N, K]
+    # filter; its residual is its own input
+    g = residual.geometry
+    assert (residual.op, g.b_layout, g.m, g.n, g.k, g.batch) == (gemm.OP, "col", 64, 32, 32, 1)
     assert residual.args == {"a": 0, "b": 1, "bias": 2, "residual": 0}
+    assert {l.geometry.b_layout for l in layers.values() if l.op is gemm.OP and l != residual} \
+        == {"row"}
     # the strided 3x3 conv: 32 -> 16 channels on 8x8 pixels, stride 2, padding 1: 4x4 outputs
-    (strided,) = [l for l in layers.values() if l.conv and l.conv.stride == (2, 2)]
-    assert (strided.m, strided.n, strided.k) == (16, 16, 9 * 32)
+    (strided,) = [l for l in layers.values()
+                  if l.op is conv2d.OP and l.geometry.stride == (2, 2)]
+    assert strided.geometry.gemm_size == (16, 16, 9 * 32)
     assert strided.params == (1, 1, 1, 1, 2, 2, 1, 1)  # padding, stride, dilation
-    assert library.Layer.from_json(strided.to_json()) == strided
+    assert registry.layer_from_json(strided.to_json()) == strided
 
 
 @pytest.mark.parametrize("preset, options", [
@@ -54,7 +59,7 @@ def test_without_nvcc_the_build_says_so_and_uses_tvm_kernels(tmp_path, monkeypat
     def missing():
         raise nvcc.Unavailable("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda); install it")
 
-    monkeypatch.setattr(library, "toolchain", missing)
+    monkeypatch.setattr(library, "cuda_toolchain", missing)
     path = models.library_layers(tmp_path / "m.onnx", epilogues="relu")
     with caplog.at_level(logging.WARNING):
         result = build.build(path, targets.resolve(HOPPER), tmp_path / "m.so", options=FP16_NHWC)
@@ -125,13 +130,11 @@ def test_an_instance_nvcc_rejects_fails_the_build_or_is_set_aside(tmp_path, monk
     ((1, 1), (1, 1, 1, 1), (1, 1)), ((2, 2), (1, 1, 1, 1), (1, 1)), ((2, 1), (0, 1, 2, 0), (1, 2))])
 def test_tactics_are_checked_against_a_reference_conv_that_matches_onnxruntime(
         tmp_path, stride, pads, dilation):
-    """`tune` judges each conv tactic's output by tuning.tactics' NumPy reference: it must be
+    """`tune` judges each conv tactic's output by the conv2d op's NumPy reference: it must be
     ONNX Runtime's Conv (+ bias + ReLU), strides, asymmetric padding and dilation included."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-
-    from tvmopt.tuning import tactics
 
     rng = np.random.default_rng(0)
     weight = rng.uniform(-1, 1, (16, 8, 3, 3)).astype(np.float32)
@@ -146,13 +149,13 @@ def test_tactics_are_checked_against_a_reference_conv_that_matches_onnxruntime(
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
     path = models._save(graph, tmp_path / "conv.onnx")
     (layer,) = _layers(path).values()
-    assert layer.conv is not None and layer.conv.stride == stride
-    arrays = tactics._inputs(layer, rng)
+    assert layer.op is conv2d.OP and layer.geometry.stride == stride
+    arrays = layer.op.inputs(layer.geometry, layer.args, rng)
     expected, = ort.InferenceSession(str(path)).run(None, {
         "x": arrays["a"].astype(np.float32).transpose(0, 3, 1, 2)})
     arrays["b"][:] = weight.transpose(0, 2, 3, 1)  # OHWI: the layer's filter layout
     arrays["bias"][:] = bias
-    got = tactics._reference(layer, arrays).transpose(0, 3, 1, 2)
+    got = layer.op.reference(layer.geometry, arrays).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)  # fp16 weights and bias
 
 
@@ -188,7 +191,7 @@ def test_each_layer_runs_the_fastest_measured_kernel(tmp_path, tir, tactic_sec, 
     from tvmopt.database import open_database, target_identity
     from tvmopt.kernels import BuildContext
     from tvmopt.kernels.library import _choose
-    from tvmopt.kernels.library.tactics import Tactic
+    from tvmopt.kernels.library.cutlass import CutlassTactic
 
     _, kernel, layer = _gemm_layer(tmp_path)
     target = targets.resolve(HOPPER).tvm_target()
@@ -199,7 +202,7 @@ def test_each_layer_runs_the_fastest_measured_kernel(tmp_path, tir, tactic_sec, 
             store.add_tactic_record(layer.key, "cutlass", MEASURED, target, [tactic_sec])
         choice = _choose(kernel, layer, BuildContext(target, store, {kernel.name: layer}),
                          target_identity(target)[0])
-    expected = {"tir": None, "measured tactic": (Tactic.parse(MEASURED), tactic_sec),
+    expected = {"tir": None, "measured tactic": (CutlassTactic.parse(MEASURED), tactic_sec),
                 "default tactic": (layer.default_tactic(), None)}[runs]
     assert choice == expected
 
@@ -263,10 +266,10 @@ def test_tactic_timer_links_and_finds_instances_by_name(tmp_path, kernel_cache, 
     import numpy as np
     import tvm
 
-    from tvmopt.kernels.library.sources import TIMER_SOURCE, TIMER_SYMBOL
+    from tvmopt.kernels.library.instance import TIMER_SYMBOL, timer
 
     monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
-    objects = nvcc.compile_all({TIMER_SYMBOL: TIMER_SOURCE}, "sm_90a")
+    objects = nvcc.compile_all({TIMER_SYMBOL: timer().source}, "sm_90a")
     lib = tvm.runtime.load_module(str(nvcc.link_shared(list(objects.values()),
                                                        tmp_path / "tactics.so")))
     with pytest.raises(Exception, match="tvmopt_cutlass_gemm_row_plain_nothing is not in"):
@@ -281,28 +284,27 @@ def test_attention_is_offered_to_the_library_whole(tmp_path):
     division by sqrt(head_dim)) and its [batch, 1, 1, seq] mask."""
     layers = _layers(models.attention_block(tmp_path / "a.onnx"),
                      options=ModelOptions(precision="fp16"))
-    (attention,) = [l for l in layers.values() if l.op == "attention"]
-    g = attention.attention
+    (attention,) = [l for l in layers.values() if l.op is attention_op.OP]
+    g = attention.geometry
     assert (g.batch, g.heads, g.seq_q, g.seq_k, g.head_dim) == (2, 2, 32, 32, 64)
     assert g.scale == pytest.approx(0.125) and (g.mask_shape, g.mask_dtype) == ((2, 1, 1, 32),
                                                                               "float32")
     assert attention.params == (2, 2, 32, 0, 0, pytest.approx(0.125))  # mask strides b, h, q
     assert sorted(attention.args) == ["k", "mask", "q", "v"]
-    assert library.Layer.from_json(attention.to_json()) == attention
+    assert registry.layer_from_json(attention.to_json()) == attention
     # the three projections share one kernel
-    assert sorted(l.epilogue.name for l in layers.values() if l.op == "gemm") == [
+    assert sorted(l.geometry.epilogue.name for l in layers.values() if l.op is gemm.OP) == [
         "bias", "bias_residual"]
 
 
 def test_attention_tactics_are_checked_against_a_reference_that_matches_onnxruntime(tmp_path):
-    """`tune` judges each attention tactic by tuning.tactics' NumPy reference: it must be ONNX
+    """`tune` judges each attention tactic by the attention op's NumPy reference: it must be ONNX
     Runtime's head split, scaled and masked softmax attention and head merge."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from tvmopt.kernels.library.attention import AttentionGeometry
-    from tvmopt.tuning import tactics
 
     g = AttentionGeometry(2, 3, 16, 24, 32, 0.125, (2, 1, 16, 24), "float16")
     split = numpy_helper.from_array(np.array([2, -1, 3, 32], np.int64), "split")
@@ -327,23 +329,23 @@ def test_attention_tactics_are_checked_against_a_reference_that_matches_onnxrunt
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 96])],
         [split, merged, scale])
     path = models._save(graph, tmp_path / "attention.onnx")
-    layer = library.Layer("row", library.partition.Epilogue(), {}, 16, 32, 24, 6, attention=g)
-    arrays = tactics._inputs(layer, np.random.default_rng(0))
+    op = attention_op.OP
+    arrays = op.inputs(g, {}, np.random.default_rng(0))
     assert (arrays["mask"][..., -6:] < -6e4).all() and (arrays["mask"][..., :-6] == 0).all()
     expected, = ort.InferenceSession(str(path)).run(
         None, {r: a.astype(np.float32) for r, a in arrays.items()})
-    np.testing.assert_allclose(tactics._reference(layer, arrays), expected, rtol=1e-4,
+    np.testing.assert_allclose(op.reference(g, arrays), expected, rtol=1e-4,
                                atol=1e-4)
 
 
 def test_the_attention_instance_compiles_for_hopper(tmp_path, monkeypatch):
     """Each tactic of the fused attention is one small nvcc compile (no CUTLASS templates): the
     object exports the TVM FFI symbol the build calls."""
-    from tvmopt.kernels.library.attention import ATTENTION_CATALOGUE
-    from tvmopt.kernels.library.sources import InstanceSpec, Epilogue
+    from tvmopt.kernels.library.attention import CATALOGUE, AttentionGeometry
 
     monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path))
-    spec = InstanceSpec("attention", "row", Epilogue(), ATTENTION_CATALOGUE[0], mask="f16mask")
-    (obj,) = nvcc.compile_all({spec.symbol: spec.source()}, "sm_90a").values()
+    g = AttentionGeometry(2, 2, 32, 32, 64, 0.125, (2, 1, 1, 32), "float16")
+    spec = attention_op.OP.instance(g, CATALOGUE[0], "sm_90a")
+    (obj,) = nvcc.compile_all({spec.symbol: spec.source}, "sm_90a").values()
     symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
     assert f"__tvm_ffi_{spec.symbol}" in symbols

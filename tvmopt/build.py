@@ -154,7 +154,7 @@ def _export(executable, manifest: dict, out_path: Path, fcompile, cc: str,
             # The CUDA runtime (static) after the objects that need it: TVM's link puts `options`
             # first, where the linker would skip the archive and leave its symbols to whatever
             # process loads the library (Python's happens to have them; a C++ program has not).
-            libraries = library.toolchain().link_options() if link_objects else []
+            libraries = library.cuda_toolchain().link_options() if link_objects else []
             executable.export_library(str(partial), fcompile=fcompile, workspace_dir=tmp,
                                       addons=[str(src), *map(str, link_objects), *libraries])
         except Exception as e:  # the compiler driver reports through assorted exceptions

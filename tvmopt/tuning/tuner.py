@@ -33,7 +33,7 @@ from ..toolchain import toolchain
 from .control import RoundClock, StopAfterBatch, round_not_stored, store_round
 from .measure import PersistentBuilder, make_runner
 from .options import TuneOptions
-from . import tactics
+from . import library_tactics
 from .report import ProgressCallback, TaskProgress, TuneReport, log_progress
 from .space import SEARCH_SETTINGS, search_target, space_generator, uses_tensor_cores
 
@@ -196,7 +196,7 @@ class Tuner:
         self._report = report
         for p in report.tasks:
             self._prior_state(p)
-        tactics_pending = any(tactics.pending(layer, self.target, self.store)
+        tactics_pending = any(library_tactics.pending(layer, self.target, self.store)
                               for layer in self.library_layers.values())
         if report.trials_total >= opts.trials and not tactics_pending and not (
                 opts.trials and self._stale_baselines):
@@ -288,7 +288,7 @@ class Tuner:
         and a layer the library runs fast needs fewer TIR trials (`_share`)."""
         t0 = time.perf_counter()
         weights = {p.task.name: p.task.weight for p in report.tasks}
-        report.tactics_measured = tactics.measure_tactics(
+        report.tactics_measured = library_tactics.measure_tactics(
             {name: (layer, weights.get(name, 1)) for name, layer in self.library_layers.items()},
             self.target, self.store, self.options, device=device, run_uid=report.run_uid,
             should_stop=lambda: stop.requested)

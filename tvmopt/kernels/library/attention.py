@@ -1,29 +1,58 @@
-"""A fused attention kernel (FlashAttention's online softmax, tensor cores through WMMA) for the
-attention the ONNX exporters write out op by op.
+"""The attention op: a whole attention as the ONNX exporters write it op by op, from the head
+split of Q, K and V to the head merge, on tvmopt's fused kernel (`csrc/attention.cuh`:
+FlashAttention's online softmax, tensor cores through WMMA).
 
-`out = softmax(scale * Q K^T + mask) V` per batch and head, in one kernel: the scores never leave
-shared memory, and Q, K, V and the output stay in the [batch, seq, heads * head_dim] layout the
-projections write, so the head split and merge transposes go too. Each CTA takes a block of
-query rows (16 per warp) and walks the keys 64 at a time: S = Q K^T on tensor cores (fp32),
-mask (the accumulator starts from mask / scale) and the running max and sum in fp32, a row at a time
-across the warp's lanes, P in fp16 back through tensor cores into an fp32
-accumulator rescaled as the max moves. Exported as a TVM FFI function:
-`symbol(q, k, v, [mask], batch, heads, mask_batch_stride, mask_head_stride, mask_query_stride, scale,
-workspace, out)`; the mask is additive, fp16 or fp32, any shape that broadcasts to
-[batch, heads, seq_q, seq_k] with the keys contiguous (its strides say how it broadcasts).
+out = softmax(scale * Q K^T + mask) V per batch and head, as `symbol(q, k, v, [mask], batch,
+heads, mask_batch_stride, mask_head_stride, mask_query_stride, scale, workspace, out)`: Q, K, V
+and the output in the [batch, seq, heads * head_dim] layout the projections write; the mask
+additive, fp16 or fp32, any shape that broadcasts to [batch, heads, seq_q, seq_k].
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from .tactics import Tactic
+import numpy as np
+
+from . import relax_match
+from .cutlass import SMS
+from .instance import Instance, instantiation, tensor_params
+from .op import Layer, Match, Op, Pattern
 
 HEAD_DIMS = (32, 64, 128)  # instantiated in every instance; others stay on TVM kernels
 KEY_BLOCK = 64
 # An instance's arguments after its tensors.
-ATTENTION_PARAMS = ("batch", "heads", "mask_batch_stride", "mask_head_stride", "mask_query_stride",
-                    "scale")
+PARAMS = ("batch", "heads", "mask_batch_stride", "mask_head_stride", "mask_query_stride",
+          "scale")
+_MASK_TYPES = {"nomask": "void", "f16mask": "half", "f32mask": "float"}
+
+
+@dataclass(frozen=True)
+class AttentionTactic:
+    """Warps of 16 query rows per CTA, by a block of keys per step."""
+    warps: int
+    key_block: int = KEY_BLOCK
+
+    @property
+    def rows(self) -> int:
+        return 16 * self.warps
+
+    @property
+    def name(self) -> str:  # the shape of a CUTLASS tactic's name, as tactic records hold it
+        return f"{self.rows}x{self.key_block}x16_c1x1_wmma_online"
+
+    @classmethod
+    def parse(cls, name: str) -> "AttentionTactic":
+        found = re.fullmatch(r"(\d+)x(\d+)x16_c1x1_wmma_online", name)
+        if found is None or int(found[1]) % 16:
+            raise ValueError(f"not an attention tactic: {name}")
+        return cls(int(found[1]) // 16, int(found[2]))
+
+
+# Fewer warps per CTA: more CTAs for a small batch; more: K and V loaded once for more queries.
+CATALOGUE: tuple[AttentionTactic, ...] = (AttentionTactic(4), AttentionTactic(2),
+                                          AttentionTactic(1))
 
 
 @dataclass(frozen=True)
@@ -51,272 +80,193 @@ class AttentionGeometry:
         return batch, head, query
 
     @property
-    def params(self) -> tuple[int | float, ...]:
-        """The instance's scalar arguments, in the order of ATTENTION_PARAMS."""
-        values = (self.batch, self.heads, *self.mask_strides, self.scale)
-        assert len(values) == len(ATTENTION_PARAMS)
-        return values
-
-    @property
     def mask_kind(self) -> str:
         return {None: "nomask", "float16": "f16mask", "float32": "f32mask"}[self.mask_dtype]
 
 
-def _attention(warps: int) -> Tactic:
-    """A tactic: query rows per CTA (16 per warp) by the 64-key block."""
-    return Tactic(16 * warps, KEY_BLOCK, 16, 1, 1, "wmma", "online")
+class Attention(Op):
+    name = "attention"
+    roles = ("q", "k", "v", "mask")
+    geometry_type = AttentionGeometry
+
+    def patterns(self) -> list[Pattern]:
+        """Attention as mixed precision leaves it: heads split (reshape, permute), scores =
+        Q @ K^T cast to fp16, scaled (multiply or divide by a constant), masked (an add, in fp16
+        or after the cast to fp32 the softmax runs in), softmax, cast, @ V, cast, heads merged."""
+        from tvm.relax.dpl.pattern import is_op, wildcard
+
+        def heads(x):
+            return is_op("relax.permute_dims")(is_op("relax.reshape")(x, wildcard()))
+
+        out = []
+        for scale in ("multiply", "divide", None):
+            for mask in ("fp16", "fp32", None):
+                notes = {role: wildcard() for role in ("q", "k", "v")}
+                for role in ("q", "k", "v"):
+                    notes[f"{role}_heads"] = heads(notes[role])
+                notes["scores"] = is_op("relax.matmul")(notes["q_heads"], notes["k_heads"])
+                x = is_op("relax.astype")(notes["scores"])
+                if scale:
+                    notes["scale"] = wildcard()
+                    x = is_op(f"relax.{scale}")(x, notes["scale"])
+                if mask:
+                    notes["mask"] = wildcard()
+                x = relax_match.add(x, notes["mask"]) if mask == "fp16" else x
+                x = is_op("relax.astype")(x)
+                x = relax_match.add(x, notes["mask"]) if mask == "fp32" else x
+                notes["softmax"] = is_op("relax.nn.softmax")(x)
+                notes["context"] = is_op("relax.matmul")(
+                    is_op("relax.astype")(notes["softmax"]), notes["v_heads"])
+                notes["merged"] = is_op("relax.permute_dims")(
+                    is_op("relax.astype")(notes["context"]))
+                x = is_op("relax.reshape")(notes["merged"], wildcard())
+                name = f"attention_{scale or 'unscaled'}_{mask or 'unmasked'}"
+                out.append(Pattern(name, x, notes, _check, name.count("_")))
+        return out
+
+    def layer(self, match: Match) -> Layer:
+        """The notes found again by position in the outlined function."""
+        values = match.bindings
+
+        def producer(var):
+            return values.get(var, var)
+
+        scores, context = match.calls("relax.matmul")
+        notes = {"q_heads": producer(scores.args[0]), "k_heads": producer(scores.args[1]),
+                 "v_heads": producer(context.args[1])}
+        for role in "qkv":
+            notes[role] = producer(notes[f"{role}_heads"].args[0]).args[0]
+        (notes["softmax"],) = match.calls("relax.nn.softmax")
+        for scaling in match.calls("relax.multiply") + match.calls("relax.divide"):
+            notes["scale"] = scaling.args[1]
+        for add in match.calls("relax.add"):
+            notes["mask"] = next(a for a in add.args if a in match.params)
+        for permute in match.calls("relax.permute_dims"):
+            if producer(permute.args[0]).op.name == "relax.astype":
+                notes["merged"] = permute
+        args = {role: match.params[notes[role]] for role in self.roles if role in notes}
+        return Layer(self, geometry(notes, values), args)
+
+    def key(self, g: AttentionGeometry) -> str:
+        mask = "x".join(map(str, g.mask_shape)) if g.mask_shape else "none"
+        return (f"attention_f16_{g.batch}x{g.heads}x{g.seq_q}x{g.seq_k}x{g.head_dim}"
+                f"_mask_{g.mask_kind}_{mask}")
+
+    def catalogue(self, g: AttentionGeometry) -> tuple[AttentionTactic, ...]:
+        return CATALOGUE
+
+    def default_tactic(self, g: AttentionGeometry) -> AttentionTactic:
+        """The most queries per CTA that still gives most SMs a CTA."""
+        for tactic in CATALOGUE:
+            if g.batch * g.heads * -(-g.seq_q // tactic.rows) >= SMS * 3 // 4:
+                return tactic
+        return CATALOGUE[-1]
+
+    def parse_tactic(self, name: str) -> AttentionTactic:
+        return AttentionTactic.parse(name)
+
+    def instance(self, g: AttentionGeometry, t: AttentionTactic, arch: str) -> Instance:
+        symbol = f"tvmopt_attention_{g.mask_kind}_{t.name}"
+        masked = g.mask_kind != "nomask"
+        tensors = tensor_params(("q", "k", "v", *(("mask",) if masked else ())))
+        ints = ", ".join(f"int64_t {p}" for p in PARAMS[:-1])
+        config = (f"tvmopt::attention::Config<{t.warps}, {t.key_block}, "
+                  f"{_MASK_TYPES[g.mask_kind]}>")
+        return Instance(symbol, instantiation(symbol, "attention.cuh", __name__, f"""
+using Config = {config};
+static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "out"))}) {{
+  tvmopt::attention::Run<Config, {", ".join(map(str, HEAD_DIMS))}>(
+      "{symbol}", q, k, v, {"&mask" if masked else "nullptr"}, {", ".join(PARAMS)}, out);
+}}"""))
+
+    def params(self, g: AttentionGeometry) -> tuple[int | float, ...]:
+        values = (g.batch, g.heads, *g.mask_strides, g.scale)
+        assert len(values) == len(PARAMS)
+        return values
+
+    def work(self, g: AttentionGeometry) -> int:
+        return 2 * g.batch * g.heads * g.seq_q * g.seq_k * g.head_dim
+
+    def describe(self, g: AttentionGeometry) -> str:
+        mask = (f", {g.mask_kind[:3]} mask {'x'.join(map(str, g.mask_shape))}"
+                if g.mask_shape else "")
+        return (f"attention {g.batch}x{g.heads} heads, {g.seq_q}x{g.seq_k} x {g.head_dim}, "
+                f"scale {g.scale:g}{mask}")
+
+    def inputs(self, g: AttentionGeometry, args: dict, rng) -> dict[str, np.ndarray]:
+        """q, k, v as the projections write them and, for a masked layer, an additive mask of
+        the layer's shape that hides the last quarter of the keys."""
+        hidden = g.heads * g.head_dim
+        arrays = {"q": rng.standard_normal((g.batch, g.seq_q, hidden)).astype(np.float16),
+                  "k": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16),
+                  "v": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16)}
+        if g.mask_shape is not None:
+            mask = np.zeros(g.mask_shape, np.float32)
+            mask[..., g.seq_k - g.seq_k // 4:] = -65504.0
+            arrays["mask"] = mask.astype(g.mask_dtype)
+        return arrays
+
+    def output_shape(self, g: AttentionGeometry) -> tuple[int, ...]:
+        return g.batch, g.seq_q, g.heads * g.head_dim
+
+    def reference(self, g: AttentionGeometry, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """softmax(scale * Q K^T + mask) V per batch and head, in fp32, heads merged again."""
+        def heads(x):
+            return x.astype(np.float32).reshape(g.batch, -1, g.heads,
+                                                g.head_dim).transpose(0, 2, 1, 3)
+
+        scores = heads(arrays["q"]) @ heads(arrays["k"]).transpose(0, 1, 3, 2) * g.scale
+        if "mask" in arrays:
+            mask = arrays["mask"].astype(np.float32)
+            scores = scores + mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs = scores / scores.sum(axis=-1, keepdims=True)
+        return (probs @ heads(arrays["v"])).transpose(0, 2, 1, 3).reshape(arrays["q"].shape)
 
 
-# Fewer warps per CTA: more CTAs for a small batch; more: K and V loaded once for more queries.
-ATTENTION_CATALOGUE: tuple[Tactic, ...] = (_attention(4), _attention(2), _attention(1))
+def _check(context) -> bool:
+    if relax_match.leaks(context):
+        return False
+    try:
+        g = geometry(context.annotated_expr, context.matched_bindings)
+    except ValueError:
+        return False
+    return g is not None and relax_match.dtype(context.matched_expr) == "float16"
 
 
-def default_attention_tactic(g: AttentionGeometry, sms: int) -> Tactic:
-    """The most queries per CTA that still gives most SMs a CTA."""
-    for tactic in ATTENTION_CATALOGUE:
-        ctas = g.batch * g.heads * -(-g.seq_q // tactic.tile_m)
-        if ctas >= sms * 3 // 4:
-            return tactic
-    return ATTENTION_CATALOGUE[-1]
+def geometry(notes, bindings) -> AttentionGeometry | None:
+    """The geometry of a matched attention the kernel can run, else None (ValueError where a
+    shape is dynamic)."""
+    shape, dtype = relax_match.static_shape, relax_match.dtype
+    q_heads, k_heads, v_heads = (notes[f"{r}_heads"] for r in "qkv")
+    b, h, sq, d = shape(q_heads)
+    sk = shape(k_heads)[3]
+    axes = {r: [int(a) for a in notes[f"{r}_heads"].attrs.axes] for r in "qkv"}
+    split = [b, -1, h, d]  # each of q, k, v is [batch, seq, heads * head_dim] in memory
+    if (axes != {"q": [0, 2, 1, 3], "k": [0, 2, 3, 1], "v": [0, 2, 1, 3]}
+            or [int(a) for a in notes["merged"].attrs.axes] != [0, 2, 1, 3]
+            or int(notes["softmax"].attrs.axis) not in (-1, 3) or d not in HEAD_DIMS
+            or shape(k_heads) != (b, h, d, sk) or shape(v_heads) != (b, h, sk, d)
+            or any(dtype(notes[r]) != "float16" for r in "qkv")):
+        return None
+    for r in "qkv":
+        in_memory = shape(notes[f"{r}_heads"].args[0])
+        if [in_memory[0], -1, *in_memory[2:]] != split or shape(notes[r])[-1] != h * d:
+            return None
+    scale = 1.0
+    if "scale" in notes:
+        c = relax_match.scalar(notes["scale"], bindings)
+        if not c or c < 0:  # the kernel starts its scores from mask / scale
+            return None
+        scale = c if relax_match.consumer(bindings, notes["scale"]) == "relax.multiply" else 1 / c
+    mask_shape = mask_dtype = None
+    if "mask" in notes:
+        mask_shape, mask_dtype = shape(notes["mask"]), dtype(notes["mask"])
+        full = (1,) * (4 - len(mask_shape)) + mask_shape
+        if (len(mask_shape) > 4 or full[3] != sk or mask_dtype not in ("float16", "float32")
+                or any(m not in (1, want) for m, want in zip(full, (b, h, sq, sk)))):
+            return None
+    return AttentionGeometry(b, h, sq, sk, d, scale, mask_shape, mask_dtype)
 
 
-def attention_symbol(mask_kind: str, tactic: Tactic) -> str:
-    return f"tvmopt_attention_{mask_kind}_{tactic.name}"
-
-
-def attention_source(mask_kind: str, tactic: Tactic) -> str:
-    warps = tactic.tile_m // 16
-    symbol = attention_symbol(mask_kind, tactic)
-    mask_type = {"nomask": "float", "f16mask": "half", "f32mask": "float"}[mask_kind]
-    masked = mask_kind != "nomask"
-    mask_param = "tvm::ffi::TensorView mask, " if masked else ""
-    mask_ptr = f"static_cast<const {mask_type}*>(mask.data_ptr())" if masked else "nullptr"
-    dispatch = "\n".join(
-        f"    case {d}: Launch<{d}>(q, k, v, {mask_ptr}, out, B, H, Sq, Sk, float(scale), "
-        f"mask_batch_stride, mask_head_stride, mask_query_stride, stream); break;"
-        for d in HEAD_DIMS)
-    return f"""#include <cfloat>
-#include <cuda_fp16.h>
-#include <mma.h>
-#include <tvm/ffi/function.h>
-#include <tvm/ffi/container/tensor.h>
-#include <tvm/ffi/extra/c_env_api.h>
-
-// {symbol}: generated by tvmopt ({__name__}).
-namespace {{
-using namespace nvcuda;
-constexpr int kWarps = {warps};
-constexpr int kRows = 16 * kWarps;  // query rows per CTA
-constexpr int kKeys = {KEY_BLOCK};  // keys per step
-constexpr int kThreads = 32 * kWarps;
-constexpr bool kMasked = {"true" if masked else "false"};
-using MaskT = {mask_type};
-
-template <int D>
-struct Smem {{
-  static constexpr int kLd = D + 8;  // halves per Q/K/V row: padded against bank conflicts
-  static constexpr int kSLd = (D > kKeys ? D : kKeys) + 4;  // floats per score row
-  static constexpr int kPLd = kKeys + 8;
-  static constexpr size_t kBytes = sizeof(half) * (kRows + 2 * kKeys) * kLd
-      + sizeof(float) * kWarps * 16 * kSLd + sizeof(half) * kWarps * 16 * kPLd;
-}};
-
-// Rows [row0, row0 + ROWS) of x, a [batch * seq, heads * D] matrix read at head h, into smem
-// (zeros past the sequence's end), 16 bytes per access: up to 4 loads per thread are in flight
-// before the first store, so the CTA does not wait for global memory once per row.
-template <int D, int ROWS>
-__device__ __forceinline__ void LoadRows(half* dst, const half* x, int64_t row_stride, int row0,
-                                         int seq) {{
-  constexpr int kChunks = D / 8, kPer = ROWS * kChunks / kThreads;
-  constexpr int kBatch = kPer < 4 ? kPer : 4;
-#pragma unroll
-  for (int n0 = 0; n0 < kPer; n0 += kBatch) {{
-    uint4 value[kBatch];
-#pragma unroll
-    for (int n = 0; n < kBatch; ++n) {{
-      const int i = threadIdx.x + (n0 + n) * kThreads, r = i / kChunks, c = (i % kChunks) * 8;
-      value[n] = row0 + r < seq ? *reinterpret_cast<const uint4*>(x + (row0 + r) * row_stride + c)
-                                : make_uint4(0, 0, 0, 0);
-    }}
-#pragma unroll
-    for (int n = 0; n < kBatch; ++n) {{
-      const int i = threadIdx.x + (n0 + n) * kThreads, r = i / kChunks, c = (i % kChunks) * 8;
-      *reinterpret_cast<uint4*>(dst + r * Smem<D>::kLd + c) = value[n];
-    }}
-  }}
-}}
-
-template <int D>
-__global__ void __launch_bounds__(kThreads) Attention(
-    const half* __restrict__ q, const half* __restrict__ k, const half* __restrict__ v,
-    const MaskT* __restrict__ mask, half* __restrict__ out, int H, int Sq, int Sk, float scale,
-    int64_t mask_sb, int64_t mask_sh, int64_t mask_sq) {{
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  using S = Smem<D>;
-  half* qs = reinterpret_cast<half*>(smem_raw);
-  half* ks = qs + kRows * S::kLd;
-  half* vs = ks + kKeys * S::kLd;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* ss = reinterpret_cast<float*>(vs + kKeys * S::kLd) + warp * 16 * S::kSLd;
-  half* ps = reinterpret_cast<half*>(reinterpret_cast<float*>(vs + kKeys * S::kLd)
-                                     + kWarps * 16 * S::kSLd) + warp * 16 * S::kPLd;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kRows;
-  const int64_t row_stride = int64_t(H) * D;
-  const half* qb = q + int64_t(b) * Sq * row_stride + h * D;
-  const half* kb = k + int64_t(b) * Sk * row_stride + h * D;
-  const half* vb = v + int64_t(b) * Sk * row_stride + h * D;
-  LoadRows<D, kRows>(qs, qb, row_stride, q0, Sq);
-
-  // Each lane owns columns lane + 32 * c of all 16 of its warp's rows: every shared-memory access
-  // hits 32 banks once, and the mask and output rows are read and written coalesced.
-  constexpr int kKeyCols = kKeys / 32, kOutCols = D / 32;
-  const int row0 = q0 + warp * 16;
-  const MaskT* mbase = kMasked ? mask + b * mask_sb + h * mask_sh : nullptr;
-  const float inv_scale = 1.f / scale;
-  float acc[16][kOutCols], row_max[16], row_sum[16];  // the row statistics: alike in all lanes
-#pragma unroll
-  for (int rr = 0; rr < 16; ++rr) {{
-    row_max[rr] = -INFINITY;
-    row_sum[rr] = 0.f;
-#pragma unroll
-    for (int c = 0; c < kOutCols; ++c) acc[rr][c] = 0.f;
-  }}
-
-  for (int key0 = 0; key0 < Sk; key0 += kKeys) {{
-    __syncthreads();  // the previous step is done with K and V
-    LoadRows<D, kKeys>(ks, kb, row_stride, key0, Sk);
-    LoadRows<D, kKeys>(vs, vb, row_stride, key0, Sk);
-    // The scores start from mask / scale (-inf past the keys), so the MMA adds the mask.
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr) {{
-      const MaskT* mrow = kMasked ? mbase + min(row0 + rr, Sq - 1) * mask_sq : nullptr;
-#pragma unroll
-      for (int c = 0; c < kKeyCols; ++c) {{
-        const int key = key0 + lane + 32 * c;
-        ss[rr * S::kSLd + lane + 32 * c] =
-            key >= Sk ? -INFINITY : kMasked ? float(mrow[key]) * inv_scale : 0.f;
-      }}
-    }}
-    __syncthreads();
-    // S = mask / scale + Q K^T for this warp's 16 rows and the 64 keys.
-#pragma unroll
-    for (int t = 0; t < kKeys / 16; ++t) {{
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-      wmma::load_matrix_sync(s, ss + t * 16, S::kSLd, wmma::mem_row_major);
-#pragma unroll
-      for (int d = 0; d < D; d += 16) {{
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> bt;
-        wmma::load_matrix_sync(a, qs + warp * 16 * S::kLd + d, S::kLd);
-        wmma::load_matrix_sync(bt, ks + t * 16 * S::kLd + d, S::kLd);
-        wmma::mma_sync(s, a, bt, s);
-      }}
-      wmma::store_matrix_sync(ss + t * 16, s, S::kSLd, wmma::mem_row_major);
-    }}
-    __syncwarp();
-    // Online softmax, a row at a time across the warp.
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr) {{
-      float x[kKeyCols], step_max = -INFINITY;
-#pragma unroll
-      for (int c = 0; c < kKeyCols; ++c) {{
-        x[c] = ss[rr * S::kSLd + lane + 32 * c] * scale;
-        step_max = fmaxf(step_max, x[c]);
-      }}
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffff, step_max, o));
-      const float new_max = fmaxf(row_max[rr], step_max);
-      const float base = new_max == -INFINITY ? 0.f : new_max;  // every key so far masked out
-      float step_sum = 0.f;
-#pragma unroll
-      for (int c = 0; c < kKeyCols; ++c) {{
-        const float p = __expf(x[c] - base);
-        step_sum += p;
-        ps[rr * S::kPLd + lane + 32 * c] = __float2half(p);
-      }}
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) step_sum += __shfl_xor_sync(0xffffffff, step_sum, o);
-      const float rescale = __expf(row_max[rr] - base);
-      row_sum[rr] = row_sum[rr] * rescale + step_sum;
-      row_max[rr] = new_max;
-#pragma unroll
-      for (int c = 0; c < kOutCols; ++c) acc[rr][c] *= rescale;
-    }}
-    __syncwarp();
-    // acc += P V, through the score buffer (WMMA's accumulator layout is opaque).
-#pragma unroll
-    for (int t = 0; t < D / 16; ++t) {{
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
-      wmma::fill_fragment(o, 0.f);
-#pragma unroll
-      for (int j = 0; j < kKeys; j += 16) {{
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> bv;
-        wmma::load_matrix_sync(a, ps + j, S::kPLd);
-        wmma::load_matrix_sync(bv, vs + j * S::kLd + t * 16, S::kLd);
-        wmma::mma_sync(o, a, bv, o);
-      }}
-      wmma::store_matrix_sync(ss + t * 16, o, S::kSLd, wmma::mem_row_major);
-    }}
-    __syncwarp();
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr) {{
-#pragma unroll
-      for (int c = 0; c < kOutCols; ++c) acc[rr][c] += ss[rr * S::kSLd + lane + 32 * c];
-    }}
-    __syncwarp();
-  }}
-#pragma unroll
-  for (int rr = 0; rr < 16; ++rr) {{
-    if (row0 + rr < Sq) {{
-      half* o = out + (int64_t(b) * Sq + row0 + rr) * row_stride + h * D + lane;
-      const float inv = 1.f / row_sum[rr];
-#pragma unroll
-      for (int c = 0; c < kOutCols; ++c) o[32 * c] = __float2half(acc[rr][c] * inv);
-    }}
-  }}
-}}
-
-#define TVMOPT_CUDA_OK(x) do {{ cudaError_t e = (x); \\
-  TVM_FFI_ICHECK(e == cudaSuccess) << "{symbol}: " << cudaGetErrorString(e); }} while (0)
-
-template <int D>
-void Launch(tvm::ffi::TensorView q, tvm::ffi::TensorView k, tvm::ffi::TensorView v,
-            const MaskT* mask, tvm::ffi::TensorView out, int B, int H, int Sq, int Sk, float scale,
-            int64_t sb, int64_t sh, int64_t sq, cudaStream_t stream) {{
-  static bool configured = false;  // opt in to more than 48 KB of shared memory, once
-  if (!configured) {{
-    TVMOPT_CUDA_OK(cudaFuncSetAttribute(Attention<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(Smem<D>::kBytes)));
-    configured = true;
-  }}
-  dim3 grid((Sq + kRows - 1) / kRows, H, B);
-  Attention<D><<<grid, kThreads, Smem<D>::kBytes, stream>>>(
-      static_cast<const half*>(q.data_ptr()), static_cast<const half*>(k.data_ptr()),
-      static_cast<const half*>(v.data_ptr()), mask, static_cast<half*>(out.data_ptr()),
-      H, Sq, Sk, scale, sb, sh, sq);
-  TVMOPT_CUDA_OK(cudaGetLastError());
-}}
-}}  // namespace
-
-static void Run(tvm::ffi::TensorView q, tvm::ffi::TensorView k, tvm::ffi::TensorView v,
-                {mask_param}int64_t batch, int64_t heads, int64_t mask_batch_stride, int64_t mask_head_stride,
-                int64_t mask_query_stride, double scale, tvm::ffi::TensorView workspace,
-                tvm::ffi::TensorView out) {{
-  // q [B, Sq, H * D], k and v [B, Sk, H * D] (or [B * S, H * D]), out like q; row-major.
-  const int B = int(batch), H = int(heads);
-  const int hidden = q.size(q.ndim() - 1);
-  TVM_FFI_ICHECK(k.size(k.ndim() - 1) == hidden && v.numel() == k.numel() && out.numel() == q.numel())
-      << "{symbol}: q, k, v and out must be [batch, seq, heads * head_dim]";
-  const int Sq = q.numel() / (int64_t(B) * hidden);
-  const int Sk = k.numel() / (int64_t(B) * hidden);
-  TVM_FFI_ICHECK(hidden % H == 0) << "{symbol}: " << hidden << " is not " << H << " heads";
-  const int D = hidden / H;
-  cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(kDLCUDA, q.device().device_id));
-  switch (D) {{
-{dispatch}
-    default: TVM_FFI_THROW(ValueError) << "{symbol}: head dimension " << D << " is not one of {", ".join(map(str, HEAD_DIMS))}";
-  }}
-}}
-TVM_FFI_DLL_EXPORT_TYPED_FUNC({symbol}, Run);
-"""
+OP = Attention()

@@ -1,7 +1,8 @@
 """Compiling kernel-library instances with nvcc, each once: the toolchain (nvcc, CUTLASS's and
-TVM FFI's headers), compile_all, which fills the kernel cache (kernel_cache.py) in parallel with
-progress and an ETA, and link_shared. Entries are keyed by (source, nvcc version, flags); every
-tvmopt process of a machine (or a team) shares them safely:
+TVM FFI's headers, the library's own `csrc/`), compile_all, which fills the kernel cache (kernel_cache.py) in parallel with
+progress and an ETA, and link_shared. Entries are keyed by (source, the `csrc/` headers it
+includes, nvcc and header package versions, flags); every tvmopt process of a machine (or a team)
+shares them safely:
 
 - Job slots: all tvmopt processes using one cache share N job slots, `.slots/0..N-1`, each an
   flock'd file (released by the kernel when a process dies: a killed build never leaks one).
@@ -13,6 +14,8 @@ tvmopt process of a machine (or a team) shares them safely:
   still fails goes to `failed` (the build then runs its layers with TVM kernels).
 - A read-only cache serves what it holds; the rest is compiled into a private temporary cache
   for this process, with a warning, before any nvcc runs.
+- A failed compile keeps its source and nvcc's whole log in the cache's `failed/` folder, and the
+  error names them. nvcc runs with a timeout (TVMOPT_NVCC_TIMEOUT seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -37,12 +41,16 @@ from pathlib import Path
 from ...errors import TvmoptError
 from ...formatting import byte_size, duration
 from . import resources
+from .instance import CSRC, included_sources
 from .kernel_cache import (_UNRECORDED, _Cache, _open_cache, _private, _private_cache,
                            _read_entry, _read_index, _record, _stage, _try_lock, _write_whole)
 
 log = logging.getLogger(__name__)
 
 _POLL_SEC = 0.25  # how often a waiting process looks for a free slot or a finished instance
+TIMEOUT_ENV = "TVMOPT_NVCC_TIMEOUT"
+# An sm90 CUTLASS instance takes ~76 s on 16 cores and ~10 minutes on 2 busy ones.
+_DEFAULT_TIMEOUT_SEC = 3600
 
 
 class Unavailable(TvmoptError):
@@ -60,14 +68,14 @@ class Toolchain:
     def flags(self, arch: str) -> list[str]:
         # Without NDEBUG, ptxas serialises wgmma instructions (warning C7510): a slow kernel.
         return ["-std=c++17", "-O3", "-DNDEBUG", f"-arch={arch}", "--expt-relaxed-constexpr",
-                "-Xcompiler", "-fPIC", *(f"-I{p}" for p in self.includes)]
+                "-Xcompiler", "-fPIC", *(f"-I{p}" for p in (CSRC, *self.includes))]
 
     def link_options(self) -> list[str]:
         return [f"-L{self.cudart_dir}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
 
 
 @cache
-def toolchain() -> Toolchain:
+def cuda_toolchain() -> Toolchain:
     """nvcc, CUTLASS's headers (the `nvidia-cutlass` package) and TVM FFI's headers; Unavailable
     with what to install when one is missing."""
     nvcc = _find_nvcc()
@@ -129,7 +137,8 @@ def compile_all(sources: dict[str, str], arch: str, jobs: int | None = None,
     given a `failed` dict, is left out and put there with nvcc's first error. A cache other
     users could write raises a one-line TvmoptError before anything is compiled. `jobs` caps how
     many nvcc this process runs at once (the machine-wide slots cap it too)."""
-    tools = toolchain()
+    tools = cuda_toolchain()
+    _timeout()  # a bad setting fails now, not in every worker
     flags = tools.flags(arch)
     # Keyed by what the object depends on, not where the headers are installed: a cache filled
     # on one machine serves another with the same nvcc and header versions.
@@ -137,20 +146,27 @@ def compile_all(sources: dict[str, str], arch: str, jobs: int | None = None,
                 *(f for f in flags if not f.startswith("-I"))]
     shared = _open_cache()
     index = _read_index(shared, quiet=False)
-    entries, objects, todo, unrecorded = {}, {}, {}, 0
+    entries, objects, todo, unrecorded, stale = {}, {}, {}, 0, 0
     for name, source in sources.items():
-        key = hashlib.sha256("\0".join([source, *versions]).encode()).hexdigest()[:24]
+        headers = [part for pair in included_sources(source) for part in pair]
+        key = hashlib.sha256("\0".join([source, *headers, *versions]).encode()).hexdigest()[:24]
         entries[name] = f"{name}-{key}.o"
         data, problem = _read_entry(shared, entries[name], index)
         if data is not None:
             objects[name] = _stage(entries[name], data)
             continue
         todo[name] = source
+        if problem is None and any(e.startswith(f"{name}-") for e in index):
+            stale += 1
         if problem == _UNRECORDED:
             unrecorded += 1
         elif problem and not shared.writable:  # a writable cache says so when it recompiles
             log.warning("kernel cache entry %s %s; compiling it again", shared.dir / entries[name],
                         problem)
+    if stale:
+        log.info("%d instance(s) in %s were compiled from other sources or by another toolchain "
+                 "(tvmopt's kernel sources, nvcc or CUTLASS changed): compiling them again",
+                 stale, shared.dir)
     if unrecorded:
         log.info("%d cached instance(s) in %s have no digest in the cache's index (written by an "
                  "older tvmopt?): compiling them again", unrecorded, shared.dir)
@@ -319,7 +335,8 @@ class _Compile:
                         problem)
         slot = self._slot()
         try:
-            result = _nvcc(self.tools, self.flags, self.tmp, name, source)
+            result = _nvcc(self.tools, self.flags, self.tmp, name, source,
+                           self.cache.dir / "failed")
         finally:
             os.close(slot)
         if isinstance(result, _Outcome):
@@ -339,31 +356,76 @@ class _Compile:
 _KILLED = re.compile(r"\bKilled\b|signal 9\b|Kill signal|(?i:out of memory)|std::bad_alloc")
 
 
-def _nvcc(tools: Toolchain, flags, tmp: Path, name: str, source: str) -> Path | _Outcome:
-    """The object nvcc wrote (in tmp), or the outcome that says why there is none."""
+def _nvcc(tools: Toolchain, flags, tmp: Path, name: str, source: str,
+          failures: Path) -> Path | _Outcome:
+    """The object nvcc wrote (in tmp), or the outcome that says why there is none; a failure
+    keeps the source and nvcc's whole log under `failures`."""
     src = tmp / f"{name}.cu"
     src.write_text(source)
     partial = tmp / f"{name}.o"
     with suppress(OSError):
         partial.unlink()
-    proc = subprocess.run([str(tools.nvcc), *flags, "-c", str(src), "-o", str(partial)],
-                          capture_output=True, text=True)
+    timeout = _timeout()
+    # Its own session, so a timeout kills cicc and ptxas too.
+    proc = subprocess.Popen([str(tools.nvcc), *flags, "-c", str(src), "-o", str(partial)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log_text, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log_text, _ = proc.communicate()
+        kept = _keep_failure(failures, name, source, log_text)
+        return _Outcome("failed", f"nvcc took longer than {timeout:g} s on {name} ({TIMEOUT_ENV}"
+                                  f" sets the limit){kept}")
+    except BaseException:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     if proc.returncode == 0 and partial.is_file():
         return partial
-    lines = proc.stderr.splitlines()
-    if proc.returncode < 0 or proc.returncode == 128 + 9 or _KILLED.search(proc.stderr):
-        signal = (f"signal {-proc.returncode}" if proc.returncode < 0 else
-                  next((line.strip() for line in lines if _KILLED.search(line)), "killed"))
-        return _Outcome("killed", f"nvcc failed on {name}: killed ({signal}), out of memory?")
+    lines = log_text.splitlines()
+    if proc.returncode < 0 or proc.returncode == 128 + 9 or _KILLED.search(log_text):
+        signal_name = (f"signal {-proc.returncode}" if proc.returncode < 0 else
+                       next((line.strip() for line in lines if _KILLED.search(line)), "killed"))
+        return _Outcome("killed", f"nvcc failed on {name}: killed ({signal_name}), out of memory?")
     errors = [line for line in lines if "error" in line]
-    return _Outcome("failed", f"nvcc failed on {name}: {(errors or lines or ['?'])[0]}")
+    kept = _keep_failure(failures, name, source, log_text)
+    return _Outcome("failed", f"nvcc failed on {name}: {(errors or lines or ['?'])[0]}{kept}")
+
+
+def _timeout() -> float:
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return _DEFAULT_TIMEOUT_SEC
+    try:
+        value = float(text)
+        if value > 0:
+            return value
+    except ValueError:
+        pass
+    raise TvmoptError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds above 0")
+
+
+def _keep_failure(failures: Path, name: str, source: str, log_text: str) -> str:
+    """Write the source and the log where the user can read them; the clause naming them."""
+    try:
+        failures.mkdir(mode=0o700, exist_ok=True)
+        _write_whole(failures / f"{name}.cu", source.encode(), group=False)
+        _write_whole(failures / f"{name}.log", log_text.encode(), group=False)
+    except OSError as e:
+        log.debug("could not keep the failed source of %s in %s: %s", name, failures, e)
+        return ""
+    return f" (source and nvcc's log: {failures / name}.cu, .log)"
 
 
 def link_shared(objects: list[Path], out: Path) -> Path:
     """A shared library of kernel instances on their own (what tactic measurement loads)."""
     # The static CUDA runtime comes after the objects that need it.
     cmd = ["g++", "-shared", "-fPIC", "-o", str(out), *map(str, objects),
-           *toolchain().link_options()]
+           *cuda_toolchain().link_options()]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise TvmoptError(f"linking {len(objects)} CUTLASS instance(s) failed: "

@@ -2,8 +2,8 @@
 
 Every catalogue tactic not yet measured for a layer on this target is compiled (once, into the
 kernel cache), linked with a CUDA-graph timer into one shared library, and run on the device,
-locally or on an RPC server, with the layer's own GEMM size or convolution. Each result is
-checked against a NumPy reference before its time is stored: a tactic that cannot run the shape
+locally or on an RPC server, with operands of the layer's own shape from its op. Each result is
+checked against the op's NumPy reference before its time is stored: a tactic that cannot run the shape
 or computes it wrongly is stored as a failure. The build then takes, per layer, the fastest of the measured
 tactics and the TIR records (`kernels.library`). TIR records are timed by TVM's time evaluator,
 whose per-call launch cost shows on kernels of a few microseconds; a CUDA-graph artifact (the
@@ -25,9 +25,8 @@ from ..database import target_identity
 from ..errors import TvmoptError, first_line
 from ..formatting import duration, seconds
 from ..kernels.library import KernelLibrary, nvcc
-from ..kernels.library.partition import ROLES, Layer
-from ..kernels.library.sources import TIMER_SOURCE, TIMER_SYMBOL, workspace_bytes
-from ..kernels.library.tactics import Tactic
+from ..kernels.library.instance import TIMER_SYMBOL, timer
+from ..kernels.library.op import Layer
 from .options import TuneOptions
 
 log = logging.getLogger("tvmopt.tuning")
@@ -41,7 +40,7 @@ MAX_REL_ERR = 1e-2  # fp16 output against an fp32 reference, relative to the lar
 class LayerTactics:
     layer: Layer
     weight: int  # calls per inference, over every kernel of the layer's size
-    todo: list[Tactic]
+    todo: list  # the op's tactics
 
 
 def pending(layer: Layer, target, store) -> bool:
@@ -69,19 +68,19 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
         return 0
     arch = str(target.attrs["arch"])
     specs = {(p.layer.key, t): p.layer.instance(t, arch) for p in plan.values() for t in p.todo}
-    sources = {s.symbol: s.source() for s in specs.values()}
+    sources = {s.symbol: s.source for s in specs.values()}
     log.info("kernel library: measuring %d tactics on %d layer(s)", len(specs), len(plan))
     failed: dict[str, str] = {}  # a tactic nvcc rejects is a failed tactic, not a failed tune
-    objects = nvcc.compile_all({**sources, TIMER_SYMBOL: TIMER_SOURCE}, arch, failed=failed)
+    objects = nvcc.compile_all({**sources, TIMER_SYMBOL: timer().source}, arch, failed=failed)
     if TIMER_SYMBOL in failed:
         raise TvmoptError(failed[TIMER_SYMBOL])
-    version = nvcc.toolchain().version
+    version = nvcc.cuda_toolchain().version
     measured = 0
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tvmopt-tactics-") as tmp:
         lib = nvcc.link_shared(sorted(set(objects.values())), Path(tmp) / "tactics.so")
         session = _Session(lib, options)
-        ordered = sorted(plan.values(), key=lambda p: -p.weight * p.layer.m * p.layer.n * p.layer.k)
+        ordered = sorted(plan.values(), key=lambda p: -p.weight * p.layer.work)
         for i, p in enumerate(ordered, 1):
             if should_stop():
                 break
@@ -142,15 +141,16 @@ class _Session:
 def _measure_layer(session: _Session, plan: LayerTactics, specs: dict) -> dict:
     """{tactic: (run_secs, None) or (None, why it failed)} for one layer."""
     layer = plan.layer
-    arrays = _inputs(layer, np.random.default_rng(0))
-    reference = _reference(layer, arrays)
+    op, geometry = layer.op, layer.geometry
+    arrays = op.inputs(geometry, layer.args, np.random.default_rng(0))
+    reference = op.reference(geometry, arrays)
     on_device = {}  # by array: a residual that is the layer's own input is the same buffer
     for array in arrays.values():
         if id(array) not in on_device:
             on_device[id(array)] = session.tensor(array)
-    args = [on_device[id(arrays[role])] for role in ROLES if role in arrays]
-    workspace = session.tensor(np.zeros(max(workspace_bytes(t) for t in specs), np.uint8))
-    out = session.tensor(np.zeros(reference.shape, np.float16))
+    args = [on_device[id(arrays[role])] for role in op.roles if role in arrays]
+    workspace = session.tensor(np.zeros(max(op.workspace_bytes(t) for t in specs), np.uint8))
+    out = session.tensor(np.zeros(op.output_shape(geometry), np.float16))
     results = {}
     for tactic, spec in specs.items():
         try:
@@ -162,106 +162,6 @@ def _measure_layer(session: _Session, plan: LayerTactics, specs: dict) -> dict:
         results[tactic] = ((run_secs, None) if err <= MAX_REL_ERR else
                            (None, f"wrong result: max rel err {err:.3g} > {MAX_REL_ERR}"))
     return results
-
-
-def _inputs(layer: Layer, rng) -> dict[str, np.ndarray]:
-    """Random fp16 operands of the layer's shape; a residual that is the input (a 1x1 conv whose
-    shortcut is its own input) is not made twice."""
-    if (att := layer.attention) is not None:
-        return _attention_inputs(att, rng)
-    lead = (layer.batch,) if layer.batch > 1 else ()
-    if (g := layer.conv) is not None:
-        a_shape, b_shape = (g.n, g.h, g.w, g.c), (layer.n, g.r, g.s, g.c)
-        out_shape = (*g.output, layer.n)
-    else:
-        a_shape, out_shape = (*lead, layer.m, layer.k), (*lead, layer.m, layer.n)
-        b_shape = (*lead, layer.k, layer.n) if layer.b_layout == "row" else (layer.n, layer.k)
-
-    def uniform(shape, scale=1.0):
-        return (rng.uniform(-1, 1, shape) * scale).astype(np.float16)
-
-    arrays = {"a": uniform(a_shape), "b": uniform(b_shape, 1 / np.sqrt(layer.k))}
-    if layer.epilogue.bias:
-        arrays["bias"] = uniform((layer.n,))
-    if layer.epilogue.residual:
-        same = layer.args.get("residual") == layer.args.get("a")
-        arrays["residual"] = arrays["a"] if same else uniform(out_shape)
-    return arrays
-
-
-def _conv(g, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """NHWC x OHWI in fp32, one filter tap at a time (no im2col copy of a batch-64 input)."""
-    n, p, q = g.output
-    top, left, bottom, right = g.padding
-    padded = np.pad(a, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out = np.zeros((n, p, q, b.shape[0]), np.float32)
-    for i in range(g.r):
-        for j in range(g.s):
-            y, x = i * g.dilation[0], j * g.dilation[1]
-            window = padded[:, y:y + (p - 1) * g.stride[0] + 1:g.stride[0],
-                            x:x + (q - 1) * g.stride[1] + 1:g.stride[1]]
-            out += window @ b[:, i, j, :].T
-    return out
-
-
-def _attention_inputs(g, rng) -> dict[str, np.ndarray]:
-    """q, k, v as the projections write them ([batch, seq, heads * head_dim]) and, for a masked
-    layer, an additive mask of the layer's shape that hides the last quarter of the keys."""
-    hidden = g.heads * g.head_dim
-    arrays = {"q": rng.standard_normal((g.batch, g.seq_q, hidden)).astype(np.float16),
-              "k": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16),
-              "v": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16)}
-    if g.mask_shape is not None:
-        mask = np.zeros(g.mask_shape, np.float32)
-        mask[..., g.seq_k - g.seq_k // 4:] = -65504.0
-        arrays["mask"] = mask.astype(g.mask_dtype)
-    return arrays
-
-
-def _attention(g, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """softmax(scale * Q K^T + mask) V per batch and head, in fp32, heads merged again."""
-    def heads(x):
-        return x.astype(np.float32).reshape(g.batch, -1, g.heads, g.head_dim).transpose(0, 2, 1, 3)
-
-    scores = heads(arrays["q"]) @ heads(arrays["k"]).transpose(0, 1, 3, 2) * g.scale
-    if "mask" in arrays:
-        mask = arrays["mask"].astype(np.float32)
-        scores = scores + mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = scores / scores.sum(axis=-1, keepdims=True)
-    return (probs @ heads(arrays["v"])).transpose(0, 2, 1, 3).reshape(arrays["q"].shape)
-
-
-def _reference(layer: Layer, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    if layer.attention is not None:
-        return _attention(layer.attention, arrays)
-    a, b = arrays["a"].astype(np.float32), arrays["b"].astype(np.float32)
-    if layer.conv is not None:
-        out = _conv(layer.conv, a, b)
-    else:
-        out = a @ (b if layer.b_layout == "row" else b.T)
-    if "bias" in arrays:
-        out += arrays["bias"].astype(np.float32)
-    if "residual" in arrays:
-        out += arrays["residual"].astype(np.float32)
-    activation = layer.epilogue.activation
-    if activation == "relu":
-        out = np.maximum(out, 0)
-    elif activation == "silu":
-        out = out / (1 + np.exp(-out))
-    elif activation == "gelu":
-        out = 0.5 * out * (1 + _erf(out / np.sqrt(2)))
-    elif activation != "none":
-        raise TvmoptError(f"no reference for the {activation} epilogue")
-    return out
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    """Abramowitz and Stegun 7.1.26 (error below 1.5e-7): NumPy has no erf."""
-    t = 1 / (1 + 0.3275911 * np.abs(x))
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
-                                                                          + t * 1.061405429))))
-    return np.sign(x) * (1 - poly * np.exp(-x * x))
 
 
 def _rel_err(out: np.ndarray, reference: np.ndarray) -> float:

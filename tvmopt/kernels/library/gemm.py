@@ -1,0 +1,152 @@
+"""The GEMM op: a matmul in fp16, and its fused epilogue, on a CUTLASS 3.x Hopper GEMM
+(`csrc/gemm_sm90.cuh`).
+
+out = act(A @ B + bias + residual), as `symbol(a, b, [bias], [residual], workspace, out)`. A is
+[..., M, K] row-major; B is [K, N] ("row", an ONNX MatMul weight) or [N, K] ("col", a Gemm
+transB weight, or an OHWI 1x1 conv filter, which `conv2d.py` hands here); a B of rank > 2 makes a
+batched GEMM over its leading dimensions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import relax_match
+from .cutlass import (ALIGNMENT, SMS, CutlassTactic, Epilogue, check_epilogue, epilogue_args,
+                      epilogue_inputs, epilogue_patterns, streamk_workspace)
+from .instance import Instance, instantiation, tensor_params
+from .op import Layer, Match, Op, Pattern
+
+# Cooperative kernels split a tile between two consumer warp groups: tile_m >= 128. Ping-pong
+# kernels give each warp group its own 64-row tile. Stream-K runs on the cooperative kernel.
+CATALOGUE: tuple[CutlassTactic, ...] = (
+    CutlassTactic(128, 128),
+    CutlassTactic(128, 256),
+    CutlassTactic(128, 64),
+    CutlassTactic(64, 128, schedule="pingpong"),
+    CutlassTactic(64, 64, schedule="pingpong"),
+    CutlassTactic(128, 128, cluster_m=2),
+    CutlassTactic(128, 64, scheduler="streamk"),
+    CutlassTactic(128, 128, scheduler="streamk"),
+)
+_SCHEDULES = {"cooperative": "tvmopt::Cooperative", "pingpong": "tvmopt::Pingpong"}
+_SCHEDULERS = {"persistent": "cutlass::gemm::PersistentScheduler",
+               "streamk": "cutlass::gemm::StreamKScheduler"}
+
+
+@dataclass(frozen=True)
+class GemmGeometry:
+    m: int
+    n: int
+    k: int
+    batch: int  # GEMMs of a batched B; 1 where B is shared by every row of A
+    b_layout: str  # "row": B is [K, N]; "col": B is [N, K] (or an OHWI 1x1 filter)
+    epilogue: Epilogue
+
+
+class Gemm(Op):
+    name = "gemm"
+    roles = ("a", "b", "bias", "residual")
+    geometry_type = GemmGeometry
+
+    def patterns(self) -> list[Pattern]:
+        return [Pattern(name, pattern, notes, _check, name.count("_"), epilogue)
+                for name, pattern, notes, epilogue in epilogue_patterns("relax.matmul",
+                                                                        "matmul")]
+
+    def layer(self, match: Match) -> Layer:
+        (anchor,) = match.calls("relax.matmul")
+        epilogue = match.pattern.variant
+        args = {"a": match.params[anchor.args[0]], "b": match.params[anchor.args[1]],
+                **epilogue_args(match, epilogue)}
+        a_shape = relax_match.static_shape(anchor.args[0])
+        b_shape = relax_match.static_shape(anchor.args[1])
+        k, n = b_shape[-2], b_shape[-1]
+        batch = 1 if len(b_shape) == 2 else relax_match.numel(b_shape[:-2])
+        m = relax_match.numel(a_shape) // (k * batch)
+        return Layer(self, GemmGeometry(m, n, k, batch, "row", epilogue), args)
+
+    def key(self, g: GemmGeometry) -> str:
+        return f"gemm_f16_{g.b_layout}_{g.epilogue.name}_{g.m}x{g.n}x{g.k}x{g.batch}"
+
+    def catalogue(self, g: GemmGeometry) -> tuple[CutlassTactic, ...]:
+        return CATALOGUE
+
+    def default_tactic(self, g: GemmGeometry) -> CutlassTactic:
+        """The largest tile that still gives most SMs a tile; stream-K when even small tiles
+        leave most SMs idle and K is deep enough to split."""
+        small = CutlassTactic(64, 64, schedule="pingpong")
+        for tactic in (CutlassTactic(128, 128), CutlassTactic(128, 64), small):
+            if tactic.tiles(g.m, g.n) >= SMS * 3 // 4:
+                return tactic
+        return CutlassTactic(128, 64, scheduler="streamk") if g.k >= 1024 else small
+
+    def parse_tactic(self, name: str) -> CutlassTactic:
+        return CutlassTactic.parse(name)
+
+    def instance(self, g: GemmGeometry, t: CutlassTactic, arch: str) -> Instance:
+        e = g.epilogue
+        symbol = f"tvmopt_cutlass_gemm_{g.b_layout}_{e.name}_{t.name}"
+        layout = "RowMajor" if g.b_layout == "row" else "ColumnMajor"
+        params = tensor_params(("a", "b", *e.roles, "workspace", "out"))
+        return Instance(symbol, instantiation(symbol, "gemm_sm90.cuh", __name__, f"""
+using Instance = tvmopt::GemmSm90<{t.tile}, {_SCHEDULES[t.schedule]},
+    {_SCHEDULERS[t.scheduler]}, cutlass::layout::{layout},
+    {e.template}>;
+static void Run({params}) {{
+  Instance::Run("{symbol}", a, b, {e.pointers}, workspace, out);
+}}"""))
+
+    def workspace_bytes(self, tactic: CutlassTactic) -> int:
+        return streamk_workspace(tactic)
+
+    def work(self, g: GemmGeometry) -> int:
+        return g.m * g.n * g.k * g.batch
+
+    def describe(self, g: GemmGeometry) -> str:
+        return f"GEMM {g.m}x{g.n}x{g.k}" + (f"x{g.batch}" if g.batch > 1 else "")
+
+    def inputs(self, g: GemmGeometry, args: dict, rng) -> dict[str, np.ndarray]:
+        def uniform(shape, scale=1.0):
+            return (rng.uniform(-1, 1, shape) * scale).astype(np.float16)
+
+        lead = (g.batch,) if g.batch > 1 else ()
+        b_shape = (*lead, g.k, g.n) if g.b_layout == "row" else (g.n, g.k)
+        arrays = {"a": uniform((*lead, g.m, g.k)), "b": uniform(b_shape, 1 / np.sqrt(g.k))}
+        return epilogue_inputs(g.epilogue, args, arrays, self.output_shape(g), g.n, uniform)
+
+    def output_shape(self, g: GemmGeometry) -> tuple[int, ...]:
+        return ((g.batch,) if g.batch > 1 else ()) + (g.m, g.n)
+
+    def reference(self, g: GemmGeometry, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        a, b = arrays["a"].astype(np.float32), arrays["b"].astype(np.float32)
+        return g.epilogue.apply(a @ (b if g.b_layout == "row" else b.T), arrays)
+
+    def geometry_from_dict(self, d: dict) -> GemmGeometry:
+        return GemmGeometry(**{**d, "epilogue": Epilogue(**d["epilogue"])})
+
+
+def _check(context) -> bool:
+    if relax_match.leaks(context):
+        return False
+    notes = context.annotated_expr
+    a, b, out = notes["a"], notes["b"], context.matched_expr
+    try:
+        a_shape, b_shape, out_shape = (relax_match.static_shape(e) for e in (a, b, out))
+    except ValueError:
+        return False
+    if any(relax_match.dtype(e) != "float16" for e in (a, b, out)):
+        return False
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        return False
+    if len(b_shape) > 2 and (a_shape[:-2] != b_shape[:-2] or "bias" in notes):
+        return False  # batched: no broadcast, no epilogue tensors
+    k, n = b_shape[-2], b_shape[-1]
+    if k % ALIGNMENT or n % ALIGNMENT:
+        return False
+    return check_epilogue(context, n, out_shape)
+
+
+OP = Gemm()

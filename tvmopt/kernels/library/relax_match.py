@@ -1,0 +1,76 @@
+"""Helpers the ops' Relax patterns and checks share: commutative adds and multiplies, static
+shapes, dtypes, and scalar constants seen through the casts mixed precision leaves.
+
+TVM's own helpers (`relax/backend/patterns.py`) build the same kind of patterns for its CUTLASS
+and cuBLAS backends, but match `add(x, bias)` one way round and no cast between the anchor and
+its epilogue, which is how the ONNX importer and tvmopt's mixed precision leave layers.
+"""
+
+from __future__ import annotations
+
+from ...graph.relax_helpers import scalar_constant
+
+
+def add(x, y):
+    from tvm.relax.dpl.pattern import is_op
+
+    return is_op("relax.add")(x, y) | is_op("relax.add")(y, x)
+
+
+def mul(x, y):
+    from tvm.relax.dpl.pattern import is_op
+
+    return is_op("relax.multiply")(x, y) | is_op("relax.multiply")(y, x)
+
+
+def leaks(context) -> bool:
+    """Whether a match's intermediate values are used outside it (then it cannot be outlined)."""
+    from tvm.relax.backend.utils import has_leaking_intermediate_variables
+
+    return has_leaking_intermediate_variables(context)
+
+
+def static_shape(expr) -> tuple[int, ...]:
+    """The expression's shape; ValueError where a dimension is dynamic."""
+    from tvm import tirx
+
+    shape = expr.ty.shape
+    if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape.values):
+        raise ValueError("dynamic shape")
+    return tuple(int(d) for d in shape.values)
+
+
+def dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def scalar(expr, bindings) -> float | None:
+    """The value of a scalar constant (seen through the variable it is bound to and a cast, as
+    mixed precision leaves them), else None."""
+    import tvm
+
+    expr = bindings.get(expr, expr)
+    if isinstance(expr, tvm.relax.Call) and expr.op.name == "relax.astype":
+        expr = expr.args[0]
+    return scalar_constant(expr)
+
+
+def close(found: float | None, value: float) -> bool:
+    return found is not None and abs(found - value) <= 1e-3 * value
+
+
+def consumer(bindings, expr) -> str:
+    """The op name of the matched call that takes `expr` as an argument."""
+    import tvm
+
+    for value in bindings.values():
+        if isinstance(value, tvm.relax.Call) and any(a.same_as(expr) for a in value.args):
+            return value.op.name
+    return ""
