@@ -1,86 +1,40 @@
 """One model, the same inputs, every runtime in one process: tvmopt against its peers.
 
-    python benchmarks/compare.py MODEL.onnx [--device cpu|cuda] [--db PATH]
-    python benchmarks/compare.py --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \\
+    python -m benchmarks compare MODEL.onnx [--device cpu|cuda] [--db PATH]
+    python -m benchmarks compare --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \\
         --device cuda --precision fp16 --layout NHWC --db gpu.db
-    python benchmarks/compare.py --torch torchvision.models:resnet18 --input-shape 1x3x224x224 \\
-        --export resnet18.onnx     # the same model as a file, e.g. to tune it first
-    python benchmarks/compare.py --torch benchmarks/peer_models.py:bert_base --device cuda \\
-        --precision fp16           # a factory that brings its own inputs (ids and mask)
+    python -m benchmarks compare --torch benchmarks.models:bert_base --device cuda --precision fp16
+    python -m benchmarks compare --torch benchmarks.models:resnet50 --export resnet50.onnx
 
-Rows: tvmopt untuned (TVM's default schedules) and tuned (records from --db; `--tune-trials N`
-tunes into it first), ONNX Runtime (CUDA when onnxruntime-gpu is installed, else CPU) and, with
-`--torch MODULE:FACTORY` (or FILE.py:FACTORY), PyTorch eager and `torch.compile` on the very module
-the ONNX file is exported from. Each row is timed per call after warmup, with its inputs already
-on the device: tvmopt by TVM's time evaluator (CUDA events on a GPU), PyTorch on a GPU by CUDA
-events, everything else by a steady clock after synchronising. Every row's outputs are checked
-against ONNX Runtime fp32. Prints a table of p50 latency and ratios and writes JSON (device,
-versions, date) to benchmarks/results/.
+Rows: tvmopt untuned (an empty database) and tuned (records from --db; `--tune-trials N` runs
+`tvmopt tune` into it first), ONNX Runtime (CUDA when onnxruntime-gpu is installed, else CPU)
+and, with `--torch MODULE:FACTORY` (or FILE.py:FACTORY), PyTorch eager and `torch.compile` on the
+very module the ONNX file is exported from. A peer is only a fair baseline in the same process on
+the same inputs, each timed per call after warmup with its inputs already on the device: tvmopt
+by TVM's time evaluator (`tvmopt.bench`, CUDA events on a GPU), PyTorch on a GPU by CUDA events,
+everything else by a steady clock after synchronising. Every row's outputs are checked against
+ONNX Runtime fp32, so a fast wrong answer shows as one.
 """
 
 from __future__ import annotations
 
+# tvmopt is imported where it is used, so that `--help` answers at once.
+
 import argparse
-import datetime
-import importlib
-import importlib.util
-import json
-import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from . import models, record
+from .render import markdown_table
 
-
-def load_factory(spec: str):
-    """`package.module:fn` or `path/to/file.py:fn` -> fn."""
-    where, _, name = spec.rpartition(":")
-    if not where or not name:
-        sys.exit(f"--torch {spec!r}: expected MODULE:FACTORY or FILE.py:FACTORY")
-    if where.endswith(".py"):
-        module_spec = importlib.util.spec_from_file_location(Path(where).stem, where)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
-    return getattr(module, name)
-
-
-def export_torch(net, example: dict, path: Path) -> None:
-    import torch
-
-    with warnings.catch_warnings():  # the TorchScript exporter warns that it is the legacy one
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, tuple(example.values()), str(path), input_names=list(example),
-                          output_names=["output"], opset_version=17, dynamo=False)
-
-
-def torch_model(spec: str, input_shape: str | None, batch: int | None = None):
-    """(module in eval mode, {input name: example tensor}) from a factory that returns a module
-    (its one input shaped by --input-shape) or a (module, example inputs) pair; `batch` goes to
-    a factory that takes it."""
-    import torch
-
-    torch.manual_seed(0)
-    made = load_factory(spec)(**({"batch": batch} if batch else {}))
-    if isinstance(made, tuple):
-        net, example = made
-    else:
-        if not input_shape:
-            sys.exit(f"--torch {spec}: this factory returns a bare module; give --input-shape")
-        net, example = made, {"input": torch.randn(*(int(d) for d in input_shape.split("x")))}
-    return net.eval(), example
-
-
-def p50_ms(samples_s: list[float]) -> float:
-    return statistics.median(samples_s) * 1e3
+SUITE = "compare"
 
 
 def time_calls(fn, *, sync=lambda: None, warmup: int, iterations: int) -> list[float]:
@@ -113,6 +67,12 @@ def time_cuda_events(fn, *, warmup: int, iterations: int) -> list[float]:
     return samples
 
 
+def _row(label: str, samples_s: list[float], outputs: dict, reference: dict, detail: str) -> dict:
+    return {"runtime": label, "p50_ms": statistics.median(samples_s) * 1e3,
+            "p90_ms": float(np.percentile(samples_s, 90)) * 1e3,
+            "max_rel_err": worst_error(outputs, reference), "detail": detail}
+
+
 def worst_error(outputs: dict, reference: dict) -> float:
     """The largest relative error over the outputs, as `tvmopt build --check` measures it."""
     from tvmopt import runtime
@@ -120,44 +80,51 @@ def worst_error(outputs: dict, reference: dict) -> float:
     return max(m.max_rel for m in runtime.compare(outputs, reference))
 
 
-def tvmopt_rows(args, model_path: Path, inputs: dict, reference: dict, tmp: Path) -> list[dict]:
-    from tvmopt import bench, build, runtime, targets, tuning
-    from tvmopt.database import default_path, open_database
+def tune(args, model_path: Path, preset: str) -> None:
+    """`tvmopt tune` into --db, as a user would run it (the tuner's own process and defaults)."""
+    shapes = [f"--input-shape={n}={'x'.join(map(str, d))}" for n, d in args.shapes.items()]
+    subprocess.run([sys.executable, "-m", "tvmopt", "tune", str(model_path), "--target", preset,
+                    "--db", str(args.db), "--trials", str(args.tune_trials), "--precision",
+                    args.precision, "--layout", args.layout, "--kernels", args.kernels[0],
+                    *shapes], check=True)
+
+
+def tvmopt_builds(args, model_path: Path, tmp: Path) -> list[tuple]:
+    """(label, BuildResult, seconds) untuned (an empty database) and, with --db, tuned; per
+    --kernels."""
+    from tvmopt import build, targets
     from tvmopt.prepare import ModelOptions
 
     preset = targets.resolve("cuda" if args.device == "cuda" else "host")
-    options = ModelOptions(input_shapes=args.shapes, precision=args.precision, layout=args.layout,
-                           kernels=args.kernels[0])
-    tuned_db = args.db or (default_path()[0] if args.tune_trials else None)
     if args.tune_trials:
-        tuning.tune(model_path, preset, db_path=tuned_db, model_options=options,
-                    options=tuning.TuneOptions(trials=args.tune_trials))
-    rows = []
-    open_database(tmp / "empty.db").close()
-    builds = [("tvmopt untuned", tmp / "empty.db", "an empty database")]
-    if tuned_db is not None:
-        builds.append(("tvmopt tuned", tuned_db, tuned_db))
-    builds = [(label + ("" if kernels == "all" else " (TVM kernels only)"), db, source, kernels)
-              for label, db, source in builds for kernels in args.kernels]
-    for label, db, source, kernels in builds:
-        start = time.perf_counter()
-        result = build.build(model_path, preset, tmp / f"{label.split()[1]}_{kernels}.so",
-                             db_path=db, options=replace(options, kernels=kernels))
-        build_s = time.perf_counter() - start
-        report = bench.bench(result.path, bench.BenchOptions(warmup=args.warmup,
-                                                             iterations=args.iterations))
-        model = runtime.load(result.path)
-        outputs = model(inputs)
-        rows.append({
-            "runtime": label, "p50_ms": report.latency_ms.p50, "p90_ms": report.latency_ms.p90,
-            "max_rel_err": worst_error(outputs, reference),
-            "detail": f"{preset.name}, {args.precision}, {len(result.tuned)}/{len(result.tasks)} "
-                      f"tasks tuned from {source}, CV {report.latency_ms.cv:.1%}, "
-                      f"{len(result.manifest['library_kernels'])} library layers, "
-                      f"built in {build_s:.0f} s",
-            "library_tactics": {k: v["tactic"] for k, v in result.manifest["library_kernels"].items()},
-        })
-    return rows
+        tune(args, model_path, preset.name)
+    empty = tmp / "empty.db"
+    empty.touch()  # a zero-byte file is SQLite's empty database: no records
+    sources = [("tvmopt untuned", empty)] + ([("tvmopt tuned", args.db)] if args.db else [])
+    options = ModelOptions(input_shapes=args.shapes, precision=args.precision, layout=args.layout)
+    builds = []
+    for label, db in sources:
+        for kernels in args.kernels:
+            start = time.perf_counter()
+            result = build.build(model_path, preset, tmp / f"{label.split()[1]}_{kernels}.so",
+                                 db_path=db, options=replace(options, kernels=kernels))
+            builds.append((label + ("" if kernels == "all" else " (TVM kernels only)"), result,
+                           time.perf_counter() - start))
+    return builds
+
+
+def tvmopt_row(args, label: str, result, build_s: float, inputs: dict, reference: dict) -> dict:
+    from tvmopt import bench, runtime
+
+    report = bench.bench(result.path, bench.BenchOptions(warmup=args.warmup,
+                                                         iterations=args.iterations))
+    library = result.manifest["library_kernels"]
+    return {"runtime": label, "p50_ms": report.latency_ms.p50, "p90_ms": report.latency_ms.p90,
+            "max_rel_err": worst_error(runtime.load(result.path)(inputs), reference),
+            "detail": f"{result.manifest['preset']}, {args.precision}, {len(result.tuned)}/"
+                      f"{len(result.tasks)} tasks tuned, CV {report.latency_ms.cv:.1%}, "
+                      f"{len(library)} library layers, built in {build_s:.0f} s",
+            "library_tactics": {k: v["tactic"] for k, v in library.items()}}
 
 
 def onnxruntime_row(args, model_path: Path, inputs: dict, reference: dict) -> dict:
@@ -179,10 +146,8 @@ def onnxruntime_row(args, model_path: Path, inputs: dict, reference: dict) -> di
         run = lambda: session.run(None, inputs)  # noqa: E731
     samples = time_calls(run, warmup=args.warmup, iterations=args.iterations)
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
-    return {"runtime": f"ONNX Runtime ({used.replace('ExecutionProvider', '')})",
-            "p50_ms": p50_ms(samples), "p90_ms": float(np.percentile(samples, 90)) * 1e3,
-            "max_rel_err": worst_error(outputs, reference),
-            "detail": f"onnxruntime {ort.__version__}"}
+    return _row(f"ONNX Runtime ({used.replace('ExecutionProvider', '')})", samples, outputs,
+                reference, f"onnxruntime {ort.__version__}")
 
 
 def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
@@ -190,9 +155,8 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
 
     device = torch.device(args.device)
     dtype = torch.float16 if args.precision == "fp16" else torch.float32
-    net = net.to(device=device, dtype=dtype)
     memory_format = torch.channels_last if args.layout == "NHWC" else torch.contiguous_format
-    net = net.to(memory_format=memory_format)
+    net = net.to(device=device, dtype=dtype).to(memory_format=memory_format)
 
     def tensor(value):
         t = torch.from_numpy(value).to(device)
@@ -217,128 +181,119 @@ def torch_rows(args, net, inputs: dict, reference: dict) -> list[dict]:
             compile_s = time.perf_counter() - start
         with torch.inference_mode():
             call = lambda: fn(*xs)  # noqa: E731
-            if args.device == "cuda":
-                samples = time_cuda_events(call, warmup=args.warmup, iterations=args.iterations)
-            else:
-                samples = time_calls(call, warmup=args.warmup, iterations=args.iterations)
+            timer = time_cuda_events if args.device == "cuda" else time_calls
+            samples = timer(call, warmup=args.warmup, iterations=args.iterations)
             out = fn(*xs).float().cpu().numpy()
         detail = f"torch {torch.__version__}, {args.precision}, {args.layout}"
         if compile_mode is not None:
             detail += f", mode={compile_mode}, first call (compile) {compile_s:.1f} s"
-        rows.append({"runtime": label, "p50_ms": p50_ms(samples),
-                     "p90_ms": float(np.percentile(samples, 90)) * 1e3,
-                     "max_rel_err": worst_error({output_name: out}, reference), "detail": detail})
+        rows.append(_row(label, samples, {output_name: out}, reference, detail))
     return rows
 
 
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for dist in ("tvmopt", "apache-tvm", "onnxruntime", "onnxruntime-gpu", "torch", "numpy"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
+def rows_table(rows: list[dict]) -> dict:
+    """The table a reader compares runtimes by; also used for converted older results."""
+    return record.table(
+        ["runtime", "p50 ms", "p90 ms", "vs ONNX Runtime", "max rel err vs ORT fp32", "detail"],
+        [[r["runtime"], f"{r['p50_ms']:.4f}", f"{r['p90_ms']:.4f}",
+          f"{r['speedup_vs_onnxruntime']:.2f}x", f"{r['max_rel_err']:.1e}", r["detail"]]
+         for r in rows])
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", nargs="?", type=Path, help="ONNX model (or give --torch)")
-    parser.add_argument("--torch", dest="torch_factory", metavar="MODULE:FACTORY",
-                        help="PyTorch module factory; the ONNX file is exported from it")
-    parser.add_argument("--input-shape", default=None, metavar="DIMS",
-                        help="input shape for a --torch factory that returns a bare module, "
-                             "e.g. 1x3x224x224")
-    parser.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
-                        help="fix a dynamic input of an ONNX model, e.g. input_ids=1x128 "
-                             "(repeat for each input)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="batch size, for a --torch factory that takes `batch` "
-                             "(benchmarks/peer_models.py's do) [default: the factory's]")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--db", type=Path, default=None,
-                        help="tuning database for a tuned row [default: no tuned row]")
-    parser.add_argument("--torch-compile-modes", nargs="*", metavar="MODE",
-                        help="torch.compile modes to measure [default: reduce-overhead (CUDA "
-                             "graphs, the batch-1 peer) on cuda, default on cpu]")
-    parser.add_argument("--tune-trials", type=int, default=0, help="tune into --db first")
-    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    parser.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
-    parser.add_argument("--kernels", nargs="+", choices=["all", "tvm"], default=["all"],
-                        help="tvmopt rows per kernel choice (all: with the kernel library)")
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--export", type=Path, default=None, metavar="PATH",
-                        help="only export the --torch module (seeded, so a later run with the "
-                             "same factory has the same weights) to PATH and exit")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="JSON path")
-    args = parser.parse_args(argv)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("model", nargs="?", type=Path, help="ONNX model (or give --torch)")
+    p.add_argument("--torch", dest="torch_factory", metavar="MODULE:FACTORY",
+                   help="PyTorch module factory (e.g. benchmarks.models:small_resnet); the ONNX "
+                        "file is exported from it unless MODEL is given")
+    p.add_argument("--input-shape", default=None, metavar="DIMS",
+                   help="input shape for a --torch factory that returns a bare module, "
+                        "e.g. 1x3x224x224")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="fix a dynamic input of an ONNX model, e.g. input_ids=1x128 (repeat)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size, for a --torch factory that takes `batch` (benchmarks.models' "
+                        "resnet50 and bert_base do) [default: the factory's]")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--db", type=Path, default=None,
+                   help="tuning database for a tuned row [default: no tuned row]")
+    p.add_argument("--tune-trials", type=int, default=0, help="`tvmopt tune` into --db first")
+    p.add_argument("--torch-compile-modes", nargs="*", metavar="MODE",
+                   help="torch.compile modes to measure [default: reduce-overhead (CUDA graphs, "
+                        "the batch-1 peer) on cuda, default on cpu]")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+    p.add_argument("--kernels", nargs="+", choices=["all", "tvm"], default=["all"],
+                   help="tvmopt rows per kernel choice (all: with the kernel library)")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--export", type=Path, default=None, metavar="PATH",
+                   help="only export the --torch module (seeded: a later run with the same "
+                        "factory has the same weights) to PATH and exit")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="result JSON [default: benchmarks/results/compare_MODEL_DEVICE_"
+                        "PRECISION_DATE.json]; the Markdown is written beside it")
+    return p
+
+
+def main(argv: list[str]) -> dict:
+    p = parser()
+    args = p.parse_args(argv)
     if args.model is None and args.torch_factory is None:
-        parser.error("give MODEL.onnx or --torch MODULE:FACTORY")
+        p.error("give MODEL.onnx or --torch MODULE:FACTORY")
+    if args.tune_trials and args.db is None:
+        p.error("--tune-trials tunes into --db: name the database")
     try:
         args.shapes = {name: tuple(int(d) for d in dims.split("x"))
                        for name, dims in (s.split("=", 1) for s in args.shape)}
     except ValueError:
-        parser.error("--shape takes NAME=DIMS, e.g. input_ids=1x128")
-
-    import tvm
-
+        p.error("--shape takes NAME=DIMS, e.g. input_ids=1x128")
     from tvmopt import runtime
-    from tvmopt.bench import device_name
-    from tvmopt.frontend import load_model, resolve_inputs
 
     with tempfile.TemporaryDirectory(prefix="tvmopt-compare-") as tmp:
         tmp = Path(tmp)
         net = example = None
         if args.torch_factory:
-            net, example = torch_model(args.torch_factory, args.input_shape, args.batch)
+            net, example = models.torch_model(args.torch_factory, args.input_shape, args.batch)
             if args.export is not None:
-                export_torch(net, example, args.export)
+                models.export_torch(net, example, args.export)
                 print(f"exported {args.export}")
                 return {}
             if args.model is None:
                 args.model = tmp / "model.onnx"
-                export_torch(net, example, args.model)
+                models.export_torch(net, example, args.model)
+        builds = tvmopt_builds(args, args.model, tmp)
         if example is not None:  # the factory's own inputs: token ids in range, a real mask
             inputs = {name: t.numpy() for name, t in example.items()}
-        else:
-            inputs = runtime.random_inputs(resolve_inputs(load_model(args.model), args.shapes),
-                                           seed=0)
+        else:  # the built model's input specs: the ONNX inputs with --shape applied
+            inputs = runtime.random_inputs(runtime.load(builds[0][1].path).inputs, seed=0)
         reference = runtime.onnxruntime_outputs(args.model, inputs)
-        rows = tvmopt_rows(args, args.model, inputs, reference, tmp)
+        rows = [tvmopt_row(args, *b, inputs, reference) for b in builds]
         rows.append(onnxruntime_row(args, args.model, inputs, reference))
         if net is not None:
             rows += torch_rows(args, net, inputs, reference)
+    return report(args, argv, rows)
 
+
+def report(args, argv: list[str], rows: list[dict]) -> dict:
     baseline = next(r for r in rows if r["runtime"].startswith("ONNX Runtime"))["p50_ms"]
     for row in rows:
         row["speedup_vs_onnxruntime"] = baseline / row["p50_ms"]
-    result = {
-        "model": args.torch_factory or args.model.name,
-        "device": device_name(tvm.cuda(0) if args.device == "cuda" else tvm.cpu(0)),
-        "precision": args.precision, "layout": args.layout, "iterations": args.iterations,
-        "batch": args.batch or 1,
-        "date": datetime.date.today().isoformat(), "versions": versions(),
-        "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "rows": rows,
-    }
-    name_w = max(len(r["runtime"]) for r in rows)
-    print(f"{result['model']} on {result['device']} ({args.precision}, {args.layout})")
-    print(f"{'runtime':<{name_w}}  {'p50 ms':>9}  {'p90 ms':>9}  {'vs ORT':>7}  {'max rel err':>11}  detail")
-    for r in rows:
-        print(f"{r['runtime']:<{name_w}}  {r['p50_ms']:9.4f}  {r['p90_ms']:9.4f}  "
-              f"{r['speedup_vs_onnxruntime']:6.2f}x  {r['max_rel_err']:11.2e}  {r['detail']}")
-    model_name = (args.torch_factory.rpartition(":")[2] if args.torch_factory
-                  else args.model.stem) + (f"_b{args.batch}" if args.batch else "")
-    out = args.output or RESULTS / (
-        f"compare_{model_name}_{args.device}_{args.precision}_{result['date']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
-    return result
-
-
-if __name__ == "__main__":
-    main()
+    model = args.torch_factory or args.model.name
+    doc = record.new(SUITE, argv, device="gpu" if args.device == "cuda" else "cpu",
+                     title=f"{model}: tvmopt against its peers ({args.precision}, {args.layout}, "
+                           f"batch {args.batch or 1}, {args.device})")
+    doc["results"] = {"model": model, "precision": args.precision, "layout": args.layout,
+                      "batch": args.batch or 1, "warmup": args.warmup,
+                      "iterations": args.iterations, "rows": rows}
+    doc["sections"] = [{"notes": f"p50 and p90 of {args.iterations} timed calls after "
+                                 f"{args.warmup} warmup calls, inputs on the device; one run.",
+                        "table": rows_table(rows)}]
+    print("\n".join(markdown_table(doc["sections"][0]["table"])))
+    name = (args.torch_factory.rpartition(":")[2] if args.torch_factory else args.model.stem)
+    name += f"_b{args.batch}" if args.batch else ""
+    record.write(doc, args.output or record.default_path(SUITE, name, args.device, args.precision))
+    return doc

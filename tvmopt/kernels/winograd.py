@@ -17,7 +17,7 @@ Each transform is two stages (rows, then columns), each one expression per point
 the point's loop variable: the default schedule unrolls those loops, which leaves each point its
 own few nonzero terms.
 
-Chains of four convs on the 2-core AVX-512 VM (`benchmarks/winograd_layers.py`), direct over
+Chains of four convs on the 2-core AVX-512 VM (`python -m benchmarks winograd-layers`), direct over
 Winograd: 1.13x at 16 channels 64x64, 1.6-1.9x from 32 to 256 channels, 0.90x for 512 channels
 at 7x7, whose transformed weights (38 MB) no longer stay in cache: see `applies`.
 """

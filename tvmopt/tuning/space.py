@@ -40,5 +40,5 @@ def uses_tensor_cores(trace_json: str) -> bool:
 
 
 # MetaSchedule's defaults (population 512, 4 genetic iterations) spend most of a small-batch round
-# in search; benchmarks/tuning_speed.py compares these settings with them at equal trials.
+# in search; `python -m benchmarks tuning-speed` compares these settings with them at equal trials.
 SEARCH_SETTINGS = {"population_size": 512, "genetic_num_iters": 4}
