@@ -201,10 +201,7 @@ def rows_table(rows: list[dict]) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("model", nargs="?", type=Path, help="ONNX model (or give --torch)")
     p.add_argument("--torch", dest="torch_factory", metavar="MODULE:FACTORY",
                    help="PyTorch module factory (e.g. benchmarks.models:small_resnet); the ONNX "

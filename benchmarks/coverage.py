@@ -14,7 +14,6 @@ from __future__ import annotations
 # tvmopt is imported where it is used, so that `--help` answers at once. The zoo too (it imports
 # PyTorch).
 
-import argparse
 import json
 import subprocess
 import sys
@@ -101,8 +100,7 @@ def zoo():
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="zoo models to run [default: all of tests/zoo.py]")
     p.add_argument("-o", "--output", type=Path, default=record.RESULTS / "coverage.json",

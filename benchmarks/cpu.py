@@ -15,7 +15,6 @@ Writes one compare result per model and a summary (cpu_DATE.json) beside them.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -77,10 +76,7 @@ def summary_row(model: str, result: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--work", type=Path, required=True,
                    help="directory for the exported models and their databases (kept between "
                         "runs)")

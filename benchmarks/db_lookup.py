@@ -11,7 +11,6 @@ from __future__ import annotations
 
 # tvmopt is imported where it is used, so that `--help` answers at once.
 
-import argparse
 import random
 import statistics
 import tempfile
@@ -62,8 +61,7 @@ def fill(path: Path, n_records: int) -> list:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--records", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--db", type=Path, default=None,

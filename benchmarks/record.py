@@ -13,6 +13,7 @@ original did not record a field, and name their origin in `provenance`.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -34,6 +35,15 @@ DEVICE_KINDS = ("cpu", "gpu", UNKNOWN)
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
              "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
              "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2")
+
+
+def parser(suite: str, doc: str) -> argparse.ArgumentParser:
+    """A suite's argument parser: its docstring's first paragraph as the description, the rest
+    (how to run it) as the epilog."""
+    return argparse.ArgumentParser(prog=f"python -m benchmarks {suite}",
+                                   description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=doc.split("\n\n", 1)[1] if "\n\n" in doc else None)
 
 
 def command(suite: str, argv: list[str]) -> str:

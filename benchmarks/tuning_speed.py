@@ -13,7 +13,6 @@ from __future__ import annotations
 
 # tvmopt is imported where it is used, so that `--help` answers at once.
 
-import argparse
 import logging
 import tempfile
 import time
@@ -66,8 +65,7 @@ def tvmopt_tuner(mod, target, trials: int, db: Path) -> dict:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--trials", type=int, default=128)
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--size", type=int, default=28)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 # tvmopt is imported where it is used, so that `--help` answers at once.
 
-import argparse
 import logging
 import shutil
 import sqlite3
@@ -49,8 +48,7 @@ def best_so_far(db: Path, run_uid: str) -> list[float]:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--trials", type=int, default=128)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="result JSON [default: benchmarks/results/warm_start_DATE.json]")

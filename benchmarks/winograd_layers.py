@@ -14,7 +14,6 @@ from __future__ import annotations
 
 # tvmopt is imported where it is used, so that `--help` answers at once.
 
-import argparse
 import statistics
 import tempfile
 from contextlib import contextmanager
@@ -55,8 +54,7 @@ def build(path: Path, out: Path, mode: str):
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--shapes", default=DEFAULT_SHAPES,
                    help="CHANNELSxSIZE,... (default: %(default)s)")

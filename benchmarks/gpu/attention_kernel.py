@@ -10,7 +10,6 @@ tactics with.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -50,10 +49,7 @@ def run(tactic: int) -> float:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--tactic", type=int, default=0,
                    help="index into the attention tactic catalogue [default: %(default)s]")
     p.add_argument("-o", "--output", type=Path, default=None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 # tvmopt is imported where it is used, so that `--help` answers at once.
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -26,10 +25,7 @@ LAYOUTS = {"resnet50": "NHWC", "bert_base": "NCHW"}
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--work", type=Path, required=True,
                    help="directory holding resnet50.onnx and bert_base.onnx")
     p.add_argument("--models", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))

@@ -17,7 +17,6 @@ The summary (gpu_DATE.json) lists what each step produced.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -91,10 +90,7 @@ def compare_row(name: str, doc: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--work", type=Path, required=True,
                    help="directory for the exported models, builds and logs (kept between calls)")
     p.add_argument("--db", type=Path, default=None,

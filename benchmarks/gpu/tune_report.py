@@ -17,7 +17,6 @@ from __future__ import annotations
 
 # tvmopt is imported where it is used, so that `--help` answers at once.
 
-import argparse
 import datetime
 import statistics
 import tempfile
@@ -99,10 +98,7 @@ def sections(results: dict) -> list[dict]:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--db", type=Path, required=True, help="the database the model was tuned into")
     p.add_argument("--target", default="cuda-sm90a")

@@ -13,7 +13,6 @@ side's median p50 (device-timed per call) and the ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -68,10 +67,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--baseline", type=Path, required=True,
                    help="folder holding the other tvmopt package (its `tvmopt/` inside)")
     p.add_argument("--db", type=Path, required=True, help="tuning database both sides build with")

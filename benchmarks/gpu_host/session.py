@@ -17,7 +17,6 @@ with its log (without TVM's per-candidate warnings, which drown it).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -145,10 +144,7 @@ def tune_sections(report: dict) -> list[dict]:
 
 def main(argv: list[str]) -> None:
     env = {k: os.environ.get(k, v) for k, v in DEFAULTS.items()}
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--work", type=Path, default=Path(env["BENCH_GPU_WORK"]),
                    help="the host's working directory (models, the database, tune logs) "
                         f"[$BENCH_GPU_WORK, default {DEFAULTS['BENCH_GPU_WORK']}]")

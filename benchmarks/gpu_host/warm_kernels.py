@@ -11,7 +11,6 @@ Each layer's op lists its catalogue tactics and writes their instances.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from .. import record
@@ -42,10 +41,7 @@ def run(work: Path, models: list[str]) -> tuple[int, dict]:
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {SUITE}",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = record.parser(SUITE, __doc__)
     p.add_argument("--work", type=Path, required=True, help="directory holding MODEL.onnx files")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("-o", "--output", type=Path, default=None,

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import gemm, relax_match
-from .cutlass import (ALIGNMENT, SMS, CutlassTactic, Epilogue, check_epilogue, epilogue_args,
-                      epilogue_inputs, epilogue_patterns)
+from .cutlass import (ALIGNMENT, SMS, CutlassOp, CutlassTactic, Epilogue, check_epilogue,
+                      epilogue_inputs)
 from .instance import Instance, instantiation, tensor_params
-from .op import Layer, Match, Op, Pattern
+from .op import Layer, Match
 
 # TMA im2col loads (2-D) hold the window's corners in signed 8 bits and filter offsets in 8 bits.
 IM2COL_CORNER = 128
@@ -87,21 +87,16 @@ class ConvGeometry:
                 and 0 <= span_h < 2 * IM2COL_CORNER - 1 and 0 <= span_w < 2 * IM2COL_CORNER - 1)
 
 
-class Conv2d(Op):
+class Conv2d(CutlassOp):
     name = "conv2d"
-    roles = ("a", "b", "bias", "residual")
+    anchor_op = "relax.nn.conv2d"
     geometry_type = ConvGeometry
 
-    def patterns(self) -> list[Pattern]:
-        return [Pattern(name, pattern, notes, _check, name.count("_"), epilogue)
-                for name, pattern, notes, epilogue in epilogue_patterns("relax.nn.conv2d",
-                                                                        "conv2d")]
+    def check(self, context) -> bool:
+        return _check(context)
 
     def layer(self, match: Match) -> Layer:
-        (anchor,) = match.calls("relax.nn.conv2d")
-        epilogue = match.pattern.variant
-        args = {"a": match.params[anchor.args[0]], "b": match.params[anchor.args[1]],
-                **epilogue_args(match, epilogue)}
+        anchor, epilogue, args = self.anchor(match)
         g = _geometry(anchor, epilogue)
         if g.pointwise:
             a_pixels = relax_match.numel(relax_match.static_shape(anchor.args[0])) // g.c
@@ -124,9 +119,6 @@ class Conv2d(Op):
             if tactic.tiles(m, n) >= SMS * 3 // 4:
                 return tactic
         return _tactic(64, 64)
-
-    def parse_tactic(self, name: str) -> CutlassTactic:
-        return CutlassTactic.parse(name)
 
     def instance(self, g: ConvGeometry, t: CutlassTactic, arch: str) -> Instance:
         e = g.epilogue

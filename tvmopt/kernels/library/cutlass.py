@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from . import relax_match
+from .op import Match, Op, Pattern
 
 SMS = 132  # H100 SXM: to judge how well a tile fills the GPU, and stream-K's scratch size
 ALIGNMENT = 8  # fp16 elements per 16-byte TMA access: K and N must be multiples of it
@@ -185,12 +187,37 @@ def epilogue_inputs(epilogue: Epilogue, args: dict, arrays: dict, out_shape, n: 
     return arrays
 
 
-def streamk_workspace(tactic: CutlassTactic) -> int:
-    """Stream-K keeps partial tiles of every SM in fp32; persistent kernels need none (a few
-    bytes keep the argument a real tensor)."""
-    if tactic.scheduler == "streamk":
-        return 2 * SMS * tactic.tile_m * tactic.tile_n * 4 + (1 << 16)
-    return 256
+class CutlassOp(Op):
+    """An anchor op (`anchor_op`) and the epilogue the CUTLASS templates fuse after it."""
+    roles = ("a", "b", "bias", "residual")
+    anchor_op: ClassVar[str]  # "relax.matmul", "relax.nn.conv2d"
+
+    def check(self, context) -> bool:
+        """Whether the instance computes a match exactly (FuseOpsByPattern's check)."""
+        raise NotImplementedError
+
+    def patterns(self) -> list[Pattern]:
+        prefix = self.anchor_op.split(".")[-1]
+        return [Pattern(name, pattern, notes, self.check, name.count("_"), epilogue)
+                for name, pattern, notes, epilogue in epilogue_patterns(self.anchor_op, prefix)]
+
+    def anchor(self, match: Match):
+        """(the anchor call, the epilogue, {role: kernel argument index}) of a match."""
+        (anchor,) = match.calls(self.anchor_op)
+        epilogue = match.pattern.variant
+        args = {"a": match.params[anchor.args[0]], "b": match.params[anchor.args[1]],
+                **epilogue_args(match, epilogue)}
+        return anchor, epilogue, args
+
+    def parse_tactic(self, name: str) -> CutlassTactic:
+        return CutlassTactic.parse(name)
+
+    def workspace_bytes(self, tactic: CutlassTactic) -> int:
+        """Stream-K keeps partial tiles of every SM in fp32; persistent kernels need none (a
+        few bytes keep the argument a real tensor)."""
+        if tactic.scheduler == "streamk":
+            return 2 * SMS * tactic.tile_m * tactic.tile_n * 4 + (1 << 16)
+        return 256
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import relax_match
-from .cutlass import (ALIGNMENT, SMS, CutlassTactic, Epilogue, check_epilogue, epilogue_args,
-                      epilogue_inputs, epilogue_patterns, streamk_workspace)
+from .cutlass import (ALIGNMENT, SMS, CutlassOp, CutlassTactic, Epilogue, check_epilogue,
+                      epilogue_inputs)
 from .instance import Instance, instantiation, tensor_params
-from .op import Layer, Match, Op, Pattern
+from .op import Layer, Match
 
 # Cooperative kernels split a tile between two consumer warp groups: tile_m >= 128. Ping-pong
 # kernels give each warp group its own 64-row tile. Stream-K runs on the cooperative kernel.
@@ -46,21 +46,16 @@ class GemmGeometry:
     epilogue: Epilogue
 
 
-class Gemm(Op):
+class Gemm(CutlassOp):
     name = "gemm"
-    roles = ("a", "b", "bias", "residual")
+    anchor_op = "relax.matmul"
     geometry_type = GemmGeometry
 
-    def patterns(self) -> list[Pattern]:
-        return [Pattern(name, pattern, notes, _check, name.count("_"), epilogue)
-                for name, pattern, notes, epilogue in epilogue_patterns("relax.matmul",
-                                                                        "matmul")]
+    def check(self, context) -> bool:
+        return _check(context)
 
     def layer(self, match: Match) -> Layer:
-        (anchor,) = match.calls("relax.matmul")
-        epilogue = match.pattern.variant
-        args = {"a": match.params[anchor.args[0]], "b": match.params[anchor.args[1]],
-                **epilogue_args(match, epilogue)}
+        anchor, epilogue, args = self.anchor(match)
         a_shape = relax_match.static_shape(anchor.args[0])
         b_shape = relax_match.static_shape(anchor.args[1])
         k, n = b_shape[-2], b_shape[-1]
@@ -83,9 +78,6 @@ class Gemm(Op):
                 return tactic
         return CutlassTactic(128, 64, scheduler="streamk") if g.k >= 1024 else small
 
-    def parse_tactic(self, name: str) -> CutlassTactic:
-        return CutlassTactic.parse(name)
-
     def instance(self, g: GemmGeometry, t: CutlassTactic, arch: str) -> Instance:
         e = g.epilogue
         symbol = f"tvmopt_cutlass_gemm_{g.b_layout}_{e.name}_{t.name}"
@@ -98,9 +90,6 @@ using Instance = tvmopt::GemmSm90<{t.tile}, {_SCHEDULES[t.schedule]},
 static void Run({params}) {{
   Instance::Run("{symbol}", a, b, {e.pointers}, workspace, out);
 }}"""))
-
-    def workspace_bytes(self, tactic: CutlassTactic) -> int:
-        return streamk_workspace(tactic)
 
     def work(self, g: GemmGeometry) -> int:
         return g.m * g.n * g.k * g.batch
