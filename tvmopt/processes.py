@@ -1,33 +1,22 @@
-"""Child processes that end with tvmopt: TVM's worker pools, nvcc, compilers.
+"""Child processes that end with tvmopt: TVM's worker pools.
 
 A tune or build killed with SIGKILL (or ended by a test) runs no cleanup of its own, and TVM's
 popen workers only notice a dead parent between tasks: a worker inside a task, or waiting on a
 sibling, stayed alive for hours with parent PID 1. Linux's PR_SET_PDEATHSIG makes the kernel kill
 the child when the thread that started it ends, whatever way it ends.
+
+The request is made by util-linux's `setpriv --pdeathsig KILL`, which sets it and then execs the
+worker, not by a Python `preexec_fn`: in a process with threads, Python code between fork and
+exec deadlocks (Python's at-fork handlers reseed `random`, which can run the garbage collector,
+which finalised a SQLite statement whose mutex another thread held at the fork: a tune hung
+forever). Without `setpriv` (not Linux, or no util-linux) workers start as TVM starts them.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
+import shutil
 
-_PR_SET_PDEATHSIG = 1
-try:  # looked up in the parent: the child, between fork and exec, must not load libraries
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
-
-
-def die_with_parent() -> None:
-    """`preexec_fn` for subprocess.Popen: SIGKILL the child when this process (more exactly: the
-    thread that starts the child) ends."""
-    if _prctl is None:
-        return
-    parent = os.getppid()
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent ended before the request took effect
-        os._exit(1)
+_SETPRIV = shutil.which("setpriv")
 
 
 class _DyingSubprocess:
@@ -39,9 +28,10 @@ class _DyingSubprocess:
     def __getattr__(self, name):
         return getattr(self._real, name)
 
-    def Popen(self, *args, **kwargs):  # noqa: N802 - the name TVM calls
-        kwargs.setdefault("preexec_fn", die_with_parent)
-        return self._real.Popen(*args, **kwargs)
+    def Popen(self, args, *rest, **kwargs):  # noqa: N802 - the name TVM calls
+        if _SETPRIV is not None and isinstance(args, (list, tuple)):
+            args = [_SETPRIV, "--pdeathsig", "KILL", "--", *args]
+        return self._real.Popen(args, *rest, **kwargs)
 
 
 def bind_tvm_workers() -> None:
