@@ -28,13 +28,12 @@ class Pattern:
     annotations: dict  # {role: sub-pattern}, for `check` and for `Op.layer`
     check: Callable  # (tvm.relax.transform.PatternCheckContext) -> bool
     parts: int
-    variant: Any = None  # what the op needs to describe a match (an epilogue, a mask kind)
+    variant: Any = None  # what else the op needs to describe a match (the CUTLASS ops' epilogue)
 
 
 @dataclass(frozen=True)
 class Match:
     """A matched and outlined function, as the partition pass hands it to `Op.layer`."""
-    func: Any  # the relax.Function
     pattern: Pattern
     params: dict  # {parameter Var: its index}: the kernel's arguments
     bindings: dict  # {Var: bound value} inside the function, plus lifted constants by parameter

@@ -62,7 +62,7 @@ def _match(func, pattern, call_args) -> Match:
     bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     bindings.update((p, a) for p, a in zip(func.params, call_args)
                     if not isinstance(a, relax.Var))
-    return Match(func, pattern, {p: i for i, p in enumerate(func.params)}, bindings)
+    return Match(pattern, {p: i for i, p in enumerate(func.params)}, bindings)
 
 
 def _call_args(mod) -> dict:
