@@ -7,11 +7,14 @@ TVM's ONNX importer does well on a clean static graph and stumbles on what expor
 - ops at opsets older than its oldest converter for them (it then silently applies the newer
   semantics, e.g. Clip's bounds as inputs rather than attributes);
 - Clip / HardSigmoid / HardSwish, which it imports in forms its fp16 pass cannot rewrite;
+- ONNX's opset-23 Attention, which it sends to its converter for com.microsoft's Attention
+  (`functions`);
 - recurrent layers (LSTM, GRU, RNN), for which it has no converter (`recurrent`);
 - Col2Im (opset 18; torch's `F.fold`), for which it has no converter either (`col2im`).
 
 Each step rewrites the graph in ONNX with ONNX's and ONNX Runtime's own tools: fix the input dims
-the user gave, convert the opset where needed, fold constant shape arithmetic (ONNX Runtime's
+the user gave, convert the opset where needed, write out ops by the standard's function bodies,
+fold constant shape arithmetic (ONNX Runtime's
 basic, standard-ops-only graph optimizer), infer shapes, unroll recurrent layers, write Col2Im as a
 ConvTranspose, and spell out the clamps. Every change is reported, and `tvmopt inspect` shows the
 list.
@@ -31,6 +34,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import TvmoptError, first_line, onnxruntime_cause
 from . import col2im
+from .functions import expand_functions
 from .recurrent import unroll_recurrent
 from .specs import TensorSpec, model_opset
 
@@ -57,6 +61,11 @@ def normalize(model: onnx.ModelProto, inputs: list[TensorSpec]) -> tuple[onnx.Mo
     changes: list[Change] = []
     _fix_input_dims(model, inputs, changes)
     model = _convert_opset(model, changes)
+    expanded = expand_functions(model)
+    if expanded:
+        changes.append(Change("expand-functions", ", ".join(
+            f"{op} x{n}" for op, n in sorted(expanded.items())) + " as the ONNX standard's "
+            "function body"))
     model = _fold_constants(model, {t.name for t in inputs}, changes)
     model = _infer_shapes(model, changes)
     model, unrolled = unroll_recurrent(model)
