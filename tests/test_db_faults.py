@@ -186,6 +186,8 @@ def test_a_tune_waits_for_a_locked_database_then_stops_with_resume(tiny, tmp_pat
     proc = _tune(tiny, db, busy_s=0.3, lock_wait_s=4, full_at=0, trials=5, batch=2)
     other = sqlite3.connect(db, timeout=60, isolation_level=None, check_same_thread=False)
     lines, waits, stored = [], 0, False
+    watchdog = threading.Timer(600, proc.kill)  # a hung tune fails the test, not the whole CI
+    watchdog.start()
     try:
         for line in proc.stderr:
             lines.append(line)
@@ -200,6 +202,7 @@ def test_a_tune_waits_for_a_locked_database_then_stops_with_resume(tiny, tmp_pat
         proc.wait(timeout=60)
         assert other.in_transaction, "".join(lines)
     finally:
+        watchdog.cancel()
         if other.in_transaction:
             other.execute("ROLLBACK")
         other.close()

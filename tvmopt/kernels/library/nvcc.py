@@ -226,7 +226,7 @@ class _Compile:
         self.slots = resources.slot_count()
         threads = max(1, min(jobs or self.slots, self.slots))
         memory = resources._usable_memory()
-        log.info("compiling %d CUTLASS kernel instance(s) with %s, %d at a time (%s; %d job "
+        log.info("compiling %d kernel-library instance(s) with %s, %d at a time (%s; %d job "
                  "slot(s) for %s of usable memory, shared by the tvmopt processes of this cache)",
                  len(sources), self.tools.nvcc, min(threads, len(sources)), self.tools.version,
                  self.slots, byte_size(int(memory)))
@@ -265,7 +265,7 @@ class _Compile:
                         # Instances take about the same time; `threads` of them run at once.
                         rounds_left = -(-(len(sources) - done) // threads)
                         eta = elapsed / -(-done // threads) * rounds_left
-                        log.info("CUTLASS kernels %d/%d compiled (%d cached)  elapsed %s  ETA %s",
+                        log.info("kernel-library instances %d/%d compiled (%d cached)  elapsed %s  ETA %s",
                                  done, len(sources), cached + found, duration(elapsed),
                                  duration(eta))
             except _Stopped:
