@@ -2,6 +2,7 @@
 instances it compiles (once, into the cache) and links into the artifact, and its fallbacks.
 Compiling needs nvcc and the nvidia-cutlass headers but no GPU; tests/test_gpu.py runs them."""
 
+import dataclasses
 import logging
 import subprocess
 
@@ -178,32 +179,47 @@ def _commit_tir(store, task, sec: float, *, tuned: bool) -> None:
 MEASURED = "128x64x64_c1x1_cooperative_persistent"
 
 
+def _neighbour(layer) -> str:
+    """The key of a layer like `layer` with twice its M: near enough to predict from."""
+    return layer.op.key(dataclasses.replace(layer.geometry, m=2 * layer.geometry.m))
+
+
 @pytest.mark.parametrize("tir, tactic_sec, runs", [
-    ([], None, "default tactic"),  # untuned: the library's default
+    ([], None, "default tactic"),  # untuned, nothing measured near it: the library's default
     ([(10e-6, False)], None, "default tactic"),  # only the TIR default measured
     ([(10e-6, True)], None, "tir"),  # a searched TIR record, no tactic measured
     ([(10e-6, False)], 8e-6, "measured tactic"),
     ([(10e-6, False)], 12e-6, "tir"),  # TVM's default schedule measured faster
     ([(10e-6, False), (6e-6, True)], 8e-6, "tir"),
     ([(10e-6, False), (9e-6, True)], 8e-6, "measured tactic"),
+    ([], "neighbour", "predicted tactic"),  # untuned, a layer of its kind measured near it
+    ([(10e-6, False)], "neighbour", "predicted tactic"),
+    ([(10e-6, True)], "neighbour", "tir"),  # a prediction is no measurement either
 ])
 def test_each_layer_runs_the_fastest_measured_kernel(tmp_path, tir, tactic_sec, runs):
     from tvmopt.database import open_database, target_identity
     from tvmopt.kernels import BuildContext
-    from tvmopt.kernels.library import _choose
+    from tvmopt.kernels.library import KernelLibrary, _choose
     from tvmopt.kernels.library.cutlass import CutlassTactic
+    from tvmopt.kernels.library.tactic_model import Choice, TacticModel
 
     _, kernel, layer = _gemm_layer(tmp_path)
     target = targets.resolve(HOPPER).tvm_target()
     with open_database(tmp_path / "t.db") as store:
         for sec, tuned in tir:
             _commit_tir(store, kernel.task, sec, tuned=tuned)
-        if tactic_sec is not None:
+        if tactic_sec == "neighbour":
+            store.add_tactic_record(_neighbour(layer), "cutlass", MEASURED, target, [3e-6])
+        elif tactic_sec is not None:
             store.add_tactic_record(layer.key, "cutlass", MEASURED, target, [tactic_sec])
-        choice = _choose(kernel, layer, BuildContext(target, store, {kernel.name: layer}),
-                         target_identity(target)[0])
-    expected = {"tir": None, "measured tactic": (CutlassTactic.parse(MEASURED), tactic_sec),
-                "default tactic": (layer.default_tactic(), None)}[runs]
+        model = TacticModel.load(store, target_identity(target)[0], KernelLibrary.name)
+        choice = _choose(kernel, layer, BuildContext(target, store, {kernel.name: layer}), model)
+    assert layer.default_tactic().name != MEASURED
+    expected = {"tir": None,
+                "measured tactic": Choice(CutlassTactic.parse(MEASURED), "measured", tactic_sec),
+                "predicted tactic": Choice(CutlassTactic.parse(MEASURED), "predicted",
+                                           neighbour=_neighbour(layer)),
+                "default tactic": Choice(layer.default_tactic(), "default")}[runs]
     assert choice == expected
 
 
@@ -226,6 +242,33 @@ def test_a_measured_tactic_is_built_and_shown(tmp_path, kernel_cache, monkeypatc
     assert (built["tactic"], built["measured_sec"]) == (tactic, pytest.approx(4e-6))
     shown = invoke("inspect", lib)
     assert f"tactic {tactic}  (measured 4.0 µs)" in shown.output, shown.output
+
+
+def test_a_predicted_tactic_is_built_and_shown(tmp_path, kernel_cache, monkeypatch, invoke,
+                                              caplog):
+    """An untuned GEMM near a measured one runs that layer's fastest tactic (here the instance
+    the cache holds already); the log, the manifest and inspect say where it came from."""
+    from tvmopt.database import open_database
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(kernel_cache))
+    path, kernel, layer = _gemm_layer(tmp_path)
+    tactic = layer.default_tactic().name
+    db = tmp_path / "t.db"
+    with open_database(db) as store:
+        for name, sec in ((tactic, 4e-6), (MEASURED, 5e-6)):
+            store.add_tactic_record(_neighbour(layer), "cutlass", name,
+                                    targets.resolve(HOPPER).tvm_target(), [sec])
+    lib = tmp_path / "m.so"
+    with caplog.at_level(logging.INFO):
+        result = build.build(path, targets.resolve(HOPPER), lib, db_path=db, options=FP16_NHWC)
+    assert "2 layer(s): 0 measured tactic(s), 1 predicted from measured layers, 1 default" \
+        in caplog.text
+    built = result.manifest["library_kernels"][kernel.name]
+    source = f"predicted from {_neighbour(layer)}"
+    assert (built["tactic"], built["measured_sec"], built["tactic_source"]) == (tactic, None,
+                                                                                 source)
+    shown = invoke("inspect", lib)
+    assert f"tactic {tactic}  ({source}, unmeasured)" in shown.output, shown.output
 
 
 def test_a_tuned_record_keeps_its_layer_from_the_library(tmp_path, kernel_cache, monkeypatch):
@@ -289,7 +332,10 @@ def test_attention_is_offered_to_the_library_whole(tmp_path):
     assert (g.batch, g.heads, g.seq_q, g.seq_k, g.head_dim) == (2, 2, 32, 32, 64)
     assert g.scale == pytest.approx(0.125) and (g.mask_shape, g.mask_dtype) == ((2, 1, 1, 32),
                                                                               "float32")
-    assert attention.params == (2, 2, 32, 0, 0, pytest.approx(0.125))  # mask strides b, h, q
+    # batch, heads, K/V heads, head dim; Q, K, V and out as [b, s, h, d] (021); mask strides
+    # b, h, q; no causal offset; scale
+    assert attention.params == (2, 2, 2, 64, 21, 21, 21, 21, 32, 0, 0, 0, pytest.approx(0.125))
+    assert attention.key == "attention_f16_2x2x32x32x64_mask_f32mask_2x1x1x32"  # as records hold
     assert sorted(attention.args) == ["k", "mask", "q", "v"]
     assert registry.layer_from_json(attention.to_json()) == attention
     # the three projections share one kernel

@@ -74,8 +74,10 @@ def _catalogue_sources() -> dict[str, str]:
                   for layout in ("row", "col") for e in epilogues]
     geometries += [conv2d.ConvGeometry(1, 8, 8, 16, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), e)
                    for e in epilogues]
-    geometries += [attention.AttentionGeometry(1, 2, 16, 16, 64, 0.125, mask, dtype)
-                   for mask, dtype in ((None, None), ((1, 16), "float16"), ((1, 16), "float32"))]
+    geometries += [attention.AttentionGeometry(1, 2, 16, 16, 64, 0.125, mask, dtype,
+                                               causal=causal)
+                   for mask, dtype in ((None, None), ((1, 16), "float16"), ((1, 16), "float32"))
+                   for causal in (None, 0)]
     ops = {type(g): op for op in registry.OPS for g in geometries
            if isinstance(g, op.geometry_type)}
     found = {}

@@ -114,7 +114,8 @@ def _build(model, preset, out_path, store, options, cuda_graph, fcompile) -> Bui
         "kernels": {name: task.name for name, task in task_of.items()},
         "kernel_providers": providers,
         "library_kernels": {name: {"symbol": e.symbol, "tactic": e.tactic, "layer": e.layer,
-                                   "measured_sec": e.measured_sec}
+                                   "measured_sec": e.measured_sec,
+                                   "tactic_source": e.tactic_source}
                             for name, e in provided.externs.items()},
         "cuda_graph": cuda_graph,
     }

@@ -128,8 +128,10 @@ def _print_manifest(path, m):
     for name, lib in sorted(m.get("library_kernels", {}).items()):
         measured = lib.get("measured_sec")
         what = lib.get("layer") or f"GEMM {lib['gemm']}"  # "gemm": artifacts before convs
+        source = lib.get("tactic_source", "default")  # artifacts before predicted tactics
         click.echo(f"  {name}  {what}  tactic {lib['tactic']}  "
-                   + (f"(measured {_fmt_sec(measured)})" if measured else "(default, unmeasured)"))
+                   + (f"(measured {_fmt_sec(measured)})" if measured else
+                      f"({source}, unmeasured)"))
 
 
 def _build_help() -> str:

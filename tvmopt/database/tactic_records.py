@@ -100,6 +100,19 @@ class TacticRecords:
             "SELECT DISTINCT tactic FROM tactic_records WHERE layer_key = ? AND target_sha256 = ? "
             "AND provider = ?", [layer_key, target_sha256, provider])}
 
+    def tactic_times(self, target_sha256: str, provider: str) -> dict[str, dict[str, float | None]]:
+        """{layer_key: {tactic: its best mean seconds, None where it only ever failed}} of a
+        provider on a target: what unmeasured layers' tactics are predicted from."""
+        if not self.has_table("tactic_records"):
+            return {}
+        times: dict[str, dict[str, float | None]] = {}
+        for key, tactic, sec in self.conn.execute(
+                "SELECT layer_key, tactic, min(mean_sec) FROM tactic_records WHERE "
+                "target_sha256 = ? AND provider = ? GROUP BY layer_key, tactic",
+                [target_sha256, provider]):
+            times.setdefault(key, {})[tactic] = sec
+        return times
+
     def tactic_stats(self, target_sha256: str) -> dict:
         if not self.has_table("tactic_records"):
             return {"tactic_records": 0, "tactic_failures": 0, "layers": []}

@@ -1,11 +1,17 @@
 """Measuring a kernel library's tactics per layer (TensorRT's recipe), into the tuning database.
 
-Every catalogue tactic not yet measured for a layer on this target is compiled (once, into the
-kernel cache), linked with a CUDA-graph timer into one shared library, and run on the device,
-locally or on an RPC server, with operands of the layer's own shape from its op. Each result is
-checked against the op's NumPy reference before its time is stored: a tactic that cannot run the shape
-or computes it wrongly is stored as a failure. The build then takes, per layer, the fastest of the measured
-tactics and the TIR records (`kernels.library`). TIR records are timed by TVM's time evaluator,
+A tune measures the layers with no tactic measured of their own on this target, on a shortlist
+of at most MAX_INSTANCES instances for the whole model: each instance costs about a minute of
+nvcc, and every catalogue tactic of every epilogue of ResNet-50 is dozens. The shortlist takes
+each layer's predicted tactic (`kernels.library.tactic_model`: the fastest of the nearest
+measured layer of its kind, else the op's default), heaviest layers first, then each layer's
+next candidates, until it is full; each instance it holds is measured on every such layer it
+runs. A layer the shortlist leaves out is measured by the next tune. Each instance is compiled
+(once, into the kernel cache), linked with a CUDA-graph timer into one shared library, and run on
+the device, locally or on an RPC server, with operands of the layer's own shape from its op. Each
+result is checked against the op's NumPy reference before its time is stored: a tactic that
+cannot run the shape or computes it wrongly is stored as a failure. The build then takes, per
+layer, the fastest of the measured tactics and the TIR records (`kernels.library`). TIR records are timed by TVM's time evaluator,
 whose per-call launch cost shows on kernels of a few microseconds; a CUDA-graph artifact (the
 default) pays none, as the tactics' timing does.
 """
@@ -26,7 +32,9 @@ from ..errors import TvmoptError, first_line
 from ..formatting import duration, seconds
 from ..kernels.library import KernelLibrary, nvcc
 from ..kernels.library.instance import TIMER_SYMBOL, timer
+from ..kernels.library.instance import Instance
 from ..kernels.library.op import Layer
+from ..kernels.library.tactic_model import TacticModel
 from .options import TuneOptions
 
 log = logging.getLogger("tvmopt.tuning")
@@ -34,42 +42,74 @@ log = logging.getLogger("tvmopt.tuning")
 GRAPH_SECONDS = 1e-3  # each timing replays a graph of about this long: well above event jitter
 REPEATS = 5
 MAX_REL_ERR = 1e-2  # fp16 output against an fp32 reference, relative to the largest value
+# Kernel-library instances one tune compiles and measures at most (each about a minute of one
+# core and 3.4 GB of nvcc), however many layers and epilogues the model has.
+MAX_INSTANCES = 8
 
 
 @dataclass
 class LayerTactics:
     layer: Layer
     weight: int  # calls per inference, over every kernel of the layer's size
-    todo: list  # the op's tactics
+    todo: list  # the op's tactics to measure
+
+
+def _untried(layer: Layer, tsha: str, store) -> list:
+    """The catalogue tactics a layer has not tried on this target, while none ran on it."""
+    if store.best_tactic(layer.key, tsha) is not None:
+        return []
+    done = store.measured_tactics(layer.key, tsha, KernelLibrary.name)
+    return [t for t in layer.tactics if t.name not in done]
 
 
 def pending(layer: Layer, target, store) -> bool:
-    """Whether a catalogue tactic is not yet measured for the layer on this target."""
-    done = store.measured_tactics(layer.key, target_identity(target)[0], KernelLibrary.name)
-    return any(t.name not in done for t in layer.tactics)
+    """Whether the layer has no tactic measured on this target yet, and one left to try."""
+    return bool(_untried(layer, target_identity(target)[0], store))
+
+
+def shortlist(plans: list[LayerTactics], model: TacticModel, arch: str,
+              limit: int = MAX_INSTANCES) -> dict[str, Instance]:
+    """{symbol: instance} of at most `limit` instances for the layers of `plans` (heaviest
+    first): round r takes each layer's r-th candidate among its untried tactics, best predicted
+    first, so every layer's predicted tactic is in when they fit."""
+    candidates = [[t for t, _ in model.ranked(p.layer) if t in p.todo] for p in plans]
+    chosen: dict[str, Instance] = {}
+    for r in range(max(map(len, candidates), default=0)):
+        for plan, tactics in zip(plans, candidates):
+            if len(chosen) == limit:
+                return chosen
+            if r < len(tactics):
+                instance = plan.layer.instance(tactics[r], arch)
+                chosen.setdefault(instance.symbol, instance)
+    return chosen
 
 
 def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options: TuneOptions,
                     *, device: str, run_uid: str,
                     should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Measure the tactics not yet in the database for each layer ({task: (layer, weight)});
-    returns how many were measured."""
+    """Measure a shortlist of tactics on the layers ({task: (layer, weight)}) with none measured
+    of their own; returns how many (layer, tactic) pairs were measured."""
     tsha = target_identity(target)[0]
     plan: dict[str, LayerTactics] = {}
     for layer, weight in layers.values():
         if layer.key in plan:
             plan[layer.key].weight += weight
             continue
-        done = store.measured_tactics(layer.key, tsha, KernelLibrary.name)
-        plan[layer.key] = LayerTactics(layer, weight,
-                                       [t for t in layer.tactics if t.name not in done])
-    plan = {k: p for k, p in plan.items() if p.todo}
-    if not plan:
+        plan[layer.key] = LayerTactics(layer, weight, _untried(layer, tsha, store))
+    ordered = sorted((p for p in plan.values() if p.todo), key=lambda p: -p.weight * p.layer.work)
+    if not ordered:
         return 0
     arch = str(target.attrs["arch"])
-    specs = {(p.layer.key, t): p.layer.instance(t, arch) for p in plan.values() for t in p.todo}
+    chosen = shortlist(ordered, TacticModel.load(store, tsha, KernelLibrary.name), arch)
+    for p in ordered:  # each instance of the shortlist is measured on every layer it runs
+        p.todo = [t for t in p.todo if p.layer.instance(t, arch).symbol in chosen]
+    measuring = [p for p in ordered if p.todo]
+    specs = {(p.layer.key, t): p.layer.instance(t, arch) for p in measuring for t in p.todo}
     sources = {s.symbol: s.source for s in specs.values()}
-    log.info("kernel library: measuring %d tactics on %d layer(s)", len(specs), len(plan))
+    left = len(ordered) - len(measuring)
+    log.info("kernel library: measuring %d tactics of %d instance(s) (at most %d) on %d layer(s)"
+             "%s", len(specs), len(sources), MAX_INSTANCES, len(measuring),
+             f"; {left} layer(s) left to the next tune" if left else "")
     failed: dict[str, str] = {}  # a tactic nvcc rejects is a failed tactic, not a failed tune
     objects = nvcc.compile_all({**sources, TIMER_SYMBOL: timer().source}, arch, failed=failed)
     if TIMER_SYMBOL in failed:
@@ -80,8 +120,7 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
     with tempfile.TemporaryDirectory(prefix="tvmopt-tactics-") as tmp:
         lib = nvcc.link_shared(sorted(set(objects.values())), Path(tmp) / "tactics.so")
         session = _Session(lib, options)
-        ordered = sorted(plan.values(), key=lambda p: -p.weight * p.layer.work)
-        for i, p in enumerate(ordered, 1):
+        for i, p in enumerate(measuring, 1):
             if should_stop():
                 break
             compiled = {t: specs[p.layer.key, t] for t in p.todo
@@ -98,10 +137,10 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
             ok = {t: sum(r) / len(r) for t, (r, _) in results.items() if r}
             best = min(ok, key=ok.get) if ok else None
             elapsed = time.perf_counter() - start
-            log.info("tactics: layer %d/%d %s: best %s%s  elapsed %s  ETA %s", i, len(ordered),
+            log.info("tactics: layer %d/%d %s: best %s%s  elapsed %s  ETA %s", i, len(measuring),
                      p.layer.key, seconds(ok[best]) if best else "none ran",
                      f" ({best.name})" if best else "", duration(elapsed),
-                     duration(elapsed / i * (len(ordered) - i)))
+                     duration(elapsed / i * (len(measuring) - i)))
     return measured
 
 

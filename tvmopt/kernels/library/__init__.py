@@ -12,13 +12,15 @@ CUDA source in `csrc/`, and a NumPy reference), listed in `registry.OPS`:
 
 At build time this provider swaps a partitioned kernel's call for a call into the instance of
 the layer's tactic, linked into the artifact: per layer, the tactic `tvmopt tune` measured
-fastest, if it beats the layer's best TIR record (tuned or default schedule); untuned, the op's
-default tactic unless a searched TIR record exists.
+fastest, if it beats the layer's best TIR record (tuned or default schedule); untuned, the tactic
+`tactic_model.py` predicts from the nearest measured layer (else the op's default tactic) unless
+a searched TIR record exists.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from ...database import target_identity
 from .nvcc import Unavailable, compile_all, cuda_toolchain
 from .op import Layer
 from .partition import layers, partition_pass
+from .tactic_model import Choice, TacticModel
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,8 @@ class ExternKernel:
     object_file: Path
     tactic: str
     layer: str  # what it computes, for people: "GEMM MxNxK[xL]", the conv and its GEMM size
-    measured_sec: float | None  # the tactic's time on this layer, None for a default tactic
+    measured_sec: float | None  # the tactic's time on this layer, None where unmeasured
+    tactic_source: str  # "measured", "predicted from LAYER_KEY" or "default"
 
 
 def supports(target) -> bool:
@@ -65,17 +69,23 @@ class KernelLibrary:
     name = "cutlass"  # the provider's name in tactic records and manifests
 
     def provide(self, kernels, ctx) -> dict[str, ExternKernel]:
-        tsha = target_identity(ctx.target)[0]
-        chosen = {}  # {kernel name: (layer, tactic, measured seconds or None)}
+        model = TacticModel.load(ctx.store, target_identity(ctx.target)[0], self.name)
+        chosen: dict[str, tuple[Layer, Choice]] = {}
         for kernel in kernels:
             layer = ctx.library_layers.get(kernel.name)
-            if layer is not None and (choice := _choose(kernel, layer, ctx, tsha)) is not None:
-                chosen[kernel.name] = (layer, *choice)
+            if layer is not None and (choice := _choose(kernel, layer, ctx, model)) is not None:
+                chosen[kernel.name] = (layer, choice)
+                log.debug("kernel library: %s (%s): tactic %s, %s", kernel.name, layer.describe(),
+                          choice.tactic.name, choice.describe())
         if not chosen:
             return {}
+        sources = Counter(choice.source for _, choice in chosen.values())
+        log.info("kernel library: %d layer(s): %d measured tactic(s), %d predicted from measured "
+                 "layers, %d default", len(chosen), sources["measured"], sources["predicted"],
+                 sources["default"])
         arch = str(ctx.target.attrs["arch"])
-        instances = {name: layer.instance(tactic, arch)
-                     for name, (layer, tactic, _) in chosen.items()}
+        instances = {name: layer.instance(choice.tactic, arch)
+                     for name, (layer, choice) in chosen.items()}
         failed: dict[str, str] = {}
         objects = compile_all({i.symbol: i.source for i in instances.values()}, arch,
                               failed=failed)
@@ -87,29 +97,27 @@ class KernelLibrary:
                         "their %d layer(s) instead: %s", len(failed), len(lost),
                         "; ".join(failed.values()))
         return {name: ExternKernel(instance.symbol, layer.arg_order, layer.params,
-                                   layer.op.workspace_bytes(tactic), objects[instance.symbol],
-                                   tactic.name, layer.describe(), measured)
+                                   layer.op.workspace_bytes(choice.tactic),
+                                   objects[instance.symbol], choice.tactic.name, layer.describe(),
+                                   choice.measured_sec, choice.describe())
                 for name, instance in instances.items() if instance.symbol in objects
-                for layer, tactic, measured in [chosen[name]]}
+                for layer, choice in [chosen[name]]}
 
 
-def _choose(kernel, layer: Layer, ctx, tsha: str) -> tuple[object, float | None] | None:
-    """(tactic, its measured time) for a layer the library should run, None where a TIR kernel
-    is faster. Measured beats unmeasured: a measured tactic runs unless the best TIR record
-    (a tuned schedule or the measured default) is faster; without tactic records the default
-    tactic runs unless a searched TIR record exists (measured on an H100, the default tactics
-    run untuned BERT-base at 0.92 ms against 2.59 ms for TVM's default schedules)."""
+def _choose(kernel, layer: Layer, ctx, model: TacticModel) -> Choice | None:
+    """The tactic for a layer the library should run, None where a TIR kernel is faster.
+    Measured beats unmeasured: a measured tactic runs unless the best TIR record (a tuned
+    schedule or the measured default) is faster; without tactic records of its own the predicted
+    (or default) tactic runs unless a searched TIR record exists (measured on an H100, the
+    default tactics run untuned BERT-base at 0.92 ms against 2.59 ms for TVM's default
+    schedules)."""
     from ..tuned import best_record
 
-    tactic = ctx.store.best_tactic(layer.key, tsha)
+    choice = model.choose(layer)
     tir = best_record(kernel, ctx)
-    if tactic is not None:
-        if tir is not None and tir[0].mean_sec < tactic.mean_sec:
-            return None
-        return layer.op.parse_tactic(tactic.tactic), tactic.mean_sec
-    if tir is not None and not tir[1]:
-        return None
-    return layer.default_tactic(), None
+    if choice.measured_sec is not None:
+        return None if tir is not None and tir[0].mean_sec < choice.measured_sec else choice
+    return None if tir is not None and not tir[1] else choice
 
 
 __all__ = ["ExternKernel", "KernelLibrary", "Layer", "cuda_toolchain", "graph_passes", "layers",

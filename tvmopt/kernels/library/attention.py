@@ -2,29 +2,36 @@
 split of Q, K and V to the head merge, on tvmopt's fused kernel (`csrc/attention.cuh`:
 FlashAttention's online softmax, tensor cores through WMMA).
 
-out = softmax(scale * Q K^T + mask) V per batch and head, as `symbol(q, k, v, [mask], batch,
-heads, mask_batch_stride, mask_head_stride, mask_query_stride, scale, workspace, out)`: Q, K, V
-and the output in the [batch, seq, heads * head_dim] layout the projections write; the mask
-additive, fp16 or fp32, any shape that broadcasts to [batch, heads, seq_q, seq_k].
+out = softmax(scale * Q K^T + mask) V per batch and head, as `symbol(q, k, v, [mask], *PARAMS,
+workspace, out)`. Q, K, V and the output are read and written where their producers keep them
+(`attention_forms` rewrites every exported form into the one this op's patterns match): batch,
+heads and sequence in any memory order with the head dimension innermost; K and V may have
+fewer heads than Q (grouped-query attention); a constant causal mask becomes the kernel's own;
+the other mask is additive, fp16 or fp32, any shape that broadcasts to [batch, heads, seq_q,
+seq_k]. Batch and sequence lengths are read from the tensors at run time.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import relax_match
+from . import attention_forms, relax_match
 from .cutlass import SMS
 from .instance import Instance, instantiation, tensor_params
 from .op import Layer, Match, Op, Pattern
 
-HEAD_DIMS = (32, 64, 128)  # instantiated in every instance; others stay on TVM kernels
+HEAD_DIMS = (32, 64, 80, 96, 128)  # instantiated in every instance; others stay on TVM kernels
 KEY_BLOCK = 64
 # An instance's arguments after its tensors.
-PARAMS = ("batch", "heads", "mask_batch_stride", "mask_head_stride", "mask_query_stride",
-          "scale")
+PARAMS = ("batch", "heads", "kv_heads", "head_dim", "q_layout", "k_layout", "v_layout",
+          "out_layout", "mask_batch_stride", "mask_head_stride", "mask_query_stride",
+          "causal_offset", "scale")
+PROJECTED = ("bsh",) * 4  # [batch, seq, heads * head_dim]: Q, K, V and out as projections write
 _MASK_TYPES = {"nomask": "void", "f16mask": "half", "f32mask": "float"}
 
 
@@ -65,6 +72,13 @@ class AttentionGeometry:
     scale: float
     mask_shape: tuple[int, ...] | None  # broadcast to [batch, heads, seq_q, seq_k]; None: no mask
     mask_dtype: str | None  # "float16" or "float32"
+    kv_heads: int = 0  # K and V heads (grouped-query attention); 0: as many as Q
+    causal: int | None = None  # keys after query + causal are hidden; None: no causal mask
+    layouts: tuple[str, ...] = PROJECTED  # memory order of b, h, s in Q, K, V and the output
+
+    @property
+    def groups(self) -> int:
+        return self.heads // (self.kv_heads or self.heads)
 
     @property
     def mask_strides(self) -> tuple[int, int, int]:
@@ -89,68 +103,69 @@ class Attention(Op):
     roles = ("q", "k", "v", "mask")
     geometry_type = AttentionGeometry
 
-    def patterns(self) -> list[Pattern]:
-        """Attention as mixed precision leaves it: heads split (reshape, permute), scores =
-        Q @ K^T cast to fp16, scaled (multiply or divide by a constant), masked (an add, in fp16
-        or after the cast to fp32 the softmax runs in), softmax, cast, @ V, cast, heads merged."""
-        from tvm.relax.dpl.pattern import is_op, wildcard
+    def canonicalize(self, mod):
+        return attention_forms.canonicalize(mod)
 
-        def heads(x):
-            return is_op("relax.permute_dims")(is_op("relax.reshape")(x, wildcard()))
+    def patterns(self) -> list[Pattern]:
+        """The canonical form `attention_forms` writes: each of Q, K, V a permuted reshape of the
+        tensor it is read from (K and V maybe repeated for grouped heads), scores = Q K^T in
+        fp32, maybe scaled, maybe a constant causal mask and an additive mask (maybe cast) added,
+        softmax, cast, @ V, cast, and the result permuted and reshaped into its tensor."""
+        from tvm.relax.dpl.pattern import is_const, is_op, wildcard
+
+        def heads(role, notes, grouped):
+            notes[role] = wildcard()
+            x = is_op("relax.permute_dims")(is_op("relax.reshape")(notes[role], wildcard()))
+            if grouped:
+                x = is_op("relax.reshape")(is_op("relax.broadcast_to")(
+                    is_op("relax.expand_dims")(x), wildcard()), wildcard())
+            return x
 
         out = []
-        for scale in ("multiply", "divide", None):
-            for mask in ("fp16", "fp32", None):
-                notes = {role: wildcard() for role in ("q", "k", "v")}
-                for role in ("q", "k", "v"):
-                    notes[f"{role}_heads"] = heads(notes[role])
-                notes["scores"] = is_op("relax.matmul")(notes["q_heads"], notes["k_heads"])
-                x = is_op("relax.astype")(notes["scores"])
-                if scale:
-                    notes["scale"] = wildcard()
-                    x = is_op(f"relax.{scale}")(x, notes["scale"])
-                if mask:
-                    notes["mask"] = wildcard()
-                x = relax_match.add(x, notes["mask"]) if mask == "fp16" else x
-                x = is_op("relax.astype")(x)
-                x = relax_match.add(x, notes["mask"]) if mask == "fp32" else x
-                notes["softmax"] = is_op("relax.nn.softmax")(x)
-                notes["context"] = is_op("relax.matmul")(
-                    is_op("relax.astype")(notes["softmax"]), notes["v_heads"])
-                notes["merged"] = is_op("relax.permute_dims")(
-                    is_op("relax.astype")(notes["context"]))
-                x = is_op("relax.reshape")(notes["merged"], wildcard())
-                name = f"attention_{scale or 'unscaled'}_{mask or 'unmasked'}"
-                out.append(Pattern(name, x, notes, _check, name.count("_")))
+        for scaled, causal, mask, grouped in itertools.product(
+                (True, False), (True, False), ("cast", "fp", None), (True, False)):
+            notes = {}
+            q = heads("q", notes, False)
+            k = is_op("relax.permute_dims")(heads("k", notes, grouped))
+            x = is_op("relax.matmul")(q, k)
+            if scaled:
+                notes["scale"] = is_const()
+                x = is_op("relax.multiply")(x, notes["scale"])
+            if causal:
+                notes["causal"] = is_const()
+                x = is_op("relax.add")(x, notes["causal"])
+            if mask:
+                notes["mask"] = wildcard()
+                addend = is_op("relax.astype")(notes["mask"]) if mask == "cast" else notes["mask"]
+                x = is_op("relax.add")(x, addend)
+            p = is_op("relax.astype")(is_op("relax.nn.softmax")(x))
+            context = is_op("relax.astype")(is_op("relax.matmul")(p, heads("v", notes, grouped)))
+            x = is_op("relax.reshape")(is_op("relax.permute_dims")(context), wildcard())
+            name = "_".join(["attention", "scaled" if scaled else "unscaled",
+                             *(["causal"] if causal else []), f"{mask or 'no'}mask",
+                             *(["grouped"] if grouped else [])])
+            out.append(Pattern(name, x, notes, functools.partial(_check, causal=causal, mask=mask),
+                               name.count("_") + (mask == "cast"), (causal, mask)))
         return out
 
     def layer(self, match: Match) -> Layer:
-        """The notes found again by position in the outlined function."""
-        values = match.bindings
-
-        def producer(var):
-            return values.get(var, var)
-
-        scores, context = match.calls("relax.matmul")
-        notes = {"q_heads": producer(scores.args[0]), "k_heads": producer(scores.args[1]),
-                 "v_heads": producer(context.args[1])}
-        for role in "qkv":
-            notes[role] = producer(notes[f"{role}_heads"].args[0]).args[0]
-        (notes["softmax"],) = match.calls("relax.nn.softmax")
-        for scaling in match.calls("relax.multiply") + match.calls("relax.divide"):
-            notes["scale"] = scaling.args[1]
-        for add in match.calls("relax.add"):
-            notes["mask"] = next(a for a in add.args if a in match.params)
-        for permute in match.calls("relax.permute_dims"):
-            if producer(permute.args[0]).op.name == "relax.astype":
-                notes["merged"] = permute
-        args = {role: match.params[notes[role]] for role in self.roles if role in notes}
-        return Layer(self, geometry(notes, values), args)
+        """The canonical form read again in the outlined function."""
+        parts = _parts(_root(match.bindings), match.bindings, *match.pattern.variant)
+        args = {role: match.params[parts[role]] for role in self.roles if role in parts}
+        return Layer(self, geometry(parts, match.bindings), args)
 
     def key(self, g: AttentionGeometry) -> str:
         mask = "x".join(map(str, g.mask_shape)) if g.mask_shape else "none"
-        return (f"attention_f16_{g.batch}x{g.heads}x{g.seq_q}x{g.seq_k}x{g.head_dim}"
-                f"_mask_{g.mask_kind}_{mask}")
+        key = (f"attention_f16_{g.batch}x{g.heads}x{g.seq_q}x{g.seq_k}x{g.head_dim}"
+               f"_mask_{g.mask_kind}_{mask}")
+        # Features BERT-style attention never had extend the key it has always had.
+        if g.groups > 1:
+            key += f"_kvheads{g.kv_heads}"
+        if g.causal is not None:
+            key += f"_causal{g.causal}"
+        if g.layouts != PROJECTED:
+            key += "_layout" + "".join(g.layouts)
+        return key
 
     def catalogue(self, g: AttentionGeometry) -> tuple[AttentionTactic, ...]:
         return CATALOGUE
@@ -166,12 +181,13 @@ class Attention(Op):
         return AttentionTactic.parse(name)
 
     def instance(self, g: AttentionGeometry, t: AttentionTactic, arch: str) -> Instance:
-        symbol = f"tvmopt_attention_{g.mask_kind}_{t.name}"
+        causal = g.causal is not None
+        symbol = f"tvmopt_attention_{g.mask_kind}{'_causal' if causal else ''}_{t.name}"
         masked = g.mask_kind != "nomask"
         tensors = tensor_params(("q", "k", "v", *(("mask",) if masked else ())))
         ints = ", ".join(f"int64_t {p}" for p in PARAMS[:-1])
         config = (f"tvmopt::attention::Config<{t.warps}, {t.key_block}, "
-                  f"{_MASK_TYPES[g.mask_kind]}>")
+                  f"{_MASK_TYPES[g.mask_kind]}, {str(causal).lower()}>")
         return Instance(symbol, instantiation(symbol, "attention.cuh", __name__, f"""
 using Config = {config};
 static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "out"))}) {{
@@ -180,7 +196,9 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
 }}"""))
 
     def params(self, g: AttentionGeometry) -> tuple[int | float, ...]:
-        values = (g.batch, g.heads, *g.mask_strides, g.scale)
+        codes = [int("".join(str("bhs".index(a)) for a in order)) for order in g.layouts]
+        values = (g.batch, g.heads, g.kv_heads or g.heads, g.head_dim, *codes, *g.mask_strides,
+                  g.causal or 0, g.scale)
         assert len(values) == len(PARAMS)
         return values
 
@@ -190,16 +208,20 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
     def describe(self, g: AttentionGeometry) -> str:
         mask = (f", {g.mask_kind[:3]} mask {'x'.join(map(str, g.mask_shape))}"
                 if g.mask_shape else "")
+        mask += f", causal (offset {g.causal})" if g.causal is not None else ""
+        mask += f", {g.kv_heads} K/V heads" if g.groups > 1 else ""
+        mask += f", layouts {'/'.join(g.layouts)}" if g.layouts != PROJECTED else ""
         return (f"attention {g.batch}x{g.heads} heads, {g.seq_q}x{g.seq_k} x {g.head_dim}, "
                 f"scale {g.scale:g}{mask}")
 
     def inputs(self, g: AttentionGeometry, args: dict, rng) -> dict[str, np.ndarray]:
-        """q, k, v as the projections write them and, for a masked layer, an additive mask of
-        the layer's shape that hides the last quarter of the keys."""
-        hidden = g.heads * g.head_dim
-        arrays = {"q": rng.standard_normal((g.batch, g.seq_q, hidden)).astype(np.float16),
-                  "k": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16),
-                  "v": rng.standard_normal((g.batch, g.seq_k, hidden)).astype(np.float16)}
+        """q, k, v in the memory order of the layer's layouts and, for a masked layer, an
+        additive mask of the layer's shape that hides the last quarter of the keys."""
+        kv = g.kv_heads or g.heads
+        arrays = {role: rng.standard_normal(_in_memory(order, g.batch, heads, seq, g.head_dim))
+                  .astype(np.float16) for role, order, heads, seq in (
+                      ("q", g.layouts[0], g.heads, g.seq_q), ("k", g.layouts[1], kv, g.seq_k),
+                      ("v", g.layouts[2], kv, g.seq_k))}
         if g.mask_shape is not None:
             mask = np.zeros(g.mask_shape, np.float32)
             mask[..., g.seq_k - g.seq_k // 4:] = -65504.0
@@ -207,66 +229,141 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         return arrays
 
     def output_shape(self, g: AttentionGeometry) -> tuple[int, ...]:
-        return g.batch, g.seq_q, g.heads * g.head_dim
+        return _in_memory(g.layouts[3], g.batch, g.heads, g.seq_q, g.head_dim)
 
     def reference(self, g: AttentionGeometry, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """softmax(scale * Q K^T + mask) V per batch and head, in fp32, heads merged again."""
-        def heads(x):
-            return x.astype(np.float32).reshape(g.batch, -1, g.heads,
-                                                g.head_dim).transpose(0, 2, 1, 3)
+        """softmax(scale * Q K^T + mask) V per batch and head in fp32, K/V heads repeated for
+        grouped heads, written in the output's memory order."""
+        def bhsd(role, order):
+            x = arrays[role].astype(np.float32)
+            x = x.reshape(*x.shape[:2], -1, g.head_dim) if order == "bsh" else x
+            return x.transpose([order.index(a) for a in "bhs"] + [3])
 
-        scores = heads(arrays["q"]) @ heads(arrays["k"]).transpose(0, 1, 3, 2) * g.scale
+        q = bhsd("q", g.layouts[0])
+        k, v = (np.repeat(bhsd(r, o), g.groups, axis=1)
+                for r, o in (("k", g.layouts[1]), ("v", g.layouts[2])))
+        scores = q @ k.transpose(0, 1, 3, 2) * g.scale
         if "mask" in arrays:
             mask = arrays["mask"].astype(np.float32)
             scores = scores + mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        if g.causal is not None:
+            rows, cols = np.indices((g.seq_q, g.seq_k))
+            scores = np.where(cols > rows + g.causal, -np.inf, scores)
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs = scores / scores.sum(axis=-1, keepdims=True)
-        return (probs @ heads(arrays["v"])).transpose(0, 2, 1, 3).reshape(arrays["q"].shape)
+        out = (probs @ v).transpose(["bhs".index(a) for a in g.layouts[3]] + [3])
+        return out.reshape(self.output_shape(g))
 
 
-def _check(context) -> bool:
+def _in_memory(order: str, batch: int, heads: int, seq: int, dim: int) -> tuple[int, ...]:
+    """The shape of a tensor holding [b, h, s, d] in memory order `order` ([b, s, h * d] for the
+    projections' order)."""
+    if order == "bsh":
+        return batch, seq, heads * dim
+    sizes = {"b": batch, "h": heads, "s": seq}
+    return (*(sizes[a] for a in order), dim)
+
+
+def _check(context, causal: bool, mask: str | None) -> bool:
     if relax_match.leaks(context):
         return False
     try:
-        g = geometry(context.annotated_expr, context.matched_bindings)
+        parts = _parts(context.matched_expr, context.matched_bindings, causal, mask)
+        g = geometry(parts, context.matched_bindings)
     except ValueError:
         return False
     return g is not None and relax_match.dtype(context.matched_expr) == "float16"
 
 
-def geometry(notes, bindings) -> AttentionGeometry | None:
+def _root(bindings):
+    """The value no other binding reads: the outlined function's result."""
+    used = {a for value in bindings.values() for a in getattr(value, "args", ())}
+    (root,) = [value for var, value in bindings.items()
+               if var not in used and getattr(getattr(value, "op", None), "name", "")
+               == "relax.reshape"]
+    return root
+
+
+def _parts(root, bindings, causal: bool, mask: str | None) -> dict:
+    """The pieces of the canonical form below its final reshape: the tensors by role, the scale
+    and causal constants, and the calls that say how each tensor is laid out."""
+    def value(expr):
+        return bindings.get(expr, expr)
+
+    def heads(x, role):
+        grouped = None
+        if value(x).op.name == "relax.reshape" and value(value(x).args[0]).op.name == \
+                "relax.broadcast_to":
+            grouped = value(x)
+            x = value(value(grouped.args[0]).args[0]).args[0]
+        permute = value(x)
+        reshape = value(permute.args[0])
+        return {role: reshape.args[0], f"{role}_permute": permute, f"{role}_grouped": grouped,
+                f"{role}_heads": x}
+
+    parts = {"out_permute": value(root.args[0])}
+    context = value(value(parts["out_permute"].args[0]).args[0])
+    probs = value(value(context.args[0]).args[0])
+    parts["softmax"] = probs
+    parts.update(heads(context.args[1], "v"))
+    x = value(probs.args[0])
+    if mask:
+        addend = x.args[1]
+        parts["mask"] = value(addend).args[0] if mask == "cast" else addend
+        x = value(x.args[0])
+    if causal:
+        parts["causal"] = x.args[1]
+        x = value(x.args[0])
+    if x.op.name == "relax.multiply":
+        parts["scale"] = x.args[1]
+        x = value(x.args[0])
+    parts.update(heads(x.args[0], "q"))
+    parts.update(heads(value(x.args[1]).args[0], "k"))
+    return parts
+
+
+def geometry(parts, bindings) -> AttentionGeometry | None:
     """The geometry of a matched attention the kernel can run, else None (ValueError where a
     shape is dynamic)."""
     shape, dtype = relax_match.static_shape, relax_match.dtype
-    q_heads, k_heads, v_heads = (notes[f"{r}_heads"] for r in "qkv")
-    b, h, sq, d = shape(q_heads)
-    sk = shape(k_heads)[3]
-    axes = {r: [int(a) for a in notes[f"{r}_heads"].attrs.axes] for r in "qkv"}
-    split = [b, -1, h, d]  # each of q, k, v is [batch, seq, heads * head_dim] in memory
-    if (axes != {"q": [0, 2, 1, 3], "k": [0, 2, 3, 1], "v": [0, 2, 1, 3]}
-            or [int(a) for a in notes["merged"].attrs.axes] != [0, 2, 1, 3]
-            or int(notes["softmax"].attrs.axis) not in (-1, 3) or d not in HEAD_DIMS
-            or shape(k_heads) != (b, h, d, sk) or shape(v_heads) != (b, h, sk, d)
-            or any(dtype(notes[r]) != "float16" for r in "qkv")):
+    b, h, sq, d = shape(parts["q_heads"])
+    _, kv, sk, _ = shape(parts["k_heads"])
+    if (d not in HEAD_DIMS or int(parts["softmax"].attrs.axis) not in (-1, 3)
+            or shape(parts["v_heads"]) != (b, kv, sk, d) or h % kv
+            or any(dtype(parts[r]) != "float16" for r in "qkv")
+            or (parts["k_grouped"] is None) != (parts["v_grouped"] is None)
+            or (parts["k_grouped"] is None) != (kv == h)):
         return None
-    for r in "qkv":
-        in_memory = shape(notes[f"{r}_heads"].args[0])
-        if [in_memory[0], -1, *in_memory[2:]] != split or shape(notes[r])[-1] != h * d:
+    layouts = []
+    for role in "qkv":
+        axes = [int(a) for a in parts[f"{role}_permute"].attrs.axes]
+        if axes[3] != 3:
             return None
+        layouts.append("".join("bhs"[axes.index(j)] for j in range(3)))
+    axes = [int(a) for a in parts["out_permute"].attrs.axes]
+    if axes[3] != 3:
+        return None
+    layouts.append("".join("bhs"[axes[j]] for j in range(3)))
     scale = 1.0
-    if "scale" in notes:
-        c = relax_match.scalar(notes["scale"], bindings)
-        if not c or c < 0:  # the kernel starts its scores from mask / scale
+    if "scale" in parts:
+        scale = relax_match.scalar(parts["scale"], bindings)
+        if not scale or scale < 0:  # the kernel starts its scores from mask / scale
             return None
-        scale = c if relax_match.consumer(bindings, notes["scale"]) == "relax.multiply" else 1 / c
+    causal = None
+    if "causal" in parts:
+        causal = attention_forms.causal_offset(
+            relax_match.constant_value(parts["causal"], bindings), sq, sk)
+        if causal is None:
+            return None
     mask_shape = mask_dtype = None
-    if "mask" in notes:
-        mask_shape, mask_dtype = shape(notes["mask"]), dtype(notes["mask"])
+    if "mask" in parts:
+        mask_shape, mask_dtype = shape(parts["mask"]), dtype(parts["mask"])
         full = (1,) * (4 - len(mask_shape)) + mask_shape
         if (len(mask_shape) > 4 or full[3] != sk or mask_dtype not in ("float16", "float32")
                 or any(m not in (1, want) for m, want in zip(full, (b, h, sq, sk)))):
             return None
-    return AttentionGeometry(b, h, sq, sk, d, scale, mask_shape, mask_dtype)
+    return AttentionGeometry(b, h, sq, sk, d, scale, mask_shape, mask_dtype,
+                             kv if kv != h else 0, causal, tuple(layouts))
 
 
 OP = Attention()

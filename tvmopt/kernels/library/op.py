@@ -10,6 +10,7 @@ reference, `inspect` for a description. Nothing else branches on which op a laye
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -17,6 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .instance import Instance
+
+# A size token of a layer key: numbers joined by "x", each maybe tagged by one letter (128x768x1,
+# k256r3s3, p1x1x1x1). A single tagged number (f16) is a dtype: part of the kind.
+_SIZES = re.compile(r"[a-z]?\d+(?:x?[a-z]?\d+)*")
+_DTYPE = re.compile(r"[a-z]\d+")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,11 @@ class Op:
 
     # -- matching: the graph pass
 
+    def canonicalize(self, mod):
+        """`mod` with this op's layers written the way its patterns match them (exporters write
+        one computation in many ways), before any op's patterns are tried; by default as is."""
+        return mod
+
     def patterns(self) -> list[Pattern]:
         """The Relax patterns (after mixed precision, before legalisation) this op runs."""
         raise NotImplementedError
@@ -83,6 +94,21 @@ class Op:
     def parse_tactic(self, name: str):
         """The tactic of a tactic record's name."""
         raise NotImplementedError
+
+    def features(self, key: str) -> tuple[str, tuple[int, ...]]:
+        """(kind, sizes) of a layer key, all a tactic record says of its layer: an unmeasured
+        layer takes its tactic from the nearest measured layer of its kind (`tactic_model`). By
+        default the key's size tokens (GEMM sizes, conv dims, padding, attention's batch, heads,
+        sequences and head size) are the sizes, and the rest of it (the op, dtype, layout,
+        epilogue, mask kind, the number of dims) the kind."""
+        kind, sizes = [], []
+        for token in key.split("_"):
+            if _SIZES.fullmatch(token) and not _DTYPE.fullmatch(token):
+                kind.append(re.sub(r"\d+", "#", token))
+                sizes += [int(v) for v in re.findall(r"\d+", token)]
+            else:
+                kind.append(token)
+        return "_".join(kind), tuple(sizes)
 
     def instance(self, geometry, tactic, arch: str) -> Instance:
         """The instance that runs this layer with `tactic`: its symbol and its instantiation of

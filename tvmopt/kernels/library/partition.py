@@ -36,6 +36,8 @@ def partition_pass():
         # Variants of one pattern (with and without a cast) share its name and its meaning.
         by_name = {p.name: (op, p) for op, p in ordered}
         mod = relax.transform.FoldConstant()(mod)
+        for op in registry.OPS:
+            mod = op.canonicalize(mod)
         mod = relax.transform.FuseOpsByPattern(
             [(_PREFIX + p.name, p.pattern, p.annotations, p.check) for _, p in ordered],
             bind_constants=False, annotate_codegen=False)(mod)

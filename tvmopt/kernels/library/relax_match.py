@@ -62,6 +62,16 @@ def scalar(expr, bindings) -> float | None:
     return scalar_constant(expr)
 
 
+def constant_value(expr, bindings):
+    """The array of a constant (seen through the parameter or variable it is bound to)."""
+    import tvm
+
+    expr = bindings.get(expr, expr)
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        raise ValueError("not a constant")
+    return expr.value.numpy()
+
+
 def close(found: float | None, value: float) -> bool:
     return found is not None and abs(found - value) <= 1e-3 * value
 

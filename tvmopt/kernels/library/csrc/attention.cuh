@@ -8,6 +8,11 @@
 // warp's lanes, P in fp16 back through tensor cores into an fp32 accumulator rescaled as the max
 // moves. The mask is additive, fp16 or fp32, any shape that broadcasts to
 // [batch, heads, seq_q, seq_k] with the keys contiguous (its strides say how it broadcasts).
+// A causal instance generates its mask (key > query + offset is hidden) and skips the key blocks
+// wholly above the diagonal. Each of Q, K, V and the output is read in the layout its producer
+// wrote (batch, heads and sequence in any order, the head dimension innermost: a Layout), and
+// K and V may have fewer heads than Q (grouped-query attention: head h reads K/V head
+// h / (heads / kv_heads), never a copy). Batch and sequence lengths are runtime arguments.
 #pragma once
 #include <cfloat>
 #include <mutex>
@@ -23,15 +28,22 @@ namespace attention {
 using namespace nvcuda;
 
 // A tactic: Warps warps of 16 query rows per CTA, KeyBlock keys per step; Mask is the additive
-// mask's element type (half or float), void for none.
-template <int Warps, int KeyBlock, class Mask>
+// mask's element type (half or float), void for none; Causal generates the causal mask.
+template <int Warps, int KeyBlock, class Mask, bool Causal = false>
 struct Config {
   static constexpr int kWarps = Warps;
   static constexpr int kRows = 16 * Warps;  // query rows per CTA
   static constexpr int kKeys = KeyBlock;    // keys per step
   static constexpr int kThreads = 32 * Warps;
   static constexpr bool kMasked = !std::is_void_v<Mask>;
+  static constexpr bool kCausal = Causal;
   using MaskT = std::conditional_t<kMasked, Mask, float>;
+};
+
+// Where a [batch, heads, seq, D] tensor's rows are: element strides of batch, head and sequence
+// (the head dimension is contiguous).
+struct Layout {
+  int64_t batch, head, seq;
 };
 
 template <class C, int D>
@@ -71,8 +83,9 @@ __device__ __forceinline__ void LoadRows(half* dst, const half* x, int64_t row_s
 template <class C, int D>
 __global__ void __launch_bounds__(C::kThreads) Attention(
     const half* __restrict__ q, const half* __restrict__ k, const half* __restrict__ v,
-    const typename C::MaskT* __restrict__ mask, half* __restrict__ out, int H, int Sq, int Sk, float scale,
-    int64_t mask_sb, int64_t mask_sh, int64_t mask_sq) {
+    const typename C::MaskT* __restrict__ mask, half* __restrict__ out, int H, int group, int Sq,
+    int Sk, float scale, int64_t mask_sb, int64_t mask_sh, int64_t mask_sq, int causal_offset,
+    Layout ql, Layout kl, Layout vl, Layout ol) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using S = Smem<C, D>;
   half* qs = reinterpret_cast<half*>(smem_raw);
@@ -82,16 +95,15 @@ __global__ void __launch_bounds__(C::kThreads) Attention(
   float* ss = reinterpret_cast<float*>(vs + C::kKeys * S::kLd) + warp * 16 * S::kSLd;
   half* ps = reinterpret_cast<half*>(reinterpret_cast<float*>(vs + C::kKeys * S::kLd)
                                      + C::kWarps * 16 * S::kSLd) + warp * 16 * S::kPLd;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * C::kRows;
-  const int64_t row_stride = int64_t(H) * D;
-  const half* qb = q + int64_t(b) * Sq * row_stride + h * D;
-  const half* kb = k + int64_t(b) * Sk * row_stride + h * D;
-  const half* vb = v + int64_t(b) * Sk * row_stride + h * D;
-  LoadRows<C, D, C::kRows>(qs, qb, row_stride, q0, Sq);
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * C::kRows, hk = h / group;
+  const half* qb = q + b * ql.batch + h * ql.head;
+  const half* kb = k + b * kl.batch + hk * kl.head;
+  const half* vb = v + b * vl.batch + hk * vl.head;
+  LoadRows<C, D, C::kRows>(qs, qb, ql.seq, q0, Sq);
 
   // Each lane owns columns lane + 32 * c of all 16 of its warp's rows: every shared-memory access
   // hits 32 banks once, and the mask and output rows are read and written coalesced.
-  constexpr int kKeyCols = C::kKeys / 32, kOutCols = D / 32;
+  constexpr int kKeyCols = C::kKeys / 32, kOutCols = (D + 31) / 32;
   const int row0 = q0 + warp * 16;
   const typename C::MaskT* mbase = C::kMasked ? mask + b * mask_sb + h * mask_sh : nullptr;
   const float inv_scale = 1.f / scale;
@@ -104,10 +116,12 @@ __global__ void __launch_bounds__(C::kThreads) Attention(
     for (int c = 0; c < kOutCols; ++c) acc[rr][c] = 0.f;
   }
 
-  for (int key0 = 0; key0 < Sk; key0 += C::kKeys) {
+  // A causal CTA stops after the last key its last query row sees.
+  const int key_end = C::kCausal ? min(Sk, q0 + C::kRows + causal_offset) : Sk;
+  for (int key0 = 0; key0 < key_end; key0 += C::kKeys) {
     __syncthreads();  // the previous step is done with K and V
-    LoadRows<C, D, C::kKeys>(ks, kb, row_stride, key0, Sk);
-    LoadRows<C, D, C::kKeys>(vs, vb, row_stride, key0, Sk);
+    LoadRows<C, D, C::kKeys>(ks, kb, kl.seq, key0, Sk);
+    LoadRows<C, D, C::kKeys>(vs, vb, vl.seq, key0, Sk);
     // The scores start from mask / scale (-inf past the keys), so the MMA adds the mask.
 #pragma unroll
     for (int rr = 0; rr < 16; ++rr) {
@@ -115,8 +129,9 @@ __global__ void __launch_bounds__(C::kThreads) Attention(
 #pragma unroll
       for (int c = 0; c < kKeyCols; ++c) {
         const int key = key0 + lane + 32 * c;
+        const bool hidden = key >= Sk || (C::kCausal && key > row0 + rr + causal_offset);
         ss[rr * S::kSLd + lane + 32 * c] =
-            key >= Sk ? -INFINITY : C::kMasked ? float(mrow[key]) * inv_scale : 0.f;
+            hidden ? -INFINITY : C::kMasked ? float(mrow[key]) * inv_scale : 0.f;
       }
     }
     __syncthreads();
@@ -184,17 +199,21 @@ __global__ void __launch_bounds__(C::kThreads) Attention(
 #pragma unroll
     for (int rr = 0; rr < 16; ++rr) {
 #pragma unroll
-      for (int c = 0; c < kOutCols; ++c) acc[rr][c] += ss[rr * S::kSLd + lane + 32 * c];
+      for (int c = 0; c < kOutCols; ++c) {
+        if (lane + 32 * c < D) acc[rr][c] += ss[rr * S::kSLd + lane + 32 * c];
+      }
     }
     __syncwarp();
   }
 #pragma unroll
   for (int rr = 0; rr < 16; ++rr) {
     if (row0 + rr < Sq) {
-      half* o = out + (int64_t(b) * Sq + row0 + rr) * row_stride + h * D + lane;
+      half* o = out + b * ol.batch + h * ol.head + (row0 + rr) * ol.seq + lane;
       const float inv = 1.f / row_sum[rr];
 #pragma unroll
-      for (int c = 0; c < kOutCols; ++c) o[32 * c] = __float2half(acc[rr][c] * inv);
+      for (int c = 0; c < kOutCols; ++c) {
+        if (lane + 32 * c < D) o[32 * c] = __float2half(acc[rr][c] * inv);
+      }
     }
   }
 }
@@ -220,53 +239,93 @@ void OptInSharedMemory(const char* symbol) {
   }
 }
 
+// The shapes and layouts of one call, as Run reads them from its arguments.
+struct Problem {
+  int batch, heads, kv_heads, seq_q, seq_k, head_dim;
+  int64_t mask_sb, mask_sh, mask_sq;
+  int causal_offset;
+  float scale;
+  Layout q, k, v, out;
+};
+
 template <class C, int D>
 void Launch(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
             tvm::ffi::TensorView v, const typename C::MaskT* mask, tvm::ffi::TensorView out,
-            int B, int H, int Sq, int Sk, float scale, int64_t sb, int64_t sh, int64_t sq) {
+            const Problem& p) {
   OptInSharedMemory<C, D>(symbol);
-  dim3 grid((Sq + C::kRows - 1) / C::kRows, H, B);
+  dim3 grid((p.seq_q + C::kRows - 1) / C::kRows, p.heads, p.batch);
   Attention<C, D><<<grid, C::kThreads, Smem<C, D>::kBytes, StreamOf(q)>>>(
       static_cast<const half*>(q.data_ptr()), static_cast<const half*>(k.data_ptr()),
-      static_cast<const half*>(v.data_ptr()), mask, static_cast<half*>(out.data_ptr()), H, Sq,
-      Sk, scale, sb, sh, sq);
+      static_cast<const half*>(v.data_ptr()), mask, static_cast<half*>(out.data_ptr()), p.heads,
+      p.heads / p.kv_heads, p.seq_q, p.seq_k, p.scale, p.mask_sb, p.mask_sh, p.mask_sq,
+      p.causal_offset, p.q, p.k, p.v, p.out);
   TVMOPT_CUDA_OK(symbol, cudaGetLastError());
 }
 
 // The launch for the head dimension found, among those instantiated (HeadDims).
 template <class C, int... HeadDims>
-void Dispatch(const char* symbol, int D, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
+void Dispatch(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
               tvm::ffi::TensorView v, const typename C::MaskT* mask, tvm::ffi::TensorView out,
-              int B, int H, int Sq, int Sk, float scale, int64_t sb, int64_t sh, int64_t sq) {
-  const bool launched = ((D == HeadDims &&
-                          (Launch<C, HeadDims>(symbol, q, k, v, mask, out, B, H, Sq, Sk, scale,
-                                               sb, sh, sq), true)) || ...);
+              const Problem& p) {
+  const bool launched = ((p.head_dim == HeadDims &&
+                          (Launch<C, HeadDims>(symbol, q, k, v, mask, out, p), true)) || ...);
   if (!launched) {
     std::string dims;
     ((dims += (dims.empty() ? "" : ", ") + std::to_string(HeadDims)), ...);
-    TVM_FFI_THROW(ValueError) << symbol << ": head dimension " << D << " is not one of " << dims;
+    TVM_FFI_THROW(ValueError) << symbol << ": head dimension " << p.head_dim << " is not one of "
+                              << dims;
   }
 }
 
-// q [B, Sq, H * D], k and v [B, Sk, H * D] (or [B * S, H * D]), out like q, row-major; `mask`
-// is null for an unmasked instance; its strides are in elements, 0 where it broadcasts.
+// The strides of a contiguous tensor holding [batch, heads, seq, dim] in the memory order
+// `order` names: three digits, outermost first, of batch (0), heads (1) and sequence (2), the
+// head dimension innermost: 21 (021) is [b, s, h, d] as the projections write it, 12 (012) is
+// [b, h, s, d], 201 is [s, b, h, d] (torch.nn.MultiheadAttention's sequence-first tensors).
+inline Layout LayoutOf(const char* symbol, int64_t order, int64_t batch, int64_t heads,
+                       int64_t seq, int64_t dim) {
+  const int64_t sizes[3] = {batch, heads, seq};
+  int64_t strides[3] = {0, 0, 0}, step = dim;
+  const int axes[3] = {int(order / 100), int(order / 10 % 10), int(order % 10)};
+  for (int i = 2; i >= 0; --i) {
+    TVM_FFI_ICHECK(axes[i] >= 0 && axes[i] < 3 && strides[axes[i]] == 0)
+        << symbol << ": layout " << order << " is not an order of batch, heads and sequence";
+    strides[axes[i]] = step;
+    step *= sizes[axes[i]];
+  }
+  return {strides[0], strides[1], strides[2]};
+}
+
+// q [B, Sq, H, D] and out like it, k and v [B, Sk, Hkv, D] (any shape of that many elements),
+// each in the memory order its layout code names (LayoutOf); `mask` is null for an unmasked
+// instance, its strides in elements, 0 where it broadcasts. Sequence lengths come from the
+// tensors' sizes, so one instance serves every batch and sequence length.
 template <class C, int... HeadDims>
 void Run(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
          tvm::ffi::TensorView v, const tvm::ffi::TensorView* mask, int64_t batch, int64_t heads,
-         int64_t mask_batch_stride, int64_t mask_head_stride, int64_t mask_query_stride,
+         int64_t kv_heads, int64_t head_dim, int64_t q_layout, int64_t k_layout,
+         int64_t v_layout, int64_t out_layout, int64_t mask_batch_stride,
+         int64_t mask_head_stride, int64_t mask_query_stride, int64_t causal_offset,
          double scale, tvm::ffi::TensorView out) {
-  const int B = int(batch), H = int(heads);
-  const int hidden = q.size(q.ndim() - 1);
-  TVM_FFI_ICHECK(k.size(k.ndim() - 1) == hidden && v.numel() == k.numel() &&
+  TVM_FFI_ICHECK(batch > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0)
+      << symbol << ": " << heads << " heads cannot share " << kv_heads << " K/V heads";
+  TVM_FFI_ICHECK(q.numel() % (batch * heads * head_dim) == 0 &&
+                 k.numel() % (batch * kv_heads * head_dim) == 0 && v.numel() == k.numel() &&
                  out.numel() == q.numel())
-      << symbol << ": q, k, v and out must be [batch, seq, heads * head_dim]";
-  const int Sq = q.numel() / (int64_t(B) * hidden);
-  const int Sk = k.numel() / (int64_t(B) * hidden);
-  TVM_FFI_ICHECK(hidden % H == 0) << symbol << ": " << hidden << " is not " << H << " heads";
+      << symbol << ": q, k, v and out do not hold [batch, seq, heads, " << head_dim << "]";
+  Problem p;
+  p.batch = int(batch), p.heads = int(heads), p.kv_heads = int(kv_heads);
+  p.head_dim = int(head_dim);
+  p.seq_q = int(q.numel() / (batch * heads * head_dim));
+  p.seq_k = int(k.numel() / (batch * kv_heads * head_dim));
+  p.mask_sb = mask_batch_stride, p.mask_sh = mask_head_stride, p.mask_sq = mask_query_stride;
+  p.causal_offset = int(causal_offset), p.scale = float(scale);
+  p.q = LayoutOf(symbol, q_layout, batch, heads, p.seq_q, head_dim);
+  p.k = LayoutOf(symbol, k_layout, batch, kv_heads, p.seq_k, head_dim);
+  p.v = LayoutOf(symbol, v_layout, batch, kv_heads, p.seq_k, head_dim);
+  p.out = LayoutOf(symbol, out_layout, batch, heads, p.seq_q, head_dim);
   const auto* mask_data =
       C::kMasked ? static_cast<const typename C::MaskT*>(mask->data_ptr()) : nullptr;
-  Dispatch<C, HeadDims...>(symbol, hidden / H, q, k, v, mask_data, out, B, H, Sq, Sk,
-                           float(scale), mask_batch_stride, mask_head_stride, mask_query_stride);
+  Dispatch<C, HeadDims...>(symbol, q, k, v, mask_data, out, p);
 }
 
 }  // namespace attention

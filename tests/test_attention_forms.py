@@ -1,0 +1,137 @@
+"""Attention in every form the exporters write becomes one kernel-library layer (Hopper, fp16):
+the pattern test per form and exporter, and the rewrite into the canonical form checked on the
+CPU, where both the exported graph and its canonical form run as TVM kernels. The kernel's own
+numerics per form, mask kind and head dim are gpu tests (tests/test_gpu.py)."""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+import attention_forms as forms
+from tvmopt import frontend, prepare, targets
+from tvmopt.graph import pipeline
+from tvmopt.kernels import library
+from tvmopt.kernels.library import attention, attention_forms
+from tvmopt.prepare import ModelOptions
+
+BATCH, SEQ, HIDDEN = 2, 32, 128
+
+
+def _shapes(form: str) -> dict:
+    shapes = {"x": (BATCH, SEQ, HIDDEN)}
+    if form in forms.PADDED:
+        shapes["attention_mask"] = (BATCH, SEQ)
+    return shapes
+
+
+def _sizes(form: str) -> dict:
+    return {"heads": 4, "kv_heads": 2} if form.startswith("llama") else {}
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("form", forms.FORMS)
+def test_every_exported_attention_form_is_one_library_layer(tmp_path, form, exporter):
+    path = forms.export(form, tmp_path / f"{form}.onnx", exporter=exporter,
+                        opset=18 if exporter == "dynamo" else 17, batch=BATCH, seq=SEQ,
+                        **_sizes(form))
+    mod = prepare.prepare(path, targets.resolve("cuda-sm90a"),
+                          ModelOptions(precision="fp16", input_shapes=_shapes(form))).mod
+    (layer,) = [l for l in library.layers(mod).values() if l.op is attention.OP]
+    g = layer.geometry
+    heads = _sizes(form).get("heads", 2)
+    assert (g.batch, g.heads, g.seq_q, g.seq_k, g.head_dim) == (BATCH, heads, SEQ, SEQ,
+                                                                HIDDEN // heads)
+    assert g.scale == pytest.approx(1.0 if form == "t5_bias" else (HIDDEN // heads) ** -0.5)
+    assert g.causal == (0 if form in forms.CAUSAL else None)  # generated, not read
+    assert (g.mask_shape is not None) == (form in forms.PADDED)
+    assert sorted(layer.args) == sorted(["q", "k", "v"] + (["mask"] if form in forms.PADDED else []))
+    # grouped K/V heads are indexed, not repeated
+    assert g.kv_heads == _sizes(form).get("kv_heads", 0)
+    # each tensor is read where its producer wrote it: rotated Q and K are [b, h, s, d],
+    # nn.MultiheadAttention's tensors are sequence-first
+    expected = {"multihead": ("sbh",) * 4}.get(form, ("bsh",) * 4)
+    if form.startswith("llama"):
+        expected = ("bhs", "bhs", "bsh", "bsh")
+    assert g.layouts == expected
+
+
+def _pre_library(path, shapes):
+    """The fp16 module as the kernel library's partition pass receives it."""
+    loaded = frontend.load(path)
+    inputs = frontend.resolve_inputs(loaded.proto, shapes)
+    loaded.proto, _ = frontend.normalize(loaded.proto, inputs)
+    mod = frontend.import_model(loaded.proto, inputs).mod
+    names = pipeline.PASS_NAMES[:pipeline.PASS_NAMES.index("partition-kernel-library")]
+    return pipeline.run_pipeline(mod, targets.resolve("host").tvm_target(),
+                                 pipeline.PipelineOptions(precision="fp16"), only=names)
+
+
+def _run_on_cpu(mod, arrays):
+    import tvm
+    from tvm import relax
+
+    target = targets.resolve("host").tvm_target()
+    mod = pipeline.run_pipeline(mod, target, pipeline.PipelineOptions(precision="fp16"),
+                                only=("legalize", "fuse"))
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
+
+
+@pytest.mark.parametrize("form", ["gpt2_eager", "t5_bias", "multihead", "llama_sdpa"])
+def test_the_canonical_form_computes_what_the_export_computes(tmp_path, form):
+    """The rewrite is exact where it must be: the canonical form, run as TVM kernels, gives the
+    exported graph's outputs (fp16 rounding apart), with padded keys."""
+    import tvm
+
+    path = forms.export(form, tmp_path / f"{form}.onnx", batch=BATCH, seq=SEQ, **_sizes(form))
+    mod = _pre_library(path, _shapes(form))
+    canonical = attention_forms.canonicalize(tvm.relax.transform.FoldConstant()(mod))
+    assert canonical["main"].script() != mod["main"].script()
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((BATCH, SEQ, HIDDEN)).astype(np.float32)]
+    if form in forms.PADDED:
+        mask = np.ones((BATCH, SEQ), np.int64)
+        mask[:, -SEQ // 4:] = 0
+        arrays.append(mask)
+    expected, found = _run_on_cpu(mod, arrays), _run_on_cpu(canonical, arrays)
+    assert np.isfinite(found).all() and np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(found, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_a_constant_mask_is_causal_only_where_it_hides_exactly_the_future():
+    rows, cols = np.indices((4, 6))
+    causal = np.where(cols > rows + 2, -65504.0, 0.0)
+    assert attention_forms.causal_offset(causal[None, None], 4, 6) == 2
+    assert attention_forms.causal_offset(np.where(cols > rows + 2, -np.inf, 0.0), 4, 6) == 2
+    leaky = causal.copy()
+    leaky[0, 5] = 0.0
+    assert attention_forms.causal_offset(leaky, 4, 6) is None
+    assert attention_forms.causal_offset(np.where(cols > rows, -1.0, 0.0), 4, 6) is None  # a bias
+    per_batch = np.stack([causal, causal])[:, None]
+    assert attention_forms.causal_offset(per_batch, 4, 6) is None  # the kernel's is one for all
+
+
+def test_attention_that_the_kernel_cannot_run_is_left_as_it_is(tmp_path):
+    """A head dimension the kernel does not instantiate (48): the exported graph stays as it
+    was, on TVM kernels."""
+    path = forms.export("sdpa_causal", tmp_path / "a.onnx", hidden=96, heads=2, batch=BATCH,
+                        seq=SEQ)
+    mod = prepare.prepare(path, targets.resolve("cuda-sm90a"), ModelOptions(
+        precision="fp16", input_shapes={"x": (BATCH, SEQ, 96)})).mod
+    assert [l.op.name for l in library.layers(mod).values()].count("attention") == 0
+
+
+def test_every_causal_and_grouped_instance_compiles_for_hopper(tmp_path, monkeypatch):
+    """A causal instance with an fp32 mask, grouped heads and rotated Q and K compiles (nvcc,
+    no GPU) with every head dimension the kernel takes."""
+    from tvmopt.kernels.library import nvcc
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path / "cache"))
+    g = attention.AttentionGeometry(1, 4, 16, 16, 64, 0.125, (1, 16), "float32", kv_heads=2,
+                                    causal=0, layouts=("bhs", "bhs", "bsh", "bsh"))
+    spec = attention.OP.instance(g, attention.CATALOGUE[0], "sm_90a")
+    assert "true>" in spec.source and "80, 96" in spec.source
+    (obj,) = nvcc.compile_all({spec.symbol: spec.source}, "sm_90a").values()
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert f"__tvm_ffi_{spec.symbol}" in symbols
