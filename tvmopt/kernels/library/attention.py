@@ -270,7 +270,7 @@ def _check(context, causal: bool, mask: str | None) -> bool:
     try:
         parts = _parts(context.matched_expr, context.matched_bindings, causal, mask)
         g = geometry(parts, context.matched_bindings)
-    except ValueError:
+    except (AttributeError, KeyError, TypeError, ValueError):  # not the canonical form
         return False
     return g is not None and relax_match.dtype(context.matched_expr) == "float16"
 

@@ -78,7 +78,12 @@ def canonicalize(mod):
     forms = {}
     for var, value in bindings.items():
         if _is_call(value, "relax.nn.softmax"):
-            form = _read(var, bindings, users)
+            try:
+                form = _read(var, bindings, users)
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                # A graph shaped unlike any exporter's: that softmax stays as it is.
+                log.debug("attention: softmax %s not read (%s)", var.name_hint, e)
+                form = None
             if form is not None:
                 forms[form.out.source] = form
     if not forms:
