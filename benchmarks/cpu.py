@@ -67,11 +67,11 @@ def compare_args(work: Path, model: str, out: Path) -> list[str]:
 
 
 def summary_row(model: str, result: dict) -> list[str]:
-    p50 = {r["runtime"]: r["p50_ms"] for r in result["results"]["rows"]}
+    p50 = {r["runtime"]: r["call_sync_p50_ms"] for r in result["results"]["rows"]}
     ort = next(v for k, v in p50.items() if k.startswith("ONNX Runtime"))
     untuned, tuned = p50.get("tvmopt untuned"), p50.get("tvmopt tuned")
     ms = lambda v: "-" if v is None else f"{v:.4f} ms"  # noqa: E731
-    ratio = lambda v: "-" if v is None else f"{v / ort:.2f}x"  # noqa: E731
+    ratio = lambda v: "-" if v is None or ort is None else f"{v / ort:.2f}x"  # noqa: E731
     return [model, ms(untuned), ms(tuned), ms(ort), ratio(untuned), ratio(tuned)]
 
 

@@ -3,8 +3,10 @@
 
 A PyTorch factory returns a module (its one input shaped by `--input-shape`) or a pair (module,
 {input name: example tensor}) when the inputs need to be realistic (token ids in range, a mask
-that masks). ResNet-50 needs torchvision and BERT-base transformers; neither is imported until
-its factory is called, so the CPU suites run without them.
+that masks). ResNet-50 needs torchvision and the transformers (BERT-base, GPT-2, ViT-B/16, CLIP's
+text encoder, a Llama-style decoder) need transformers; neither is imported until its factory is
+called, so the CPU suites run without them. Every factory builds from a config with random
+weights: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -26,26 +28,106 @@ def resnet50(batch: int = 1):
     return torchvision.models.resnet50(), {"input": torch.randn(batch, 3, 224, 224)}
 
 
+def transformer(model, inputs: dict, output: str, onnxruntime_fusion: dict):
+    """A transformers model as `compare` takes it: (module, inputs), one output tensor, positional
+    inputs in the order of `inputs`. PyTorch's rows run it with SDPA attention (transformers'
+    default); the ONNX file is exported with eager attention (`export_torch` switches it): the
+    op-by-op graph that ONNX Runtime's fusions and tvmopt's attention kernel are written for
+    (an SDPA export adds NaN guards between them). `onnxruntime_fusion` holds the arguments of
+    onnxruntime.transformers' optimize_model."""
+    import torch
+
+    class OneOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.attention = model.config._attn_implementation
+            self.onnxruntime_fusion = onnxruntime_fusion
+
+        def forward(self, *args):
+            return getattr(self.model(**dict(zip(inputs, args))), output)
+
+        def set_attention(self, name: str) -> None:
+            self.model.set_attn_implementation(name)
+            self.attention = name
+
+    model.config.use_cache = False  # no key/value cache among the outputs: one prefill
+    return OneOutput(), inputs
+
+
 def bert_base(seq: int = 128, batch: int = 1):
     """transformers' BertModel with `BertConfig()` (BERT-base: 12 layers, hidden 768), sequence
     128 with the last quarter padded, so the attention mask matters."""
     import torch
     from transformers import BertConfig, BertModel
 
-    class LastHiddenState(torch.nn.Module):  # one output tensor, as compare expects
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    config = BertConfig()
-    config._attn_implementation = "eager"  # the attention the ONNX exporters trace faithfully
-    ids = torch.randint(0, config.vocab_size, (batch, seq))
+    config = BertConfig(attn_implementation="sdpa")
     mask = torch.ones(batch, seq, dtype=torch.int64)
     mask[:, seq * 3 // 4:] = 0
-    return LastHiddenState(BertModel(config)), {"input_ids": ids, "attention_mask": mask}
+    return transformer(BertModel(config), {
+        "input_ids": torch.randint(0, config.vocab_size, (batch, seq)), "attention_mask": mask},
+        "last_hidden_state", {"model_type": "bert", "num_heads": 12, "hidden_size": 768})
+
+
+def decoder_inputs(config, batch: int, seq: int) -> dict:
+    """Token ids and an all-ones attention mask, as decoders are exported and called (without a
+    mask, transformers derives one from the position ids by `torch.diff`, which the TorchScript
+    exporter cannot export)."""
+    import torch
+
+    return {"input_ids": torch.randint(0, config.vocab_size, (batch, seq)),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.int64)}
+
+
+def gpt2_small(seq: int = 128, batch: int = 1):
+    """transformers' GPT2LMHeadModel with `GPT2Config()` (GPT-2 small: 12 layers, hidden 768),
+    causal, sequence 128: the logits."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(attn_implementation="sdpa")
+    return transformer(GPT2LMHeadModel(config), decoder_inputs(config, batch, seq), "logits",
+                       {"model_type": "gpt2", "num_heads": 12, "hidden_size": 768})
+
+
+def vit_b16(batch: int = 1):
+    """transformers' ViTForImageClassification with `ViTConfig()` (ViT-B/16, 224x224) and a
+    1000-class head, initialised at random like the rest (torchvision's ViT zero-initialises its
+    head: every output would be 0): the logits."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(num_labels=1000, attn_implementation="sdpa")
+    return transformer(ViTForImageClassification(config),
+                       {"pixel_values": torch.randn(batch, 3, 224, 224)},
+                       "logits", {"model_type": "vit", "num_heads": 12, "hidden_size": 768})
+
+
+def clip_text_b32(batch: int = 1):
+    """transformers' CLIPTextModel with `CLIPTextConfig()` (CLIP ViT-B/32's text encoder: 12
+    layers, hidden 512, causal), 77 tokens: the last hidden state."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(attn_implementation="sdpa")
+    ids = torch.randint(0, config.vocab_size, (batch, config.max_position_embeddings))
+    return transformer(CLIPTextModel(config), {"input_ids": ids}, "last_hidden_state",
+                       {"model_type": "clip", "num_heads": 8, "hidden_size": 512})
+
+
+def llama_decoder(seq: int = 512, batch: int = 1):
+    """transformers' LlamaModel, Llama-style at 0.6B parameters: 12 layers, hidden 2048, 16 query
+    and 4 key/value heads (grouped), RoPE, SwiGLU MLP of 5632, causal; a 512-token prefill: the
+    last hidden state. Its fp32 weights (2.4 GB) pass ONNX's 2 GB limit, so the export keeps
+    them in files beside the model. ONNX Runtime's fusions are called as its own Llama export
+    script calls them (model type gpt2, opt_level 0)."""
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=12,
+                         num_attention_heads=16, num_key_value_heads=4, vocab_size=32000,
+                         attn_implementation="sdpa")
+    return transformer(LlamaModel(config), decoder_inputs(config, batch, seq), "last_hidden_state",
+                       {"model_type": "gpt2", "num_heads": 16, "hidden_size": 2048,
+                        "opt_level": 0})
 
 
 def small_resnet():
@@ -105,13 +187,22 @@ def torch_model(spec: str, input_shape: str | None, batch: int | None = None):
 
 
 def export_torch(net, example: dict, path: Path) -> None:
+    """The TorchScript exporter (opset 17), as most users still export; a `transformer` module
+    with eager attention, then back to the attention it ran with."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the TorchScript exporter warns that it is the legacy one
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, tuple(example.values()), str(path), input_names=list(example),
-                          output_names=["output"], opset_version=17, dynamo=False)
+    ran_with = getattr(net, "attention", None)
+    if ran_with is not None:
+        net.set_attention("eager")
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter warns that it is the legacy one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(net, tuple(example.values()), str(path), input_names=list(example),
+                              output_names=["output"], opset_version=17, dynamo=False)
+    finally:
+        if ran_with is not None:
+            net.set_attention(ran_with)
 
 
 def conv_chain(path: Path, channels: int, size: int, depth: int = 1, *, bias: bool = False) -> Path:

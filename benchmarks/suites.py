@@ -29,8 +29,11 @@ class Suite:
 SUITES = (
     Suite("compare", "benchmarks.compare", "cpu|gpu",
           "one model through tvmopt (untuned, tuned), ONNX Runtime, PyTorch eager and "
-          "torch.compile, same inputs, same process",
+          "torch.compile, same inputs, same process, timed call + sync and pipelined",
           ("--torch", "benchmarks.models:small_resnet", "--input-shape", "1x3x64x64")),
+    Suite("transformers", "benchmarks.transformers_table", "gpu",
+          "the transformer table: BERT-base, GPT-2, ViT-B/16, CLIP text, a Llama-style decoder "
+          "through compare, fp16, one process per model, call + sync and pipelined"),
     Suite("cpu", "benchmarks.cpu", "cpu",
           "the CPU figures: export light ResNet-50, a small ResNet and a BERT-style encoder, "
           "optionally tune each, compare each against ONNX Runtime",
@@ -49,6 +52,9 @@ SUITES = (
           "MetaSchedule on one conv task"),
     Suite("warm-start", "benchmarks.warm_start", "cpu",
           "whether another model's records make a new tune converge in fewer trials"),
+    Suite("tactic-model", "benchmarks.tactic_model", "cpu",
+          "how well untuned kernel-library layers' tactics are predicted: leave-one-out regret "
+          "over the team database, against the fixed default tactics"),
     Suite("winograd-layers", "benchmarks.winograd_layers", "cpu",
           "Winograd against the direct packed conv per layer shape, and what the rule picks"),
     Suite("gemm-defaults", "benchmarks.gpu.gemm_defaults", "gpu",

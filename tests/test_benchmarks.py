@@ -220,3 +220,89 @@ def test_every_file_in_results_is_a_result_or_named_by_one():
              if not (p.suffix == ".json" or (p.suffix == ".md" and p.with_suffix(".json").exists())
                      or p.name in named)]
     assert not stray, f"neither a result JSON, its Markdown, nor named by one: {stray}"
+
+
+def test_the_transformer_table_names_factories_that_take_a_batch():
+    import inspect
+
+    from benchmarks import models, transformers_table
+
+    for name, (factory, batch) in transformers_table.MODELS.items():
+        fn = getattr(models, factory, None)
+        assert callable(fn), f"{name}: benchmarks.models has no factory {factory}"
+        assert "batch" in inspect.signature(fn).parameters, f"{factory} takes no batch"
+    assert transformers_table.MODELS["bert_base_b32"][1] == 32
+    assert transformers_table.MODELS["vit_b16_b64"][1] == 64
+
+
+def test_degenerate_outputs_are_flagged():
+    import numpy as np
+
+    from benchmarks import compare
+
+    rng = np.random.default_rng(0)
+    item = rng.standard_normal(8)
+    assert compare.degenerate(rng.standard_normal((2, 8))) is None
+    assert compare.degenerate(np.zeros((1, 1000), np.float16)) == "all zero"
+    assert compare.degenerate(np.full((1, 8), 0.25)) == "constant"
+    assert compare.degenerate(np.stack([item, item])) == "the same for every batch item"
+    reference = {"output": rng.standard_normal((2, 8)).astype(np.float32)}
+    assert compare.output_problems({"output": reference["output"] + 1e-4}, reference, 1e-2) == []
+    zeros = compare.output_problems({"output": np.zeros((2, 8))}, reference, 1e-2)
+    assert zeros[0] == "output: degenerate (all zero)" and zeros[1].startswith("max rel err")
+    nan = reference["output"].copy()
+    nan[0, 0] = np.nan
+    assert "output: NaN or inf" in compare.output_problems({"output": nan}, reference, 1e-2)
+
+
+def _compare_result(out_dir, model: str) -> dict:
+    """A compare result of made-up rows, as `compare` writes it."""
+    import argparse
+
+    from benchmarks import compare
+
+    args = argparse.Namespace(
+        torch_factory=f"benchmarks.models:{model}", model=None, precision="fp32", layout="NCHW",
+        batch=None, device="cpu", warmup=1, iterations=2, pipelined=3, tolerance=1e-2,
+        output=out_dir / record.default_path("compare", model, "cpu", "fp32").name)
+    rows = [{"runtime": "tvmopt untuned", "call_sync_p50_ms": 1.0, "call_sync_p90_ms": 1.2,
+             "pipelined_ms": 0.8, "max_rel_err": 1e-3, "output_check": "ok", "detail": "a"},
+            {"runtime": "ONNX Runtime (CPU)", "call_sync_p50_ms": 2.0, "call_sync_p90_ms": 2.5,
+             "pipelined_ms": 2.0, "max_rel_err": 0.0, "output_check": "ok", "detail": "b"},
+            compare.failed_row("torch.compile default", RuntimeError("no compiler\ndetails"))]
+    return compare.report(args, [], rows, {"output": [[0.0, 0.0]]})
+
+
+def test_a_compare_result_has_both_timings_for_every_row(tmp_path):
+    doc = _compare_result(tmp_path, "gpt2_small")
+    assert record.problems(doc) == []
+    ours, ort, failed = doc["results"]["rows"]
+    assert (ours["vs_onnxruntime_call_sync"], ours["vs_onnxruntime_pipelined"]) == (2.0, 2.5)
+    assert failed["call_sync_p50_ms"] is None and failed["vs_onnxruntime_pipelined"] is None
+    assert doc["results"]["reference_degenerate"] == ["output: all zero"]
+    md = next(tmp_path.glob("compare_gpt2_small_*.md")).read_text()
+    for expected in ("| call+sync p50 ms | call+sync p90 ms | pipelined ms/call |",
+                     "| tvmopt untuned | 1.0000 | 1.2000 | 0.8000 | 2.00x | 2.50x |",
+                     "| torch.compile default | - | - | - | - | - | - | failed | failed: no "
+                     "compiler |", "reference itself is degenerate"):
+        assert expected in md, f"{expected!r} not in:\n{md}"
+
+
+def test_the_transformer_summary_collects_results_and_failures(tmp_path):
+    from benchmarks import transformers_table
+
+    _compare_result(tmp_path, "gpt2_small")
+    log = tmp_path / record.default_path("compare", "vit_b16", "cpu", "fp32").with_suffix(
+        ".log").name
+    log.write_text("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n\n")
+    doc = transformers_table.main(["--collect", "--device", "cpu", "--out", str(tmp_path),
+                                   "--models", "gpt2_small,vit_b16,clip_text_b32"])
+    rows = doc["sections"][0]["table"]["rows"]
+    assert [r[:2] for r in rows] == [["gpt2_small", "tvmopt untuned"],
+                                     ["gpt2_small", "ONNX Runtime (CPU)"],
+                                     ["gpt2_small", "torch.compile default"],
+                                     ["vit_b16", "(every runtime)"]]
+    assert rows[-1][-2:] == ["failed", "RuntimeError: CUDA out of memory"]
+    assert sorted(doc["files"]) == sorted(p.name for p in tmp_path.glob("compare_*")
+                                          if p.suffix in (".json", ".log"))
+    assert list(tmp_path.glob("transformers_cpu_fp32_*.md"))
