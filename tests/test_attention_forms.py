@@ -108,6 +108,7 @@ def test_a_constant_mask_is_causal_only_where_it_hides_exactly_the_future():
     leaky[0, 5] = 0.0
     assert attention_forms.causal_offset(leaky, 4, 6) is None
     assert attention_forms.causal_offset(np.where(cols > rows, -1.0, 0.0), 4, 6) is None  # a bias
+    assert attention_forms.causal_offset(np.zeros((4, 6)), 4, 6) is None  # hides nothing
     per_batch = np.stack([causal, causal])[:, None]
     assert attention_forms.causal_offset(per_batch, 4, 6) is None  # the kernel's is one for all
 

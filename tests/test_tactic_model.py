@@ -206,3 +206,50 @@ def test_a_tune_compiles_no_more_than_the_shortlist_for_the_layers_not_yet_measu
                       caplog.text)
     assert found and int(found[1]) == len(instances), caplog.text
     assert int(found[2]) + int(found[3]) == len(layers) - 1  # all but the measured layer
+
+
+TEAM_DATABASE = Path(__file__).resolve().parents[1] / "tuning_logs" / "h100-sm90a.db"
+
+
+def _shipped_priors() -> dict:
+    from tvmopt.kernels.library.tactic_model import priors_of
+
+    with open_database(TEAM_DATABASE, readonly=True) as team:
+        return priors_of(team)
+
+
+def test_the_shipped_priors_are_the_team_databases_tactic_records():
+    """What an empty database predicts from is the team database's records; after the team
+    database changes: python tests/test_tactic_model.py --write."""
+    import json
+
+    from tvmopt.kernels.library.tactic_model import PRIORS
+
+    assert json.loads(PRIORS.read_text()) == _shipped_priors()
+
+
+def test_with_an_empty_database_a_layer_the_team_measured_runs_its_fastest_tactic(tmp_path):
+    """BERT-base's FFN output GEMM (128x768x3072, bias + residual), measured by tvmopt's team on
+    an H100: an empty database on a Hopper GPU runs the team's fastest tactic for it, said to be
+    predicted from tvmopt's records, and nothing on another architecture."""
+    from tvmopt.kernels.library.tactic_model import SHIPPED
+
+    layer = Layer(gemm.OP, gemm.GemmGeometry(128, 768, 3072, 1, "row",
+                                             Epilogue(bias=True, residual=True)), {})
+    team = _shipped_priors()["cutlass"]["sm_90a"][layer.key]
+    with open_database(tmp_path / "empty.db") as store:
+        tsha = target_identity(_hopper())[0]
+        choice = TacticModel.load(store, tsha, KernelLibrary.name, "sm_90a").choose(layer)
+        assert choice.source == "predicted" and choice.neighbour == layer.key + SHIPPED
+        assert choice.tactic.name == min(team, key=team.get)
+        elsewhere = TacticModel.load(store, tsha, KernelLibrary.name, "sm_80").choose(layer)
+        assert elsewhere.source == "default"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    import json
+
+    from tvmopt.kernels.library.tactic_model import PRIORS
+
+    PRIORS.write_text(json.dumps(_shipped_priors(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {PRIORS}")

@@ -100,7 +100,7 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
     if not ordered:
         return 0
     arch = str(target.attrs["arch"])
-    chosen = shortlist(ordered, TacticModel.load(store, tsha, KernelLibrary.name), arch)
+    chosen = shortlist(ordered, TacticModel.load(store, tsha, KernelLibrary.name, arch), arch)
     for p in ordered:  # each instance of the shortlist is measured on every layer it runs
         p.todo = [t for t in p.todo if p.layer.instance(t, arch).symbol in chosen]
     measuring = [p for p in ordered if p.todo]

@@ -69,7 +69,8 @@ class KernelLibrary:
     name = "cutlass"  # the provider's name in tactic records and manifests
 
     def provide(self, kernels, ctx) -> dict[str, ExternKernel]:
-        model = TacticModel.load(ctx.store, target_identity(ctx.target)[0], self.name)
+        model = TacticModel.load(ctx.store, target_identity(ctx.target)[0], self.name,
+                                 str(ctx.target.attrs["arch"]))
         chosen: dict[str, tuple[Layer, Choice]] = {}
         for kernel in kernels:
             layer = ctx.library_layers.get(kernel.name)

@@ -169,6 +169,8 @@ def _read(softmax_var, bindings, users) -> Form | None:
     form = Form(q, k, v, out_heads, out_shape, scale, None)
     for term in terms:
         value = _constant_term(term, bindings)
+        if value is not None and not value.any():
+            continue  # adding zeros (a mask that hides nothing)
         offset = None if value is None or form.causal is not None else causal_offset(value, sq, sk)
         if offset is not None:
             form.causal = value
@@ -445,7 +447,7 @@ def causal_offset(mask: np.ndarray, sq: int, sk: int) -> int | None:
         return None
     rows, cols = np.indices((sq, sk))
     expected = cols <= rows + offset
-    if not np.array_equal(visible, expected) or not np.all(mask[~expected] <= MASKED):
+    if expected.all() or not np.array_equal(visible, expected) or not np.all(mask[~expected] <= MASKED):
         return None
     return offset
 

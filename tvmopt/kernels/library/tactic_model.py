@@ -8,12 +8,18 @@ space, no farther than MAX_DISTANCE: that layer's fastest tactic the new layer's
 neighbours') are what `tune` measures next (`tuning.library_tactics`). Where no measured layer
 is that close, the op's `default_tactic` runs. `python -m benchmarks tactic-model` checks the
 predictions against the team database, one layer held out at a time.
+
+tvmopt ships the tactic records of its own team database (`tuning_logs/`) as `tactic_priors.json`,
+by GPU architecture: with an empty database a layer is still predicted from the layers measured
+on its architecture (its own key among them: measured by tvmopt's team, not on this machine).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .op import Layer, Op
@@ -24,6 +30,26 @@ from .op import Layer, Op
 MAX_DISTANCE = 3.0
 
 MEASURED, PREDICTED, DEFAULT = "measured", "predicted", "default"
+PRIORS = Path(__file__).with_name("tactic_priors.json")
+SHIPPED = " (tvmopt's records)"  # marks a neighbour from PRIORS in a Choice
+
+
+def shipped_priors(provider: str, arch: str) -> dict[str, dict[str, float | None]]:
+    """{layer_key: {tactic: seconds}} tvmopt ships for a provider on a GPU architecture."""
+    return json.loads(PRIORS.read_text()).get(provider, {}).get(arch, {})
+
+
+def priors_of(store) -> dict:
+    """{provider: {arch: {layer_key: {tactic: seconds}}}} of a database's successful tactic
+    records: what `tactic_priors.json` holds of the team database."""
+    found: dict = {}
+    for provider, target_json, key, tactic, sec in store.conn.execute(
+            "SELECT provider, target_json, layer_key, tactic, min(mean_sec) FROM tactic_records "
+            "WHERE mean_sec IS NOT NULL GROUP BY provider, target_sha256, layer_key, tactic "
+            "ORDER BY 1, 2, 3, 4"):
+        arch = json.loads(target_json).get("arch", "")
+        found.setdefault(provider, {}).setdefault(arch, {}).setdefault(key, {})[tactic] = sec
+    return found
 
 
 @dataclass(frozen=True)
@@ -41,13 +67,22 @@ class Choice:
 class TacticModel:
     """The tactic records of one target and provider, by layer."""
 
-    def __init__(self, times: dict[str, dict[str, float | None]]):
+    def __init__(self, times: dict[str, dict[str, float | None]],
+                 priors: dict[str, dict[str, float | None]] | None = None):
         self.times = times  # {layer_key: {tactic: mean seconds, None where it failed}}
+        # Shipped records of layers this database has not measured.
+        self.priors = {k: v for k, v in (priors or {}).items() if k not in times}
         self._features: dict[tuple[str, str], tuple[str, tuple[float, ...]]] = {}
 
     @classmethod
-    def load(cls, store, target_sha256: str, provider: str) -> "TacticModel":
-        return cls(store.tactic_times(target_sha256, provider))
+    def load(cls, store, target_sha256: str, provider: str, arch: str | None = None
+             ) -> "TacticModel":
+        """The database's records of the target, and tvmopt's own for its GPU architecture."""
+        return cls(store.tactic_times(target_sha256, provider),
+                   shipped_priors(provider, arch) if arch else None)
+
+    def _records(self, key: str) -> dict[str, float | None]:
+        return self.times[key] if key in self.times else self.priors[key]
 
     def _log_features(self, op: Op, key: str) -> tuple[str, tuple[float, ...]]:
         if (op.name, key) not in self._features:
@@ -60,8 +95,8 @@ class TacticModel:
         MAX_DISTANCE, nearest first."""
         kind, sizes = self._log_features(layer.op, layer.key)
         found = []
-        for key in self.times:
-            if key == layer.key or not key.startswith(f"{layer.op.name}_"):
+        for key in [*self.times, *self.priors]:
+            if (key == layer.key and key in self.times) or not key.startswith(f"{layer.op.name}_"):
                 continue
             other_kind, other_sizes = self._log_features(layer.op, key)
             if other_kind == kind and (d := math.dist(sizes, other_sizes)) <= MAX_DISTANCE:
@@ -77,10 +112,11 @@ class TacticModel:
                  if t.name not in failed}
         ranked: dict[str, tuple[Any, str | None]] = {}
         for _, key in self.neighbours(layer):
-            ran = sorted((sec, name) for name, sec in self.times[key].items()
+            ran = sorted((sec, name) for name, sec in self._records(key).items()
                          if sec is not None and name in valid)
             for _, name in ran:
-                ranked.setdefault(name, (valid[name], key))
+                ranked.setdefault(name, (valid[name], key + (SHIPPED if key in self.priors
+                                                             else "")))
         for name, tactic in valid.items():
             ranked.setdefault(name, (tactic, None))
         return list(ranked.values())
