@@ -54,6 +54,13 @@ def test_every_exported_attention_form_is_one_library_layer(tmp_path, form, expo
     if form.startswith("llama"):
         expected = ("bhs", "bhs", "bsh", "bsh")
     assert g.layouts == expected
+    # GPT-2's packed projection is read in place: Q, K and V are column slices of one tensor
+    if form == "gpt2_eager":
+        width = 3 * HIDDEN
+        assert g.packed == (width, 0, width, HIDDEN, width, 2 * HIDDEN)
+        assert layer.args["q"] == layer.args["k"] == layer.args["v"]
+    else:
+        assert g.packed == ()
 
 
 def _pre_library(path, shapes):
@@ -136,3 +143,18 @@ def test_every_causal_and_grouped_instance_compiles_for_hopper(tmp_path, monkeyp
     (obj,) = nvcc.compile_all({spec.symbol: spec.source}, "sm_90a").values()
     symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
     assert f"__tvm_ffi_{spec.symbol}" in symbols
+
+
+def test_a_packed_layers_reference_reads_q_k_and_v_from_their_columns():
+    """What `tune` checks a packed layer's tactics against: the reference on the packed rows
+    equals the reference on Q, K and V cut out of them."""
+    import dataclasses
+
+    packed = attention.AttentionGeometry(1, 2, 8, 8, 32, 0.2, None, None, causal=0,
+                                         packed=(192, 0, 192, 64, 192, 128))
+    arrays = attention.OP.inputs(packed, {"q": 0, "k": 0, "v": 0}, np.random.default_rng(1))
+    assert arrays["q"] is arrays["k"] is arrays["v"] and arrays["q"].shape == (1, 8, 192)
+    dense = dataclasses.replace(packed, packed=())
+    cut = {r: arrays["q"][..., 64 * i:64 * (i + 1)] for i, r in enumerate("qkv")}
+    np.testing.assert_allclose(attention.OP.reference(packed, arrays),
+                               attention.OP.reference(dense, cut), rtol=1e-6)

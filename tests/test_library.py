@@ -332,9 +332,10 @@ def test_attention_is_offered_to_the_library_whole(tmp_path):
     assert (g.batch, g.heads, g.seq_q, g.seq_k, g.head_dim) == (2, 2, 32, 32, 64)
     assert g.scale == pytest.approx(0.125) and (g.mask_shape, g.mask_dtype) == ((2, 1, 1, 32),
                                                                               "float32")
-    # batch, heads, K/V heads, head dim; Q, K, V and out as [b, s, h, d] (021); mask strides
-    # b, h, q; no causal offset; scale
-    assert attention.params == (2, 2, 2, 64, 21, 21, 21, 21, 32, 0, 0, 0, pytest.approx(0.125))
+    # batch, heads, K/V heads, head dim; Q, K, V and out as [b, s, h, d] (021); Q, K, V dense
+    # (no pitch, no offset); mask strides b, h, q; no causal offset; scale
+    assert attention.params == (2, 2, 2, 64, 21, 21, 21, 21, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0,
+                                pytest.approx(0.125))
     assert attention.key == "attention_f16_2x2x32x32x64_mask_f32mask_2x1x1x32"  # as records hold
     assert sorted(attention.args) == ["k", "mask", "q", "v"]
     assert registry.layer_from_json(attention.to_json()) == attention

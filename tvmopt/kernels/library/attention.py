@@ -29,8 +29,8 @@ HEAD_DIMS = (32, 64, 80, 96, 128)  # instantiated in every instance; others stay
 KEY_BLOCK = 64
 # An instance's arguments after its tensors.
 PARAMS = ("batch", "heads", "kv_heads", "head_dim", "q_layout", "k_layout", "v_layout",
-          "out_layout", "mask_batch_stride", "mask_head_stride", "mask_query_stride",
-          "causal_offset", "scale")
+          "out_layout", "q_pitch", "k_pitch", "v_pitch", "q_offset", "k_offset", "v_offset",
+          "mask_batch_stride", "mask_head_stride", "mask_query_stride", "causal_offset", "scale")
 PROJECTED = ("bsh",) * 4  # [batch, seq, heads * head_dim]: Q, K, V and out as projections write
 _MASK_TYPES = {"nomask": "void", "f16mask": "half", "f32mask": "float"}
 
@@ -75,6 +75,9 @@ class AttentionGeometry:
     kv_heads: int = 0  # K and V heads (grouped-query attention); 0: as many as Q
     causal: int | None = None  # keys after query + causal are hidden; None: no causal mask
     layouts: tuple[str, ...] = PROJECTED  # memory order of b, h, s in Q, K, V and the output
+    # Q, K and V as column slices of packed projections: (pitch, first column) of each, rows of
+    # `pitch` elements; () where each is a tensor of its own.
+    packed: tuple[int, ...] = ()
 
     @property
     def groups(self) -> int:
@@ -113,20 +116,23 @@ class Attention(Op):
         softmax, cast, @ V, cast, and the result permuted and reshaped into its tensor."""
         from tvm.relax.dpl.pattern import is_const, is_op, wildcard
 
-        def heads(role, notes, grouped):
+        def heads(role, notes, grouped, packed):
             notes[role] = wildcard()
-            x = is_op("relax.permute_dims")(is_op("relax.reshape")(notes[role], wildcard()))
+            x = notes[role]
+            if packed:
+                x = is_op("relax.strided_slice")(x, varg_default_wildcard=True)
+            x = is_op("relax.permute_dims")(is_op("relax.reshape")(x, wildcard()))
             if grouped:
                 x = is_op("relax.reshape")(is_op("relax.broadcast_to")(
                     is_op("relax.expand_dims")(x), wildcard()), wildcard())
             return x
 
         out = []
-        for scaled, causal, mask, grouped in itertools.product(
-                (True, False), (True, False), ("cast", "fp", None), (True, False)):
+        for scaled, causal, mask, grouped, packed in itertools.product(
+                (True, False), (True, False), ("cast", "fp", None), (True, False), (True, False)):
             notes = {}
-            q = heads("q", notes, False)
-            k = is_op("relax.permute_dims")(heads("k", notes, grouped))
+            q = heads("q", notes, False, packed)
+            k = is_op("relax.permute_dims")(heads("k", notes, grouped, packed))
             x = is_op("relax.matmul")(q, k)
             if scaled:
                 notes["scale"] = is_const()
@@ -139,11 +145,12 @@ class Attention(Op):
                 addend = is_op("relax.astype")(notes["mask"]) if mask == "cast" else notes["mask"]
                 x = is_op("relax.add")(x, addend)
             p = is_op("relax.astype")(is_op("relax.nn.softmax")(x))
-            context = is_op("relax.astype")(is_op("relax.matmul")(p, heads("v", notes, grouped)))
+            context = is_op("relax.astype")(is_op("relax.matmul")(
+                p, heads("v", notes, grouped, packed)))
             x = is_op("relax.reshape")(is_op("relax.permute_dims")(context), wildcard())
             name = "_".join(["attention", "scaled" if scaled else "unscaled",
                              *(["causal"] if causal else []), f"{mask or 'no'}mask",
-                             *(["grouped"] if grouped else [])])
+                             *(["grouped"] if grouped else []), *(["packed"] if packed else [])])
             out.append(Pattern(name, x, notes, functools.partial(_check, causal=causal, mask=mask),
                                name.count("_") + (mask == "cast"), (causal, mask)))
         return out
@@ -165,6 +172,8 @@ class Attention(Op):
             key += f"_causal{g.causal}"
         if g.layouts != PROJECTED:
             key += "_layout" + "".join(g.layouts)
+        if g.packed:
+            key += "_packed" + "x".join(map(str, g.packed))
         return key
 
     def catalogue(self, g: AttentionGeometry) -> tuple[AttentionTactic, ...]:
@@ -197,8 +206,9 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
 
     def params(self, g: AttentionGeometry) -> tuple[int | float, ...]:
         codes = [int("".join(str("bhs".index(a)) for a in order)) for order in g.layouts]
-        values = (g.batch, g.heads, g.kv_heads or g.heads, g.head_dim, *codes, *g.mask_strides,
-                  g.causal or 0, g.scale)
+        packed = g.packed or (0,) * 6
+        values = (g.batch, g.heads, g.kv_heads or g.heads, g.head_dim, *codes, *packed[0::2],
+                  *packed[1::2], *g.mask_strides, g.causal or 0, g.scale)
         assert len(values) == len(PARAMS)
         return values
 
@@ -211,6 +221,7 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         mask += f", causal (offset {g.causal})" if g.causal is not None else ""
         mask += f", {g.kv_heads} K/V heads" if g.groups > 1 else ""
         mask += f", layouts {'/'.join(g.layouts)}" if g.layouts != PROJECTED else ""
+        mask += ", Q, K and V read from packed projections" if g.packed else ""
         return (f"attention {g.batch}x{g.heads} heads, {g.seq_q}x{g.seq_k} x {g.head_dim}, "
                 f"scale {g.scale:g}{mask}")
 
@@ -218,10 +229,16 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         """q, k, v in the memory order of the layer's layouts and, for a masked layer, an
         additive mask of the layer's shape that hides the last quarter of the keys."""
         kv = g.kv_heads or g.heads
-        arrays = {role: rng.standard_normal(_in_memory(order, g.batch, heads, seq, g.head_dim))
-                  .astype(np.float16) for role, order, heads, seq in (
-                      ("q", g.layouts[0], g.heads, g.seq_q), ("k", g.layouts[1], kv, g.seq_k),
-                      ("v", g.layouts[2], kv, g.seq_k))}
+        arrays = {}
+        for i, (role, order, heads, seq) in enumerate((
+                ("q", g.layouts[0], g.heads, g.seq_q), ("k", g.layouts[1], kv, g.seq_k),
+                ("v", g.layouts[2], kv, g.seq_k))):
+            same = [r for r in arrays if args.get(r) is not None and args.get(r) == args.get(role)]
+            shape = _in_memory(order, g.batch, heads, seq, g.head_dim)
+            if g.packed:  # rows of the packed projection, as wide as its pitch
+                shape = (*shape[:2], g.packed[2 * i])
+            arrays[role] = (arrays[same[0]] if same else
+                            rng.standard_normal(shape).astype(np.float16))
         if g.mask_shape is not None:
             mask = np.zeros(g.mask_shape, np.float32)
             mask[..., g.seq_k - g.seq_k // 4:] = -65504.0
@@ -236,6 +253,11 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         grouped heads, written in the output's memory order."""
         def bhsd(role, order):
             x = arrays[role].astype(np.float32)
+            if g.packed:
+                start = g.packed[2 * "qkv".index(role) + 1]
+                heads = g.heads if role == "q" else g.kv_heads or g.heads
+                x = x[..., start:start + heads * g.head_dim]
+                x = x.reshape(*x.shape[:2], heads, g.head_dim)
             x = x.reshape(*x.shape[:2], -1, g.head_dim) if order == "bsh" else x
             return x.transpose([order.index(a) for a in "bhs"] + [3])
 
@@ -298,8 +320,12 @@ def _parts(root, bindings, causal: bool, mask: str | None) -> dict:
             x = value(value(grouped.args[0]).args[0]).args[0]
         permute = value(x)
         reshape = value(permute.args[0])
-        return {role: reshape.args[0], f"{role}_permute": permute, f"{role}_grouped": grouped,
-                f"{role}_heads": x}
+        source, sliced = reshape.args[0], None
+        if getattr(getattr(value(source), "op", None), "name", "") == "relax.strided_slice":
+            sliced = value(source)
+            source = sliced.args[0]
+        return {role: source, f"{role}_permute": permute, f"{role}_grouped": grouped,
+                f"{role}_heads": x, f"{role}_slice": sliced}
 
     parts = {"out_permute": value(root.args[0])}
     context = value(value(parts["out_permute"].args[0]).args[0])
@@ -362,8 +388,29 @@ def geometry(parts, bindings) -> AttentionGeometry | None:
         if (len(mask_shape) > 4 or full[3] != sk or mask_dtype not in ("float16", "float32")
                 or any(m not in (1, want) for m, want in zip(full, (b, h, sq, sk)))):
             return None
+    packed = ()
+    if parts["q_slice"] is not None:
+        packed = _packed(parts, layouts)
+        if packed is None:
+            return None
     return AttentionGeometry(b, h, sq, sk, d, scale, mask_shape, mask_dtype,
-                             kv if kv != h else 0, causal, tuple(layouts))
+                             kv if kv != h else 0, causal, tuple(layouts), packed)
+
+
+def _packed(parts, layouts) -> tuple[int, ...] | None:
+    """(pitch, first column) of Q, K and V, each a slice of its tensor's rows along the last axis
+    with the heads innermost, else None."""
+    found = []
+    for role, order in zip("qkv", layouts):
+        sliced = parts[f"{role}_slice"]
+        source = relax_match.static_shape(parts[role])
+        axes, begin, end = ([int(v) for v in arg.fields] for arg in sliced.args[1:4])
+        strides = [int(v) for v in sliced.args[4].fields] if len(sliced.args) > 4 else [1]
+        if (order[-1] != "h" or axes not in ([len(source) - 1], [-1]) or strides != [1]
+                or begin[0] % 8 or source[-1] % 8 or end[0] > source[-1]):
+            return None
+        found += [source[-1], begin[0]]
+    return tuple(found)
 
 
 OP = Attention()

@@ -39,13 +39,17 @@ MASKED = -1e4  # a constant this negative in a where() or an additive mask hides
 @dataclass
 class Heads:
     """A [batch, heads, seq, dim] operand read from `source`, a contiguous tensor holding it in
-    memory order `order` (the head dimension innermost)."""
+    memory order `order` (the head dimension innermost); with a `pitch`, its rows of heads * dim
+    elements are the columns from `offset` of `source`'s rows of `pitch` (Q, K or V as a slice of
+    a packed projection)."""
     source: object
     order: str
     batch: int
     heads: int
     seq: int
     dim: int
+    pitch: int = 0
+    offset: int = 0
 
     def shape_in_memory(self) -> list[int]:
         sizes = {"b": self.batch, "h": self.heads, "s": self.seq}
@@ -310,7 +314,36 @@ def _view(expr, bindings, *, transposed: bool) -> Heads | None:
             break
     if not chain:  # a tensor of its own (rotated Q and K): read where it is
         return None if transposed else Heads(expr, "bhs", *shape)
-    return _heads_of_view(expr, list(reversed(chain)), shape, transposed)
+    heads = _heads_of_view(expr, list(reversed(chain)), shape, transposed)
+    packed = _column_slice(expr, bindings)
+    if heads is None or packed is None or heads.order[-1] != "h":
+        return heads
+    heads.source, heads.pitch, heads.offset = packed
+    return heads
+
+
+def _column_slice(expr, bindings):
+    """(packed tensor, its row length, the first column) where `expr` is one piece of a split of
+    a tensor's rows (GPT-2's packed Q, K, V projection), else None."""
+    import tvm
+    import tvm.tirx  # noqa: F401 - IntImm
+
+    item = bindings.get(expr)
+    if not isinstance(item, tvm.relax.TupleGetItem):
+        return None
+    split = bindings.get(item.tuple_value)
+    if not _is_call(split, "relax.split"):
+        return None
+    whole = _shape(split.args[0])
+    if whole is None or int(split.attrs.axis) not in (-1, len(whole) - 1):
+        return None
+    sections = split.attrs.indices_or_sections
+    if isinstance(sections, tvm.tirx.IntImm):  # that many equal sections
+        width = whole[-1] // int(sections)
+        starts = [i * width for i in range(int(sections))]
+    else:
+        starts = [0] + [int(i) for i in sections]
+    return split.args[0], whole[-1], starts[item.index]
 
 
 def _apply(source_shape, ops):
@@ -461,7 +494,12 @@ class _Emitter:
     def heads(self, h: Heads, groups: int):
         from tvm import relax
 
-        x = self.bb.emit(relax.op.reshape(self.remap(h.source), h.shape_in_memory()))
+        x = self.remap(h.source)
+        if h.pitch:
+            last = len(relax_match.static_shape(h.source)) - 1
+            x = self.bb.emit(relax.op.strided_slice(x, [last], [h.offset],
+                                                    [h.offset + h.heads * h.dim]))
+        x = self.bb.emit(relax.op.reshape(x, h.shape_in_memory()))
         x = self.bb.emit(relax.op.permute_dims(x, h.to_bhsd()))
         if groups > 1:
             x = self.bb.emit(relax.op.expand_dims(x, [2]))

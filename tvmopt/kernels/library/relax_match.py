@@ -84,3 +84,29 @@ def consumer(bindings, expr) -> str:
         if isinstance(value, tvm.relax.Call) and any(a.same_as(expr) for a in value.args):
             return value.op.name
     return ""
+
+
+def rewrite_bindings(mod, replacements: dict):
+    """`mod` with main's bindings of the variables in `replacements` ({Var: write(builder,
+    remap) -> the new value, its last op not yet emitted}) bound to what each writes instead;
+    bindings nothing uses any more are dropped. `remap` maps an original expression to its
+    rewritten form."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            write = replacements.get(binding.var)
+            if write is None:
+                return super().visit_var_binding_(binding)
+            value = write(self.builder_, self.visit_expr)
+            if isinstance(binding.var, relax.DataflowVar):
+                new = self.builder_.emit(value)
+            else:
+                new = self.builder_.emit_output(value)
+            self.set_var_remap(binding.var, new)
+
+    main = relax.analysis.remove_all_unused(Rewriter(mod).visit_expr(mod["main"]))
+    functions = {gv: (main if gv.name_hint == "main" else f) for gv, f in mod.functions.items()}
+    return tvm.IRModule(functions, attrs=mod.attrs)

@@ -10,7 +10,8 @@
 // [batch, heads, seq_q, seq_k] with the keys contiguous (its strides say how it broadcasts).
 // A causal instance generates its mask (key > query + offset is hidden) and skips the key blocks
 // wholly above the diagonal. Each of Q, K, V and the output is read in the layout its producer
-// wrote (batch, heads and sequence in any order, the head dimension innermost: a Layout), and
+// wrote (batch, heads and sequence in any order, the head dimension innermost: a Layout; Q, K
+// and V may be column slices of one packed projection, rows `pitch` elements apart), and
 // K and V may have fewer heads than Q (grouped-query attention: head h reads K/V head
 // h / (heads / kv_heads), never a copy). Batch and sequence lengths are runtime arguments.
 #pragma once
@@ -246,6 +247,7 @@ struct Problem {
   int causal_offset;
   float scale;
   Layout q, k, v, out;
+  int64_t q_offset, k_offset, v_offset;  // elements before the first of each tensor's rows
 };
 
 template <class C, int D>
@@ -255,8 +257,10 @@ void Launch(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
   OptInSharedMemory<C, D>(symbol);
   dim3 grid((p.seq_q + C::kRows - 1) / C::kRows, p.heads, p.batch);
   Attention<C, D><<<grid, C::kThreads, Smem<C, D>::kBytes, StreamOf(q)>>>(
-      static_cast<const half*>(q.data_ptr()), static_cast<const half*>(k.data_ptr()),
-      static_cast<const half*>(v.data_ptr()), mask, static_cast<half*>(out.data_ptr()), p.heads,
+      static_cast<const half*>(q.data_ptr()) + p.q_offset,
+      static_cast<const half*>(k.data_ptr()) + p.k_offset,
+      static_cast<const half*>(v.data_ptr()) + p.v_offset, mask,
+      static_cast<half*>(out.data_ptr()), p.heads,
       p.heads / p.kv_heads, p.seq_q, p.seq_k, p.scale, p.mask_sb, p.mask_sh, p.mask_sq,
       p.causal_offset, p.q, p.k, p.v, p.out);
   TVMOPT_CUDA_OK(symbol, cudaGetLastError());
@@ -281,8 +285,10 @@ void Dispatch(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k
 // `order` names: three digits, outermost first, of batch (0), heads (1) and sequence (2), the
 // head dimension innermost: 21 (021) is [b, s, h, d] as the projections write it, 12 (012) is
 // [b, h, s, d], 201 is [s, b, h, d] (torch.nn.MultiheadAttention's sequence-first tensors).
+// A non-zero `pitch` puts the rows of heads * dim elements `pitch` elements apart (a column slice
+// of a packed projection: heads must then be the innermost of the three).
 inline Layout LayoutOf(const char* symbol, int64_t order, int64_t batch, int64_t heads,
-                       int64_t seq, int64_t dim) {
+                       int64_t seq, int64_t dim, int64_t pitch) {
   const int64_t sizes[3] = {batch, heads, seq};
   int64_t strides[3] = {0, 0, 0}, step = dim;
   const int axes[3] = {int(order / 100), int(order / 10 % 10), int(order % 10)};
@@ -291,38 +297,51 @@ inline Layout LayoutOf(const char* symbol, int64_t order, int64_t batch, int64_t
         << symbol << ": layout " << order << " is not an order of batch, heads and sequence";
     strides[axes[i]] = step;
     step *= sizes[axes[i]];
+    if (i == 2 && pitch) {
+      TVM_FFI_ICHECK(axes[2] == 1 && pitch >= step)
+          << symbol << ": rows " << pitch << " apart cannot hold " << step << " elements";
+      step = pitch;
+    }
   }
   return {strides[0], strides[1], strides[2]};
 }
 
 // q [B, Sq, H, D] and out like it, k and v [B, Sk, Hkv, D] (any shape of that many elements),
-// each in the memory order its layout code names (LayoutOf); `mask` is null for an unmasked
-// instance, its strides in elements, 0 where it broadcasts. Sequence lengths come from the
-// tensors' sizes, so one instance serves every batch and sequence length.
+// each in the memory order its layout code names (LayoutOf), q, k and v from an element offset
+// and with rows a pitch apart (0: dense); `mask` is null for an unmasked instance, its strides in
+// elements, 0 where it broadcasts. Sequence lengths come from the tensors' sizes, so one
+// instance serves every batch and sequence length.
 template <class C, int... HeadDims>
 void Run(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
          tvm::ffi::TensorView v, const tvm::ffi::TensorView* mask, int64_t batch, int64_t heads,
          int64_t kv_heads, int64_t head_dim, int64_t q_layout, int64_t k_layout,
-         int64_t v_layout, int64_t out_layout, int64_t mask_batch_stride,
+         int64_t v_layout, int64_t out_layout, int64_t q_pitch, int64_t k_pitch,
+         int64_t v_pitch, int64_t q_offset, int64_t k_offset, int64_t v_offset,
+         int64_t mask_batch_stride,
          int64_t mask_head_stride, int64_t mask_query_stride, int64_t causal_offset,
          double scale, tvm::ffi::TensorView out) {
   TVM_FFI_ICHECK(batch > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0)
       << symbol << ": " << heads << " heads cannot share " << kv_heads << " K/V heads";
-  TVM_FFI_ICHECK(q.numel() % (batch * heads * head_dim) == 0 &&
-                 k.numel() % (batch * kv_heads * head_dim) == 0 && v.numel() == k.numel() &&
-                 out.numel() == q.numel())
+  // Elements per row of each tensor: its heads' (dense) or its pitch (a packed projection).
+  const int64_t q_row = q_pitch ? q_pitch : heads * head_dim;
+  const int64_t k_row = k_pitch ? k_pitch : kv_heads * head_dim;
+  const int64_t v_row = v_pitch ? v_pitch : kv_heads * head_dim;
+  TVM_FFI_ICHECK(q.numel() % (batch * q_row) == 0 && k.numel() % (batch * k_row) == 0 &&
+                 v.numel() / v_row == k.numel() / k_row &&
+                 out.numel() == q.numel() / q_row * heads * head_dim)
       << symbol << ": q, k, v and out do not hold [batch, seq, heads, " << head_dim << "]";
   Problem p;
   p.batch = int(batch), p.heads = int(heads), p.kv_heads = int(kv_heads);
   p.head_dim = int(head_dim);
-  p.seq_q = int(q.numel() / (batch * heads * head_dim));
-  p.seq_k = int(k.numel() / (batch * kv_heads * head_dim));
+  p.seq_q = int(q.numel() / (batch * q_row));
+  p.seq_k = int(k.numel() / (batch * k_row));
   p.mask_sb = mask_batch_stride, p.mask_sh = mask_head_stride, p.mask_sq = mask_query_stride;
   p.causal_offset = int(causal_offset), p.scale = float(scale);
-  p.q = LayoutOf(symbol, q_layout, batch, heads, p.seq_q, head_dim);
-  p.k = LayoutOf(symbol, k_layout, batch, kv_heads, p.seq_k, head_dim);
-  p.v = LayoutOf(symbol, v_layout, batch, kv_heads, p.seq_k, head_dim);
-  p.out = LayoutOf(symbol, out_layout, batch, heads, p.seq_q, head_dim);
+  p.q = LayoutOf(symbol, q_layout, batch, heads, p.seq_q, head_dim, q_pitch);
+  p.k = LayoutOf(symbol, k_layout, batch, kv_heads, p.seq_k, head_dim, k_pitch);
+  p.v = LayoutOf(symbol, v_layout, batch, kv_heads, p.seq_k, head_dim, v_pitch);
+  p.out = LayoutOf(symbol, out_layout, batch, heads, p.seq_q, head_dim, 0);
+  p.q_offset = q_offset, p.k_offset = k_offset, p.v_offset = v_offset;
   const auto* mask_data =
       C::kMasked ? static_cast<const typename C::MaskT*>(mask->data_ptr()) : nullptr;
   Dispatch<C, HeadDims...>(symbol, q, k, v, mask_data, out, p);
