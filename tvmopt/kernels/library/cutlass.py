@@ -23,11 +23,15 @@ from .op import Match, Op, Pattern
 
 SMS = 132  # H100 SXM: to judge how well a tile fills the GPU, and stream-K's scratch size
 ALIGNMENT = 8  # fp16 elements per 16-byte TMA access: K and N must be multiples of it
-ACTIVATIONS = {"none": "Identity", "relu": "ReLu", "gelu": "GELU", "silu": "SiLu"}
+ACTIVATIONS = {"none": "Identity", "relu": "ReLu", "gelu": "GELU", "silu": "SiLu",
+               "gelu_tanh": "GELU_taylor"}
 # The erf GELU's constants, by pattern role: they must hold these values for the match to count.
 GELU_CONSTANTS = {"gelu_sqrt2": 2 ** 0.5, "gelu_one": 1.0, "gelu_half": 0.5}
+# The tanh GELU's, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (GPT-2's, CLIP's "gelu_new").
+TANH_GELU_CONSTANTS = {"cube": 0.044715, "sqrt_2_over_pi": (2 / math.pi) ** 0.5, "half": 0.5,
+                       "one": 1.0}
 # The pattern's tail after the bias: what the epilogue fuses besides it.
-TAILS = ("residual_relu", "residual", "relu", "silu", "gelu", "none")
+TAILS = ("residual_relu", "residual", "relu", "silu", "gelu", "gelu_tanh", "none")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ class Epilogue:
             return out / (1 + np.exp(-out))
         if self.activation == "gelu":
             return 0.5 * out * (1 + _erf(out / np.sqrt(2)))
+        if self.activation == "gelu_tanh":
+            c = TANH_GELU_CONSTANTS
+            return c["half"] * out * (1 + np.tanh(c["sqrt_2_over_pi"] * (out + c["cube"] * out ** 3)))
         return out
 
 
@@ -143,12 +150,46 @@ def epilogue_patterns(anchor_op: str, prefix: str):
                         erf = is_op("relax.erf")(is_op("relax.divide")(x, notes["gelu_sqrt2"]))
                         x = relax_match.mul(relax_match.mul(x, relax_match.add(
                             erf, notes["gelu_one"])), notes["gelu_half"])
+                    elif tail == "gelu_tanh":  # as fold_tanh_gelu leaves it
+                        x = is_op("relax.nn.gelu_tanh")(x)
                     epilogue = Epilogue(bias=bias, residual=tail.startswith("residual"),
                                         activation={"residual_relu": "relu", "relu": "relu",
-                                                    "silu": "silu", "gelu": "gelu"}.get(tail,
-                                                                                        "none"))
+                                                    "silu": "silu", "gelu": "gelu",
+                                                    "gelu_tanh": "gelu_tanh"}.get(tail, "none"))
                     name = f"{prefix}_{epilogue.name}" + ("_reshaped" if reshape else "")
                     yield name, x, notes, epilogue
+
+
+def fold_tanh_gelu(mod):
+    """`mod` with the tanh GELU, which exporters write out op by op (x * x * x or pow(x, 3), the
+    adds and multiplies in any operand order), as one `nn.gelu_tanh`: what the epilogue pattern
+    matches (and one TVM kernel where no GEMM precedes it)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+    from tvm.relax.dpl.pattern import is_const, is_op, wildcard
+
+    x, mul, add = wildcard(), relax_match.mul, relax_match.add
+    c = {role: is_const() for role in TANH_GELU_CONSTANTS}
+    exponent = is_const()
+    cube = mul(mul(x, x), x) | is_op("relax.power")(x, exponent)
+    tanh = is_op("relax.tanh")(mul(add(x, mul(cube, c["cube"])), c["sqrt_2_over_pi"]))
+    one_plus = add(tanh, c["one"])
+    pattern = (mul(mul(x, c["half"]), one_plus) | mul(mul(x, one_plus), c["half"])
+               | mul(x, mul(one_plus, c["half"])))
+
+    def rewrite(expr, found):
+        constants = {role: relax_match.scalar(found[p], {}) for role, p in c.items()}
+        if exponent in found and not relax_match.close(relax_match.scalar(found[exponent], {}),
+                                                      3.0):
+            return expr
+        if not all(relax_match.close(constants[r], v) for r, v in TANH_GELU_CONSTANTS.items()):
+            return expr
+        return relax.op.nn.gelu_tanh(found[x])
+
+    functions = {gv: (rewrite_call(pattern, rewrite, f) if gv.name_hint == "main" else f)
+                 for gv, f in mod.functions.items()}
+    return tvm.IRModule(functions, attrs=mod.attrs)
 
 
 def check_epilogue(context, n: int, out_shape) -> bool:
@@ -191,6 +232,9 @@ class CutlassOp(Op):
     """An anchor op (`anchor_op`) and the epilogue the CUTLASS templates fuse after it."""
     roles = ("a", "b", "bias", "residual")
     anchor_op: ClassVar[str]  # "relax.matmul", "relax.nn.conv2d"
+
+    def canonicalize(self, mod):
+        return fold_tanh_gelu(mod)
 
     def check(self, context) -> bool:
         """Whether the instance computes a match exactly (FuseOpsByPattern's check)."""

@@ -1,0 +1,83 @@
+"""Transformer-layer fusions into the kernel library's epilogues (Hopper, fp16): the tanh GELU
+as the exporters write it becomes the GEMM's epilogue. Checked on the CPU: which layers the
+library takes, and that the rewrite computes what the exported graph computes."""
+
+import math
+
+import numpy as np
+import pytest
+
+import zoo
+from test_attention_forms import _pre_library, _run_on_cpu
+from tvmopt import prepare, targets
+from tvmopt.kernels import library
+from tvmopt.kernels.library import cutlass
+from tvmopt.prepare import ModelOptions
+
+
+def _mlp(path, gelu: str, exporter: str):
+    """Linear(64 -> 256), a tanh GELU as `gelu` spells it, Linear(256 -> 64)."""
+    torch = zoo._torch()
+    nn = torch.nn
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.proj = nn.Linear(64, 256), nn.Linear(256, 64)
+
+        def forward(self, x):
+            h = self.fc(x)
+            if gelu == "torch":  # F.gelu(approximate="tanh")
+                h = nn.functional.gelu(h, approximate="tanh")
+            else:  # transformers' NewGELUActivation (GPT-2's "gelu_new")
+                h = 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi)
+                                                * (h + 0.044715 * torch.pow(h, 3.0))))
+            return self.proj(h)
+
+    torch.manual_seed(0)
+    model = zoo._export(Mlp(), (torch.randn(2, 16, 64),), path, input_names=["x"],
+                        output_names=["y"], dynamic_axes={}, exporter=exporter,
+                        opset=18 if exporter == "dynamo" else 17)
+    return zoo._save(model, path)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("gelu", ["torch", "gelu_new"])
+def test_the_tanh_gelu_is_the_gemms_epilogue(tmp_path, gelu, exporter):
+    path = _mlp(tmp_path / "mlp.onnx", gelu, exporter)
+    mod = prepare.prepare(path, targets.resolve("cuda-sm90a"), ModelOptions(precision="fp16")).mod
+    epilogues = sorted(l.geometry.epilogue.name for l in library.layers(mod).values())
+    assert epilogues == ["bias", "bias_gelu_tanh"]
+
+
+def test_folding_the_tanh_gelu_computes_what_the_export_computes(tmp_path):
+    import tvm
+
+    path = _mlp(tmp_path / "mlp.onnx", "gelu_new", "legacy")
+    mod = _pre_library(path, {"x": (2, 16, 64)})
+    folded = cutlass.fold_tanh_gelu(tvm.relax.transform.FoldConstant()(mod))
+    assert "R.nn.gelu_tanh" in folded["main"].script() and "R.tanh" not in folded["main"].script()
+    x = [np.random.default_rng(0).standard_normal((2, 16, 64)).astype(np.float32) * 3]
+    expected, found = _run_on_cpu(mod, x), _run_on_cpu(folded, x)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(found, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_a_gelu_with_other_constants_is_left_as_it_is(tmp_path):
+    """0.5 x (1 + tanh(0.8 (x + 0.05 x^3))) is not GELU: nothing is folded."""
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType((4, 8), "float16"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            c = lambda v: relax.const(v, "float16")  # noqa: E731
+            cube = bb.emit(relax.op.multiply(bb.emit(relax.op.multiply(x, x)), x))
+            inner = bb.emit(relax.op.add(x, bb.emit(relax.op.multiply(cube, c(0.05)))))
+            t = bb.emit(relax.op.tanh(bb.emit(relax.op.multiply(inner, c(0.8)))))
+            out = bb.emit_output(relax.op.multiply(bb.emit(relax.op.multiply(x, c(0.5))),
+                                                   bb.emit(relax.op.add(t, c(1.0)))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    folded = cutlass.fold_tanh_gelu(mod)["main"].script()
+    assert "gelu_tanh" not in folded and "R.tanh" in folded
