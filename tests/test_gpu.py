@@ -187,6 +187,21 @@ def test_every_attention_form_runs_the_library_kernel_and_matches_onnxruntime(
     assert mismatch.max_rel <= 1e-2, mismatch
 
 
+@pytest.mark.parametrize("gelu", ["torch", "gelu_new"])
+def test_the_tanh_gelu_epilogue_matches_onnxruntime(tmp_path, gelu):
+    """Linear, tanh GELU, Linear: the GELU runs in the first GEMM's epilogue (GELU_taylor)."""
+    from test_transformer_fusions import _mlp
+
+    path = _mlp(tmp_path / "mlp.onnx", gelu, "legacy")
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "mlp.so",
+                         options=ModelOptions(precision="fp16"))
+    assert any("gelu_tanh" in k["symbol"] for k in result.manifest["library_kernels"].values())
+    inputs = {"x": np.random.default_rng(4).standard_normal((2, 16, 64)).astype(np.float32) * 3}
+    (mismatch,) = runtime.compare(tvmopt.load(result.path)(inputs),
+                                  runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-2, mismatch
+
+
 @pytest.mark.parametrize("tactic", [t.name for t in attention.CATALOGUE])
 def test_every_attention_tactic_matches_onnxruntime(tmp_path, monkeypatch, tactic):
     """The fused attention at `tactic`, on a sequence of 72: partial query and key blocks."""
