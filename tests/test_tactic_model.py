@@ -253,3 +253,21 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
 
     PRIORS.write_text(json.dumps(_shipped_priors(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {PRIORS}")
+
+
+def test_attention_read_from_a_packed_projection_is_predicted_from_one_read_from_three():
+    """GPT-2's attention reading Q, K and V from the packed projection is the same work as the
+    one the team measured reading three tensors: its fastest tactic runs."""
+    import dataclasses
+
+    from tvmopt.kernels.library.tactic_model import SHIPPED
+
+    measured = attention.AttentionGeometry(1, 12, 128, 128, 64, 0.125, (1, 1, 128, 128),
+                                           "float16")
+    packed = dataclasses.replace(measured, packed=(2304, 0, 2304, 768, 2304, 1536))
+    layer = Layer(attention.OP, packed, {})
+    team = _shipped_priors()["cutlass"]["sm_90a"][attention.OP.key(measured)]
+    model = TacticModel({}, _shipped_priors()["cutlass"]["sm_90a"])
+    choice = model.choose(layer)
+    assert choice.neighbour == attention.OP.key(measured) + SHIPPED
+    assert choice.tactic.name == min(team, key=team.get)

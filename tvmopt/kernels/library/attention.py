@@ -176,6 +176,12 @@ class Attention(Op):
             key += "_packed" + "x".join(map(str, g.packed))
         return key
 
+    def features(self, key: str) -> tuple[str, tuple[int, ...]]:
+        """Where Q, K and V are read from (layouts, packed projections) changes the addresses,
+        not the work: a layer is predicted from one that differs only in those."""
+        kind, sizes = super().features(key)
+        return re.sub(r"_(layout|packed)[^_]*", "", kind), sizes
+
     def catalogue(self, g: AttentionGeometry) -> tuple[AttentionTactic, ...]:
         return CATALOGUE
 
