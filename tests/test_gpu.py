@@ -187,6 +187,20 @@ def test_every_attention_form_runs_the_library_kernel_and_matches_onnxruntime(
     assert mismatch.max_rel <= 1e-2, mismatch
 
 
+def test_layer_norms_and_padded_gemms_run_the_library_and_match_onnxruntime(tmp_path):
+    """A GPT-style decoder whose vocabulary (1001) is not a multiple of 8: its layer norms and
+    its padded LM head run library kernels; fp16 within 1e-2 of fp32 ONNX Runtime."""
+    path = zoo.gpt_decoder(tmp_path / "gpt.onnx", external_data=False, vocab=1001)
+    inputs = {"input_ids": np.random.default_rng(5).integers(0, 1001, (2, 24)).astype(np.int64)}
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "gpt.so", options=ModelOptions(
+        precision="fp16", input_shapes={"input_ids": (2, 24)}))
+    symbols = [k["symbol"] for k in result.manifest["library_kernels"].values()]
+    assert any("layer_norm" in s for s in symbols) and any("plain" in s for s in symbols)
+    (mismatch,) = runtime.compare(tvmopt.load(result.path)(inputs),
+                                  runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-2, mismatch
+
+
 @pytest.mark.parametrize("gelu", ["torch", "gelu_new"])
 def test_the_tanh_gelu_epilogue_matches_onnxruntime(tmp_path, gelu):
     """Linear, tanh GELU, Linear: the GELU runs in the first GEMM's epilogue (GELU_taylor)."""

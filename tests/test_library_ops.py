@@ -65,7 +65,7 @@ def test_an_op_is_one_module_and_one_line(tmp_path, monkeypatch):
 def _catalogue_sources() -> dict[str, str]:
     """{symbol: sha256 of its source and the csrc headers it includes} for every tactic of every
     registered op, over layers that reach each variant of its instantiation."""
-    from tvmopt.kernels.library import attention, conv2d, gemm
+    from tvmopt.kernels.library import attention, conv2d, gemm, layer_norm
     from tvmopt.kernels.library.cutlass import ACTIVATIONS, Epilogue
 
     epilogues = [Epilogue(bias, act, residual) for bias in (False, True)
@@ -78,6 +78,7 @@ def _catalogue_sources() -> dict[str, str]:
                                                causal=causal)
                    for mask, dtype in ((None, None), ((1, 16), "float16"), ((1, 16), "float32"))
                    for causal in (None, 0)]
+    geometries += [layer_norm.LayerNormGeometry(128, cols, 1e-5) for cols in (768, 4096)]
     ops = {type(g): op for op in registry.OPS for g in geometries
            if isinstance(g, op.geometry_type)}
     found = {}

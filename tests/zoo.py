@@ -458,7 +458,8 @@ def bert_encoder(path: Path, *, opset: int = 17, exporter: str = "legacy",
 
 
 def gpt_decoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden: int = 64,
-                heads: int = 4, layers: int = 2, external_data: bool = True) -> Path:
+                heads: int = 4, layers: int = 2, external_data: bool = True,
+                vocab: int = VOCAB) -> Path:
     """GPT-2-style decoder: pre-LN blocks, tanh-GELU, causal mask built from the sequence length
     (Shape/Gather/Range/Unsqueeze/Less/Where), head split via view from x.size() (Concat +
     Reshape), LM head tied to the token embedding. Saved with all weights in one external file
@@ -482,11 +483,11 @@ def gpt_decoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden
     class GPT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.wte = nn.Embedding(VOCAB, hidden)
+            self.wte = nn.Embedding(vocab, hidden)
             self.wpe = nn.Embedding(128, hidden)
             self.blocks = nn.ModuleList(Block() for _ in range(layers))
             self.ln_f = nn.LayerNorm(hidden)
-            self.head = nn.Linear(hidden, VOCAB, bias=False)
+            self.head = nn.Linear(hidden, vocab, bias=False)
             self.head.weight = self.wte.weight  # tied: one initializer, Gather + MatMul users
 
         def forward(self, input_ids):
@@ -502,7 +503,7 @@ def gpt_decoder(path: Path, *, opset: int = 17, exporter: str = "legacy", hidden
 
     torch.manual_seed(0)
     net = GPT()
-    ids = torch.randint(0, VOCAB, (BATCH, SEQ))
+    ids = torch.randint(0, vocab, (BATCH, SEQ))
     model = _export(net, (ids,), path, input_names=["input_ids"], output_names=["logits"],
                     dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
                                   "logits": {0: "batch", 1: "sequence"}},

@@ -69,8 +69,9 @@ class KernelLibrary:
     name = "cutlass"  # the provider's name in tactic records and manifests
 
     def provide(self, kernels, ctx) -> dict[str, ExternKernel]:
+        arch = ctx.target.attrs.get("arch")
         model = TacticModel.load(ctx.store, target_identity(ctx.target)[0], self.name,
-                                 str(ctx.target.attrs["arch"]))
+                                 str(arch) if arch is not None else None)
         chosen: dict[str, tuple[Layer, Choice]] = {}
         for kernel in kernels:
             layer = ctx.library_layers.get(kernel.name)

@@ -4,7 +4,8 @@
 out = act(A @ B + bias + residual), as `symbol(a, b, [bias], [residual], workspace, out)`. A is
 [..., M, K] row-major; B is [K, N] ("row", an ONNX MatMul weight) or [N, K] ("col", a Gemm
 transB weight, or an OHWI 1x1 conv filter, which `conv2d.py` hands here); a B of rank > 2 makes a
-batched GEMM over its leading dimensions.
+batched GEMM over its leading dimensions. N and K are multiples of 8; `gemm_padding.py` pads
+the constant weight of a GEMM whose sizes are not.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import relax_match
+from . import gemm_padding, relax_match
 from .cutlass import (ALIGNMENT, SMS, CutlassOp, CutlassTactic, Epilogue, check_epilogue,
                       epilogue_inputs)
 from .instance import Instance, instantiation, tensor_params
@@ -50,6 +51,11 @@ class Gemm(CutlassOp):
     name = "gemm"
     anchor_op = "relax.matmul"
     geometry_type = GemmGeometry
+
+    def canonicalize(self, mod):
+        """The CUTLASS ops' rewrites, then GEMMs by a constant weight whose N or K is not a
+        multiple of 8 padded with zeros to one (`gemm_padding.py`)."""
+        return gemm_padding.canonicalize(super().canonicalize(mod))
 
     def check(self, context) -> bool:
         return _check(context)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 
-from . import attention, conv2d, gemm
+from . import attention, conv2d, gemm, layer_norm
 from .op import Layer, Op, Pattern
 
 OPS: list[Op] = [
     attention.OP,
     gemm.OP,
     conv2d.OP,
+    layer_norm.OP,
 ]
 
 

@@ -1,0 +1,56 @@
+"""The kernel library's layer norm (tvmopt/kernels/library/layer_norm.py): which layer norms it
+takes, its instance compiles for Hopper (nvcc, no GPU), and its NumPy reference is a layer
+norm. tests/test_gpu.py runs it against ONNX Runtime."""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+import zoo
+from tvmopt import prepare, targets
+from tvmopt.kernels import library
+from tvmopt.kernels.library import layer_norm, nvcc
+from tvmopt.prepare import ModelOptions
+
+
+def test_a_transformers_layer_norms_are_library_layers(tmp_path):
+    """BERT-style encoder, fp16: the embedding LN and both LNs of each of 2 layers (hidden 32)."""
+    path = zoo.bert_encoder(tmp_path / "bert.onnx")
+    mod = prepare.prepare(path, targets.resolve("cuda-sm90a"), ModelOptions(
+        precision="fp16", input_shapes={"input_ids": (2, 16), "attention_mask": (2, 16)})).mod
+    norms = [l for l in library.layers(mod).values() if l.op is layer_norm.OP]
+    assert norms and {(l.geometry.rows, l.geometry.cols) for l in norms} == {(32, 32)}
+    assert all(l.geometry.eps == pytest.approx(1e-12) and l.params == (l.geometry.eps,)
+               for l in norms)
+    assert sorted(norms[0].args) == ["beta", "gamma", "x"]
+
+
+def test_layer_norms_the_kernel_cannot_run_stay_on_tvm_kernels(tmp_path):
+    """fp32 (no mixed precision) and rows of a length not a multiple of 8."""
+    path = zoo.bert_encoder(tmp_path / "bert.onnx", hidden=36, heads=4)
+    shapes = {"input_ids": (2, 16), "attention_mask": (2, 16)}
+    for precision in ("fp16", "fp32"):
+        mod = prepare.prepare(path, targets.resolve("cuda-sm90a"), ModelOptions(
+            precision=precision, input_shapes=shapes)).mod
+        assert not [l for l in library.layers(mod).values() if l.op is layer_norm.OP]
+
+
+def test_the_reference_is_a_layer_norm():
+    g = layer_norm.LayerNormGeometry(3, 768, 1e-5)
+    arrays = layer_norm.OP.inputs(g, {}, np.random.default_rng(0))
+    out = layer_norm.OP.reference(g, {**arrays, "gamma": np.ones(768, np.float16),
+                                      "beta": np.zeros(768, np.float16)})
+    np.testing.assert_allclose(out.mean(axis=-1), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=-1), 1, atol=1e-4)
+    assert [layer_norm.LayerNormGeometry(1, c, 0).chunks for c in (8, 256, 768, 4096)] == [
+        1, 1, 4, 16]
+
+
+def test_the_layer_norm_instance_compiles_for_hopper(tmp_path, monkeypatch):
+    monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path))
+    g = layer_norm.LayerNormGeometry(128, 768, 1e-5)
+    spec = layer_norm.OP.instance(g, layer_norm.CATALOGUE[0], "sm_90a")
+    (obj,) = nvcc.compile_all({spec.symbol: spec.source}, "sm_90a").values()
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert f"__tvm_ffi_{spec.symbol}" in symbols
