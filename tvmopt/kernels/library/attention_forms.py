@@ -74,9 +74,6 @@ class Form:
 
 def canonicalize(mod):
     """`mod` with every attention of main it can read written in the canonical form."""
-    import tvm
-    from tvm import relax
-
     main = mod["main"]
     bindings, users = _bindings(main)
     forms = {}
@@ -93,10 +90,9 @@ def canonicalize(mod):
     if not forms:
         return mod
     log.debug("attention: %d softmax(es) rewritten into the canonical form", len(forms))
-    rewritten = relax.analysis.remove_all_unused(_Rewriter(mod, forms).visit_expr(main))
-    functions = {gv: (rewritten if gv.name_hint == "main" else f)
-                 for gv, f in mod.functions.items()}
-    return tvm.IRModule(functions, attrs=mod.attrs)
+    return relax_match.rewrite_bindings(mod, {
+        out: (lambda builder, remap, form=form: _Emitter(builder, remap).attention(form))
+        for out, form in forms.items()})
 
 
 def _bindings(func):
@@ -554,34 +550,6 @@ class _Emitter:
         merged = self.bb.emit(relax.op.permute_dims(
             context, ["bhs".index(a) for a in form.out.order] + [3]))
         return relax.op.reshape(merged, form.out_shape)
-
-
-def _rewriter_class():
-    from tvm import relax
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def __init__(self, mod, forms):
-            super().__init__(mod)
-            self.forms = forms
-
-        def visit_var_binding_(self, binding):
-            form = self.forms.get(binding.var)
-            if form is None:
-                return super().visit_var_binding_(binding)
-            emitter = _Emitter(self.builder_, self.visit_expr)
-            result = emitter.attention(form)
-            if isinstance(binding.var, relax.DataflowVar):
-                new = self.builder_.emit(result)
-            else:
-                new = self.builder_.emit_output(result)
-            self.set_var_remap(binding.var, new)
-
-    return Rewriter
-
-
-def _Rewriter(mod, forms):  # noqa: N802 (a class made when TVM is imported)
-    return _rewriter_class()(mod, forms)
 
 
 __all__ = ["Form", "Heads", "canonicalize", "causal_offset"]
