@@ -385,10 +385,18 @@ def _heads_of_view(source, ops, shape, transposed: bool) -> Heads | None:
     stride = dict(zip(names, strides))
     if stride["d"] != 1 and sizes["d"] != 1:
         return None
+    order = _order(sizes, stride)
+    return None if order is None else Heads(source, order, sizes["b"], sizes["h"], sizes["s"],
+                                            sizes["d"])
+
+
+def _order(sizes: dict, stride: dict) -> str | None:
+    """The memory order of batch, heads and sequence whose contiguous strides (the head
+    dimension innermost) these are; a dimension of size 1 may have any stride."""
     for order in ORDERS:
         expected = dict(zip(order, _contiguous([sizes[a] for a in order] + [sizes["d"]])[:3]))
         if all(stride[a] == expected[a] or sizes[a] == 1 for a in "bhs"):
-            return Heads(source, order, sizes["b"], sizes["h"], sizes["s"], sizes["d"])
+            return order
     return None
 
 
@@ -431,11 +439,8 @@ def _output(context, bindings, users, bhsd) -> tuple[Heads, list[int]] | None:
         return None
     sizes = dict(zip("bhsd", bhsd))
     stride = dict(zip("bhsd", strides))
-    for order in ORDERS:
-        expected = dict(zip(order, _contiguous([sizes[a] for a in order] + [sizes["d"]])[:3]))
-        if stride["d"] == 1 and all(stride[a] == expected[a] or sizes[a] == 1 for a in "bhs"):
-            return Heads(last, order, *bhsd), list(final_shape)
-    return None
+    order = _order(sizes, stride) if stride["d"] == 1 else None
+    return None if order is None else (Heads(last, order, *bhsd), list(final_shape))
 
 
 def _var_of(call, bindings):

@@ -233,9 +233,6 @@ class CutlassOp(Op):
     roles = ("a", "b", "bias", "residual")
     anchor_op: ClassVar[str]  # "relax.matmul", "relax.nn.conv2d"
 
-    def canonicalize(self, mod):
-        return fold_tanh_gelu(mod)
-
     def check(self, context) -> bool:
         """Whether the instance computes a match exactly (FuseOpsByPattern's check)."""
         raise NotImplementedError

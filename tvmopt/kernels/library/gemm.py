@@ -16,7 +16,7 @@ import numpy as np
 
 from . import gemm_padding, relax_match
 from .cutlass import (ALIGNMENT, SMS, CutlassOp, CutlassTactic, Epilogue, check_epilogue,
-                      epilogue_inputs)
+                      epilogue_inputs, fold_tanh_gelu)
 from .instance import Instance, instantiation, tensor_params
 from .op import Layer, Match
 
@@ -53,9 +53,10 @@ class Gemm(CutlassOp):
     geometry_type = GemmGeometry
 
     def canonicalize(self, mod):
-        """The CUTLASS ops' rewrites, then GEMMs by a constant weight whose N or K is not a
-        multiple of 8 padded with zeros to one (`gemm_padding.py`)."""
-        return gemm_padding.canonicalize(super().canonicalize(mod))
+        """The tanh GELU folded (module-wide, once: the conv epilogues see it too, since every
+        op canonicalises before any pattern is matched), then GEMMs by a constant weight whose N
+        or K is not a multiple of 8 padded with zeros to one (`gemm_padding.py`)."""
+        return gemm_padding.canonicalize(fold_tanh_gelu(mod))
 
     def check(self, context) -> bool:
         return _check(context)
