@@ -63,7 +63,8 @@ SUITES = (
           "what a tune bought on a GPU: tuned against untuned, and per task its trials, best "
           "latency and whether tensor cores won"),
     Suite("attention-kernel", "benchmarks.gpu.attention_kernel", "gpu",
-          "the fused attention kernel alone at BERT-base's batch-32 shape (for Nsight Compute)"),
+          "every attention tactic (mma.sync and WMMA kernels) at the transformer models' "
+          "attention shapes, measured and checked as tune does"),
     Suite("gpu-host", "benchmarks.gpu_host.session", "gpu",
           "a GPU host with a per-call time limit: carried database and kernel cache, a tune that "
           "outlives the call, waiting for it"),

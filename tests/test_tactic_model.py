@@ -115,6 +115,19 @@ def test_a_layers_own_records_come_first_failures_included(store):
     assert _model(store).choose(layer) == Choice(STREAMK, "measured", 2e-6)
 
 
+def test_records_of_a_tactic_the_catalogue_dropped_neither_choose_nor_finish_a_layer(store):
+    """A layer measured only with tactics the library has since dropped (or renamed) runs a
+    tactic of today's catalogue, and a tune measures it again."""
+    layer = _gemm(128)
+    assert _model(store).choose(layer) == Choice(SMALL, "measured", 4e-6)
+    dropped = _gemm(512)
+    _record(store, dropped, {NOT_IN_CATALOGUE: 1e-6})
+    assert _model(store).choose(dropped).source != "measured"
+    assert library_tactics.pending(dropped, _hopper(), store)
+    _record(store, dropped, {SMALL: 2e-6})
+    assert not library_tactics.pending(dropped, _hopper(), store)
+
+
 def test_attention_is_predicted_from_its_own_mask_kind(tmp_path):
     """Attention's tactics through the Op's default features."""
     rows_32, rows_64 = attention.CATALOGUE[1], attention.CATALOGUE[0]

@@ -1,65 +1,122 @@
-"""The fused attention kernel alone, on this GPU, at BERT-base's batch-32 shape, for Nsight
-Compute, which needs one kernel launched without a model around it:
+"""Every tactic of the attention op on this GPU, at the attention shapes of the transformer
+table's models (and head dims 80 and 96 at long sequences): each measured the way `tune`
+measures tactics (a CUDA graph of calls, each result checked against the op's NumPy reference,
+a wrong one stored as a failure).
 
-    ncu --kernel-name regex:Attention --launch-skip 2 --launch-count 1 --section SpeedOfLight \\
-        python -m benchmarks attention-kernel [--tactic INDEX]
+    python -m benchmarks attention-kernel [--shapes bert_b1,gpt2] [--db FILE]
 
-Reports the kernel's error against the attention op's NumPy reference, which `tune` checks
-tactics with.
+With `--db` the records go into that tuning database (the team's: `tuning_logs/h100-sm90a.db`),
+as a tune would store them. Under Nsight Compute, `--shapes` and `--tactics` narrow the launches:
+    ncu --kernel-name regex:Attention --section SpeedOfLight python -m benchmarks \\
+        attention-kernel --shapes bert_b32 --tactics 64x64x16_c1x1_mma_online
 """
 
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 
 from .. import record
 
 SUITE = "attention-kernel"
-INTERNAL_API = ("tvmopt.kernels.library",)  # an op's instance, inputs and reference
+# What is measured is the attention op's instances alone, through the tune's own measurement:
+# neither is reachable through the public API.
+INTERNAL_API = ("tvmopt.kernels.library", "tvmopt.tuning.library_tactics", "tvmopt.tuning.options",
+                "tvmopt.database")
 
 
-def run(tactic: int) -> float:
-    """Compile the tactic's instance, launch it three times, return its relative error."""
-    import numpy as np
-    import tvm
+def shapes() -> dict:
+    """{name: AttentionGeometry} of the models' attention layers, as the forms are read."""
+    from tvmopt.kernels.library.attention import AttentionGeometry as G
 
-    from tvmopt.kernels.library import attention, nvcc
+    packed_gpt2 = (2304, 0, 2304, 768, 2304, 1536)
+    return {
+        "bert_b1": G(1, 12, 128, 128, 64, 0.125, (1, 1, 128, 128), "float16"),
+        "bert_b32": G(32, 12, 128, 128, 64, 0.125, (32, 1, 128, 128), "float16"),
+        "gpt2": G(1, 12, 128, 128, 64, 0.125, None, None, causal=0, packed=packed_gpt2),
+        "clip_text": G(1, 8, 77, 77, 64, 0.125, None, None, causal=0),
+        "vit_b16": G(1, 12, 197, 197, 64, 0.125, None, None, packed=packed_gpt2),
+        "vit_b16_b64": G(64, 12, 197, 197, 64, 0.125, None, None, packed=packed_gpt2),
+        "llama_s512": G(1, 16, 512, 512, 128, 128 ** -0.5, None, None, kv_heads=4, causal=0),
+        "d80_s1024": G(1, 32, 1024, 1024, 80, 80 ** -0.5, (1, 1, 1, 1024), "float32"),
+        "d96_s384": G(4, 16, 384, 384, 96, 96 ** -0.5, None, None, causal=0),
+    }
 
-    op = attention.OP
-    g = attention.AttentionGeometry(32, 12, 128, 128, 64, 0.125, (32, 1, 128, 128), "float16")
-    instance = op.instance(g, attention.CATALOGUE[tactic], "sm_90a")
-    objs = nvcc.compile_all({instance.symbol: instance.source}, "sm_90a")
-    lib = tvm.runtime.load_module(str(nvcc.link_shared(list(objs.values()),
-                                                       Path(tempfile.mkdtemp()) / "attention.so")))
-    arrays = op.inputs(g, {}, np.random.default_rng(0))
-    dev = tvm.cuda(0)
-    args = [tvm.runtime.tensor(arrays[r], dev) for r in op.roles]
-    ws = tvm.runtime.tensor(np.zeros(256, np.uint8), dev)
-    out = tvm.runtime.tensor(np.zeros(op.output_shape(g), np.float16), dev)
-    f = lib[instance.symbol]
-    for _ in range(3):
-        f(*args, *op.params(g), ws, out)
-    dev.sync()
-    reference = op.reference(g, arrays)
-    err = float(np.abs(out.numpy().astype(np.float32) - reference).max()
-                / np.abs(reference).max())
-    print("rel err", err)
-    return err
+
+def measure(names: list[str], tactics: list[str] | None, db: Path | None) -> list[dict]:
+    """Rows per shape: each tactic's seconds (None: failed) and the fastest of each kernel."""
+    from tvmopt import targets
+    from tvmopt.database import open_database, target_identity
+    from tvmopt.kernels.library import KernelLibrary, attention
+    from tvmopt.kernels.library.op import Layer
+    from tvmopt.tuning.library_tactics import measure_tactics
+    from tvmopt.tuning.options import TuneOptions
+
+    target = targets.resolve("cuda-sm90a").tvm_target()
+    tsha = target_identity(target)[0]
+    layers = {}
+    for name in names:
+        layer = Layer(attention.OP, shapes()[name], {})
+        if tactics:  # only the named tactics: a catalogue of those
+            layer = _Narrowed(layer, tuple(t for t in layer.tactics if t.name in tactics))
+        layers[name] = (layer, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = db or Path(tmp) / "attention.db"
+        with open_database(path) as store:
+            measure_tactics(layers, target, store, TuneOptions(trials=0), device="cuda",
+                            run_uid=uuid.uuid4().hex, limit=len(attention.CATALOGUE) * 8)
+            times = store.tactic_times(tsha, KernelLibrary.name)
+    rows = []
+    for name, (layer, _) in layers.items():
+        own = times.get(layer.key, {})
+        ran = [(sec, t) for t, sec in own.items() if sec is not None]
+        rows.append({"shape": name, "layer": layer.key, "describe": layer.describe(),
+                     "tactics": own, "best": min(ran) if ran else None,
+                     "default": layer.default_tactic().name})
+    return rows
+
+
+class _Narrowed:
+    """A layer whose catalogue is a subset of its op's."""
+
+    def __init__(self, layer, tactics):
+        self._layer, self.tactics = layer, tactics
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
 
 
 def main(argv: list[str]) -> dict:
     p = record.parser(SUITE, __doc__)
-    p.add_argument("--tactic", type=int, default=0,
-                   help="index into the attention tactic catalogue [default: %(default)s]")
+    p.add_argument("--shapes", default=None,
+                   help="comma-separated shape names [default: all]")
+    p.add_argument("--tactics", default=None,
+                   help="comma-separated tactic names [default: the whole catalogue]")
+    p.add_argument("--db", type=Path, default=None,
+                   help="also store the records in this tuning database")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="result JSON [default: benchmarks/results/attention_kernel_DATE.json]")
     args = p.parse_args(argv)
-    err = run(args.tactic)
+    known = list(shapes())
+    names = args.shapes.split(",") if args.shapes else known
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    rows = measure(names, args.tactics.split(",") if args.tactics else None, args.db)
+    tactics = sorted({t for r in rows for t in r["tactics"]})
+    table = []
+    for r in rows:
+        times = [r["tactics"].get(t, "-") for t in tactics]
+        table.append([r["shape"], r["describe"], *("failed" if sec is None else "-" if sec == "-"
+                                                   else f"{sec * 1e6:.2f}" for sec in times)])
+        print(" | ".join(map(str, table[-1])))
     doc = record.new(SUITE, argv, device="gpu",
-                     title="Fused attention kernel alone, BERT-base batch-32 shape")
-    doc["results"] = {"tactic": args.tactic, "max_rel_err": err}
-    doc["sections"] = [{"table": record.table(["tactic", "max rel err vs NumPy"],
-                                              [[args.tactic, f"{err:.2e}"]])}]
+                     title="Attention kernels per tactic at the transformer models' shapes")
+    doc["results"] = {"rows": rows}
+    doc["sections"] = [{
+        "notes": "Microseconds per call from CUDA-graph replays (tune's measurement); a tactic "
+                 "whose result is more than 1e-2 off the NumPy reference is a failure.",
+        "table": record.table(["shape", "layer", *tactics], table)}]
     record.write(doc, args.output or record.default_path(SUITE))
     return doc

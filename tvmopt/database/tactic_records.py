@@ -94,6 +94,14 @@ class TacticRecords:
             "LIMIT 1", [layer_key, target_sha256]).fetchone()
         return TacticRecord(*row) if row else None
 
+    def ran_tactics(self, layer_key: str, target_sha256: str) -> set[str]:
+        """Tactics of any provider that ran a layer on a target (measured, not failed)."""
+        if not self.has_table("tactic_records"):
+            return set()
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT tactic FROM tactic_records WHERE layer_key = ? AND target_sha256 = ? "
+            "AND mean_sec IS NOT NULL", [layer_key, target_sha256])}
+
     def measured_tactics(self, layer_key: str, target_sha256: str, provider: str) -> set[str]:
         """Tactics of a provider measured (or failed) for a layer on a target."""
         return {r[0] for r in self.conn.execute(

@@ -55,10 +55,12 @@ class LayerTactics:
 
 
 def _untried(layer: Layer, tsha: str, store) -> list:
-    """The catalogue tactics a layer has not tried on this target, while none ran on it."""
-    if store.best_tactic(layer.key, tsha) is not None:
-        return []
+    """The catalogue tactics a layer has not tried on this target, while none of its catalogue
+    ran on it (records of tactics the library has since dropped do not count)."""
     done = store.measured_tactics(layer.key, tsha, KernelLibrary.name)
+    ran = store.ran_tactics(layer.key, tsha)
+    if any(t.name in ran for t in layer.tactics):
+        return []
     return [t for t in layer.tactics if t.name not in done]
 
 
@@ -86,9 +88,11 @@ def shortlist(plans: list[LayerTactics], model: TacticModel, arch: str,
 
 def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options: TuneOptions,
                     *, device: str, run_uid: str,
-                    should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Measure a shortlist of tactics on the layers ({task: (layer, weight)}) with none measured
-    of their own; returns how many (layer, tactic) pairs were measured."""
+                    should_stop: Callable[[], bool] = lambda: False,
+                    limit: int = MAX_INSTANCES) -> int:
+    """Measure a shortlist of at most `limit` instances' tactics on the layers ({task: (layer,
+    weight)}) with none measured of their own; returns how many (layer, tactic) pairs were
+    measured."""
     tsha = target_identity(target)[0]
     plan: dict[str, LayerTactics] = {}
     for layer, weight in layers.values():
@@ -100,7 +104,8 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
     if not ordered:
         return 0
     arch = str(target.attrs["arch"])
-    chosen = shortlist(ordered, TacticModel.load(store, tsha, KernelLibrary.name, arch), arch)
+    chosen = shortlist(ordered, TacticModel.load(store, tsha, KernelLibrary.name, arch), arch,
+                       limit)
     for p in ordered:  # each instance of the shortlist is measured on every layer it runs
         p.todo = [t for t in p.todo if p.layer.instance(t, arch).symbol in chosen]
     measuring = [p for p in ordered if p.todo]
@@ -108,7 +113,7 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
     sources = {s.symbol: s.source for s in specs.values()}
     left = len(ordered) - len(measuring)
     log.info("kernel library: measuring %d tactics of %d instance(s) (at most %d) on %d layer(s)"
-             "%s", len(specs), len(sources), MAX_INSTANCES, len(measuring),
+             "%s", len(specs), len(sources), limit, len(measuring),
              f"; {left} layer(s) left to the next tune" if left else "")
     failed: dict[str, str] = {}  # a tactic nvcc rejects is a failed tactic, not a failed tune
     objects = nvcc.compile_all({**sources, TIMER_SYMBOL: timer().source}, arch, failed=failed)

@@ -123,8 +123,9 @@ class TacticModel:
 
     def choose(self, layer: Layer) -> Choice:
         """The layer's fastest measured tactic, else the predicted one, else the default."""
+        catalogue = {t.name for t in layer.tactics}  # records of dropped tactics do not count
         own = {name: sec for name, sec in self.times.get(layer.key, {}).items()
-               if sec is not None}
+               if sec is not None and name in catalogue}
         if own:
             name = min(own, key=lambda n: (own[n], n))
             return Choice(layer.op.parse_tactic(name), MEASURED, own[name])

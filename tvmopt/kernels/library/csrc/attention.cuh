@@ -1,32 +1,31 @@
-// A fused attention (FlashAttention's online softmax, tensor cores through WMMA) for the
-// attention the ONNX exporters write out op by op: out = softmax(scale * Q K^T + mask) V per
-// batch and head, in one kernel. The scores never leave shared memory, and Q, K, V and the
-// output stay in the [batch, seq, heads * head_dim] layout the projections write, so the head
-// split and merge transposes go too. Each CTA takes a block of query rows (16 per warp) and
-// walks the keys a block at a time: S = Q K^T on tensor cores (fp32), mask (the accumulator
-// starts from mask / scale) and the running max and sum in fp32, a row at a time across the
-// warp's lanes, P in fp16 back through tensor cores into an fp32 accumulator rescaled as the max
-// moves. The mask is additive, fp16 or fp32, any shape that broadcasts to
-// [batch, heads, seq_q, seq_k] with the keys contiguous (its strides say how it broadcasts).
-// A causal instance generates its mask (key > query + offset is hidden) and skips the key blocks
-// wholly above the diagonal. Each of Q, K, V and the output is read in the layout its producer
-// wrote (batch, heads and sequence in any order, the head dimension innermost: a Layout; Q, K
-// and V may be column slices of one packed projection, rows `pitch` elements apart), and
-// K and V may have fewer heads than Q (grouped-query attention: head h reads K/V head
-// h / (heads / kv_heads), never a copy). Batch and sequence lengths are runtime arguments.
+// A fused attention (FlashAttention-2's scheme on mma.sync tensor cores) for the attention the
+// ONNX exporters write out op by op: out = softmax(scale * Q K^T + mask) V per batch and head,
+// in one kernel. Each CTA takes a block of query rows (16 per warp) and walks the keys a block at
+// a time: K and V of the next block load (cp.async, two stages) while this one computes; S = Q K^T
+// from ldmatrix fragments stays in registers, the mask is added and the running max and sum kept
+// in fp32 (each thread holds two rows, two keys of every 8: a row's max and sum take one
+// exchange within each quad of lanes), and P goes from the accumulators straight into P V's
+// A operand as fp16. The scores never touch shared memory. The mask is additive, fp16 or fp32,
+// any shape that broadcasts to [batch, heads, seq_q, seq_k] with the keys contiguous (its strides
+// say how it broadcasts). A causal instance generates its mask (key > query + offset is hidden)
+// and skips the key blocks wholly above the diagonal. Each of Q, K, V and the output is read in
+// the layout its producer wrote (batch, heads and sequence in any order, the head dimension
+// innermost: a Layout; Q, K and V may be column slices of one packed projection, rows `pitch`
+// elements apart), and K and V may have fewer heads than Q (grouped-query attention: head h
+// reads K/V head h / (heads / kv_heads), never a copy). Batch and sequence lengths are runtime
+// arguments. (An earlier kernel staged the scores in shared memory through WMMA: 1.7-5.6x slower
+// at every shape measured, benchmarks/results/attention_kernel_h100_2026-12-07.md.)
 #pragma once
 #include <cfloat>
 #include <mutex>
 #include <type_traits>
 
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include "ffi.cuh"
 
 namespace tvmopt {
 namespace attention {
-using namespace nvcuda;
 
 // A tactic: Warps warps of 16 query rows per CTA, KeyBlock keys per step; Mask is the additive
 // mask's element type (half or float), void for none; Causal generates the causal mask.
@@ -50,34 +49,65 @@ struct Layout {
 template <class C, int D>
 struct Smem {
   static constexpr int kLd = D + 8;  // halves per Q/K/V row: padded against bank conflicts
-  static constexpr int kSLd = (D > C::kKeys ? D : C::kKeys) + 4;  // floats per score row
-  static constexpr int kPLd = C::kKeys + 8;
-  static constexpr size_t kBytes = sizeof(half) * (C::kRows + 2 * C::kKeys) * kLd
-      + sizeof(float) * C::kWarps * 16 * kSLd + sizeof(half) * C::kWarps * 16 * kPLd;
+  static constexpr size_t kBytes = sizeof(half) * (C::kRows + 4 * C::kKeys) * kLd;  // Q; K, V x2
 };
 
-// Rows [row0, row0 + ROWS) of x, a [batch * seq, heads * D] matrix read at head h, into smem
-// (zeros past the sequence's end), 16 bytes per access: up to 4 loads per thread are in flight
-// before the first store, so the CTA does not wait for global memory once per row.
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* global, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::); }
+
+__device__ __forceinline__ void WaitAsync() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void Ldmatrix(unsigned (&r)[4], const half* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
+__device__ __forceinline__ void LdmatrixTrans(unsigned (&r)[4], const half* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
+// d += a b for a 16x16 fp16 A fragment, a 16x8 B fragment (b0, b1) and a 16x8 fp32 accumulator.
+__device__ __forceinline__ void Mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                    unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned PackHalves(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+
+// Rows [row0, row0 + ROWS) of x (rows `row_stride` apart) into smem, asynchronously, zeros past
+// the sequence's end.
 template <class C, int D, int ROWS>
-__device__ __forceinline__ void LoadRows(half* dst, const half* x, int64_t row_stride, int row0,
-                                         int seq) {
-  constexpr int kChunks = D / 8, kPer = ROWS * kChunks / C::kThreads;
-  constexpr int kBatch = kPer < 4 ? kPer : 4;
+__device__ __forceinline__ void LoadRowsAsync(half* dst, const half* x, int64_t row_stride,
+                                              int row0, int seq) {
+  constexpr int kChunks = D / 8, kSteps = (ROWS * kChunks + C::kThreads - 1) / C::kThreads;
 #pragma unroll
-  for (int n0 = 0; n0 < kPer; n0 += kBatch) {
-    uint4 value[kBatch];
-#pragma unroll
-    for (int n = 0; n < kBatch; ++n) {
-      const int i = threadIdx.x + (n0 + n) * C::kThreads, r = i / kChunks, c = (i % kChunks) * 8;
-      value[n] = row0 + r < seq ? *reinterpret_cast<const uint4*>(x + (row0 + r) * row_stride + c)
-                                : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int n = 0; n < kBatch; ++n) {
-      const int i = threadIdx.x + (n0 + n) * C::kThreads, r = i / kChunks, c = (i % kChunks) * 8;
-      *reinterpret_cast<uint4*>(dst + r * Smem<C, D>::kLd + c) = value[n];
-    }
+  for (int n = 0; n < kSteps; ++n) {
+    const int i = threadIdx.x + n * C::kThreads, r = i / kChunks, c = (i % kChunks) * 8;
+    if (ROWS * kChunks % C::kThreads != 0 && i >= ROWS * kChunks) break;
+    const bool valid = row0 + r < seq;
+    CopyAsync16(dst + r * Smem<C, D>::kLd + c, valid ? x + (row0 + r) * row_stride + c : x,
+                valid);
   }
 }
 
@@ -87,134 +117,149 @@ __global__ void __launch_bounds__(C::kThreads) Attention(
     const typename C::MaskT* __restrict__ mask, half* __restrict__ out, int H, int group, int Sq,
     int Sk, float scale, int64_t mask_sb, int64_t mask_sh, int64_t mask_sq, int causal_offset,
     Layout ql, Layout kl, Layout vl, Layout ol) {
+  static_assert(D % 16 == 0 && C::kKeys % 16 == 0, "whole 16x16 fragments");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  using S = Smem<C, D>;
+  constexpr int kLd = Smem<C, D>::kLd, kKeyTiles = C::kKeys / 8, kDimTiles = D / 8;
+  constexpr float kLog2e = 1.4426950408889634f;
   half* qs = reinterpret_cast<half*>(smem_raw);
-  half* ks = qs + C::kRows * S::kLd;
-  half* vs = ks + C::kKeys * S::kLd;
+  half* kv = qs + C::kRows * kLd;  // stage s: K at kv + 2 * s * kKeys * kLd, V after it
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* ss = reinterpret_cast<float*>(vs + C::kKeys * S::kLd) + warp * 16 * S::kSLd;
-  half* ps = reinterpret_cast<half*>(reinterpret_cast<float*>(vs + C::kKeys * S::kLd)
-                                     + C::kWarps * 16 * S::kSLd) + warp * 16 * S::kPLd;
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * C::kRows, hk = h / group;
-  const half* qb = q + b * ql.batch + h * ql.head;
   const half* kb = k + b * kl.batch + hk * kl.head;
   const half* vb = v + b * vl.batch + hk * vl.head;
-  LoadRows<C, D, C::kRows>(qs, qb, ql.seq, q0, Sq);
-
-  // Each lane owns columns lane + 32 * c of all 16 of its warp's rows: every shared-memory access
-  // hits 32 banks once, and the mask and output rows are read and written coalesced.
-  constexpr int kKeyCols = C::kKeys / 32, kOutCols = (D + 31) / 32;
-  const int row0 = q0 + warp * 16;
-  const typename C::MaskT* mbase = C::kMasked ? mask + b * mask_sb + h * mask_sh : nullptr;
-  const float inv_scale = 1.f / scale;
-  float acc[16][kOutCols], row_max[16], row_sum[16];  // the row statistics: alike in all lanes
-#pragma unroll
-  for (int rr = 0; rr < 16; ++rr) {
-    row_max[rr] = -INFINITY;
-    row_sum[rr] = 0.f;
-#pragma unroll
-    for (int c = 0; c < kOutCols; ++c) acc[rr][c] = 0.f;
-  }
-
   // A causal CTA stops after the last key its last query row sees.
-  const int key_end = C::kCausal ? min(Sk, q0 + C::kRows + causal_offset) : Sk;
-  for (int key0 = 0; key0 < key_end; key0 += C::kKeys) {
-    __syncthreads();  // the previous step is done with K and V
-    LoadRows<C, D, C::kKeys>(ks, kb, kl.seq, key0, Sk);
-    LoadRows<C, D, C::kKeys>(vs, vb, vl.seq, key0, Sk);
-    // The scores start from mask / scale (-inf past the keys), so the MMA adds the mask.
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr) {
-      const typename C::MaskT* mrow = C::kMasked ? mbase + min(row0 + rr, Sq - 1) * mask_sq : nullptr;
-#pragma unroll
-      for (int c = 0; c < kKeyCols; ++c) {
-        const int key = key0 + lane + 32 * c;
-        const bool hidden = key >= Sk || (C::kCausal && key > row0 + rr + causal_offset);
-        ss[rr * S::kSLd + lane + 32 * c] =
-            hidden ? -INFINITY : C::kMasked ? float(mrow[key]) * inv_scale : 0.f;
-      }
-    }
-    __syncthreads();
-    // S = mask / scale + Q K^T for this warp's 16 rows and the 64 keys.
-#pragma unroll
-    for (int t = 0; t < C::kKeys / 16; ++t) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-      wmma::load_matrix_sync(s, ss + t * 16, S::kSLd, wmma::mem_row_major);
-#pragma unroll
-      for (int d = 0; d < D; d += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> bt;
-        wmma::load_matrix_sync(a, qs + warp * 16 * S::kLd + d, S::kLd);
-        wmma::load_matrix_sync(bt, ks + t * 16 * S::kLd + d, S::kLd);
-        wmma::mma_sync(s, a, bt, s);
-      }
-      wmma::store_matrix_sync(ss + t * 16, s, S::kSLd, wmma::mem_row_major);
-    }
-    __syncwarp();
-    // Online softmax, a row at a time across the warp.
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr) {
-      float x[kKeyCols], step_max = -INFINITY;
-#pragma unroll
-      for (int c = 0; c < kKeyCols; ++c) {
-        x[c] = ss[rr * S::kSLd + lane + 32 * c] * scale;
-        step_max = fmaxf(step_max, x[c]);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffff, step_max, o));
-      const float new_max = fmaxf(row_max[rr], step_max);
-      const float base = new_max == -INFINITY ? 0.f : new_max;  // every key so far masked out
-      float step_sum = 0.f;
-#pragma unroll
-      for (int c = 0; c < kKeyCols; ++c) {
-        const float p = __expf(x[c] - base);
-        step_sum += p;
-        ps[rr * S::kPLd + lane + 32 * c] = __float2half(p);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) step_sum += __shfl_xor_sync(0xffffffff, step_sum, o);
-      const float rescale = __expf(row_max[rr] - base);
-      row_sum[rr] = row_sum[rr] * rescale + step_sum;
-      row_max[rr] = new_max;
-#pragma unroll
-      for (int c = 0; c < kOutCols; ++c) acc[rr][c] *= rescale;
-    }
-    __syncwarp();
-    // acc += P V, through the score buffer (WMMA's accumulator layout is opaque).
-#pragma unroll
-    for (int t = 0; t < D / 16; ++t) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
-      wmma::fill_fragment(o, 0.f);
-#pragma unroll
-      for (int j = 0; j < C::kKeys; j += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> bv;
-        wmma::load_matrix_sync(a, ps + j, S::kPLd);
-        wmma::load_matrix_sync(bv, vs + j * S::kLd + t * 16, S::kLd);
-        wmma::mma_sync(o, a, bv, o);
-      }
-      wmma::store_matrix_sync(ss + t * 16, o, S::kSLd, wmma::mem_row_major);
-    }
-    __syncwarp();
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr) {
-#pragma unroll
-      for (int c = 0; c < kOutCols; ++c) {
-        if (lane + 32 * c < D) acc[rr][c] += ss[rr * S::kSLd + lane + 32 * c];
-      }
-    }
-    __syncwarp();
+  const int key_end = C::kCausal ? max(0, min(Sk, q0 + C::kRows + causal_offset)) : Sk;
+  const int blocks = (key_end + C::kKeys - 1) / C::kKeys;
+  LoadRowsAsync<C, D, C::kRows>(qs, q + b * ql.batch + h * ql.head, ql.seq, q0, Sq);
+  if (blocks > 0) {
+    LoadRowsAsync<C, D, C::kKeys>(kv, kb, kl.seq, 0, Sk);
+    LoadRowsAsync<C, D, C::kKeys>(kv + C::kKeys * kLd, vb, vl.seq, 0, Sk);
   }
+  CommitAsync();
+
+  const half* qw = qs + warp * 16 * kLd;
+  const int rows[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
+  const typename C::MaskT* mrow[2] = {nullptr, nullptr};
+  if constexpr (C::kMasked) {
+    for (int i = 0; i < 2; ++i) {
+      mrow[i] = mask + b * mask_sb + h * mask_sh + min(rows[i], Sq - 1) * mask_sq;
+    }
+  }
+  const float scale_log2 = scale * kLog2e;
+  float acc[kDimTiles][4];
 #pragma unroll
-  for (int rr = 0; rr < 16; ++rr) {
-    if (row0 + rr < Sq) {
-      half* o = out + b * ol.batch + h * ol.head + (row0 + rr) * ol.seq + lane;
-      const float inv = 1.f / row_sum[rr];
+  for (int t = 0; t < kDimTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+
+  for (int j = 0; j < blocks; ++j) {
+    WaitAsync();
+    __syncthreads();  // block j is in shared memory, and every warp is done with block j - 1
+    if (j + 1 < blocks) {
+      half* next = kv + ((j + 1) & 1) * 2 * C::kKeys * kLd;
+      LoadRowsAsync<C, D, C::kKeys>(next, kb, kl.seq, (j + 1) * C::kKeys, Sk);
+      LoadRowsAsync<C, D, C::kKeys>(next + C::kKeys * kLd, vb, vl.seq, (j + 1) * C::kKeys, Sk);
+    }
+    CommitAsync();
+    const half* ks = kv + (j & 1) * 2 * C::kKeys * kLd;
+    const half* vs = ks + C::kKeys * kLd;
+    const int key0 = j * C::kKeys;
+
+    float s[kKeyTiles][4];
 #pragma unroll
-      for (int c = 0; c < kOutCols; ++c) {
-        if (lane + 32 * c < D) o[32 * c] = __float2half(acc[rr][c] * inv);
+    for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int d = 0; d < D; d += 16) {
+      unsigned a[4];
+      Ldmatrix(a, qw + (lane % 16) * kLd + d + (lane / 16) * 8);
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; n += 2) {
+        unsigned bk[4];
+        Ldmatrix(bk, ks + (n * 8 + (lane / 16) * 8 + lane % 8) * kLd + d + (lane / 8 % 2) * 8);
+        Mma(s[n], a, bk[0], bk[1]);
+        Mma(s[n + 1], a, bk[2], bk[3]);
       }
+    }
+    // Scores in log2 units with the mask added; s[n][e] is row rows[e / 2], key
+    // key0 + 8 n + 2 (lane % 4) + e % 2.
+    float base[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float step_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+        for (int e = 2 * i; e < 2 * i + 2; ++e) {
+          const int key = key0 + n * 8 + 2 * (lane % 4) + e % 2;
+          float x = s[n][e] * scale_log2;
+          if constexpr (C::kMasked) x += key < Sk ? float(mrow[i][key]) * kLog2e : 0.f;
+          if (key >= Sk || (C::kCausal && key > rows[i] + causal_offset)) x = -INFINITY;
+          s[n][e] = x;
+          step_max = fmaxf(step_max, x);
+        }
+      }
+      step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffff, step_max, 1));
+      step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffff, step_max, 2));
+      const float new_max = fmaxf(row_max[i], step_max);
+      base[i] = new_max == -INFINITY ? 0.f : new_max;  // every key so far hidden
+      const float rescale = exp2f(row_max[i] - base[i]);
+      row_max[i] = new_max;
+      row_sum[i] *= rescale;
+#pragma unroll
+      for (int t = 0; t < kDimTiles; ++t) {
+        acc[t][2 * i] *= rescale;
+        acc[t][2 * i + 1] *= rescale;
+      }
+    }
+    // O += P V, 16 keys at a time: two score tiles are one A fragment of P.
+#pragma unroll
+    for (int kk = 0; kk < C::kKeys / 16; ++kk) {
+      float e[2][4];
+#pragma unroll
+      for (int half_tile = 0; half_tile < 2; ++half_tile) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          e[half_tile][c] = exp2f(s[2 * kk + half_tile][c] - base[c / 2]);
+          row_sum[c / 2] += e[half_tile][c];
+        }
+      }
+      const unsigned p[4] = {PackHalves(e[0][0], e[0][1]), PackHalves(e[0][2], e[0][3]),
+                             PackHalves(e[1][0], e[1][1]), PackHalves(e[1][2], e[1][3])};
+#pragma unroll
+      for (int t = 0; t < kDimTiles; t += 2) {
+        unsigned bv[4];
+        LdmatrixTrans(bv, vs + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * kLd + t * 8
+                              + (lane / 16) * 8);
+        Mma(acc[t], p, bv[0], bv[1]);
+        Mma(acc[t + 1], p, bv[2], bv[3]);
+      }
+    }
+  }
+  WaitAsync();  // no copy still lands in Q's rows, which now stage the output
+  float inv[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
+    row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
+    inv[i] = row_sum[i] > 0.f ? 1.f / row_sum[i] : 0.f;
+  }
+  __syncthreads();  // every warp's reads of Q are done (and, with no key block, Q has landed)
+  half* ow = qs + warp * 16 * kLd;
+#pragma unroll
+  for (int t = 0; t < kDimTiles; ++t) {
+    const int col = t * 8 + 2 * (lane % 4);
+    *reinterpret_cast<__half2*>(ow + (lane / 4) * kLd + col) =
+        __floats2half2_rn(acc[t][0] * inv[0], acc[t][1] * inv[0]);
+    *reinterpret_cast<__half2*>(ow + (lane / 4 + 8) * kLd + col) =
+        __floats2half2_rn(acc[t][2] * inv[1], acc[t][3] * inv[1]);
+  }
+  __syncwarp();
+  half* ob = out + b * ol.batch + h * ol.head;
+#pragma unroll
+  for (int i = lane; i < 16 * kDimTiles; i += 32) {
+    const int r = i / kDimTiles, c = (i % kDimTiles) * 8, row = q0 + warp * 16 + r;
+    if (row < Sq) {
+      *reinterpret_cast<uint4*>(ob + row * ol.seq + c) =
+          *reinterpret_cast<const uint4*>(ow + r * kLd + c);
     }
   }
 }
