@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from ..errors import TvmoptError, first_line
 from .repairs import repair
@@ -23,6 +23,15 @@ from .repairs import repair
 log = logging.getLogger(__name__)
 
 _PROTOBUF_LIMIT = 2**31 - 1
+
+
+def fits_protobuf(model: onnx.ModelProto, limit: int = _PROTOBUF_LIMIT) -> bool:
+    """Whether protobuf can serialise the model as one message of at most `limit` bytes. Past
+    2 GiB, protobuf's upb backend raises from ByteSize itself."""
+    try:
+        return model.ByteSize() < limit
+    except EncodeError:
+        return False
 
 
 def file_sha256(path: str | Path) -> str:
@@ -142,7 +151,7 @@ def load(path: str | Path) -> LoadedModel:
         log.warning("%s: repaired an exporter bug: %s", path.name, line)
     try:
         # In memory where protobuf can hold the model; past 2 GiB the checker reads the files.
-        onnx.checker.check_model(model if model.ByteSize() < _PROTOBUF_LIMIT else str(path))
+        onnx.checker.check_model(model if fits_protobuf(model) else str(path))
     except onnx.checker.ValidationError as e:
         raise TvmoptError(
             f"{path}: the ONNX checker rejects this model ({first_line(e)}); re-export it"

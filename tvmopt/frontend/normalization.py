@@ -35,6 +35,7 @@ from onnx import helper, numpy_helper
 from ..errors import TvmoptError, first_line, onnxruntime_cause
 from . import col2im
 from .functions import expand_functions
+from .loading import fits_protobuf
 from .recurrent import unroll_recurrent
 from .specs import TensorSpec, model_opset
 
@@ -149,7 +150,7 @@ def _fold_constants(model, real_inputs: set[str], changes: list[Change]):
         options.optimized_model_filepath = str(out)
         options.log_severity_level = 3
         try:
-            if model.ByteSize() < INLINE_LIMIT:
+            if fits_protobuf(model, INLINE_LIMIT):
                 ort.InferenceSession(model.SerializeToString(), options,
                                      providers=["CPUExecutionProvider"])
             else:
@@ -204,7 +205,7 @@ def _fold_through_files(model, tmp: Path, options) -> None:
 
 
 def _infer_shapes(model, changes: list[Change]):
-    if model.ByteSize() >= INLINE_LIMIT:
+    if not fits_protobuf(model, INLINE_LIMIT):
         return model  # onnx's in-memory inference has the same 2 GiB limit; TVM infers its own
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
