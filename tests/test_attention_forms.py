@@ -54,10 +54,12 @@ def test_every_exported_attention_form_is_one_library_layer(tmp_path, form, expo
     if form.startswith("llama"):
         expected = ("bhs", "bhs", "bsh", "bsh")
     assert g.layouts == expected
-    # GPT-2's packed projection is read in place: Q, K and V are column slices of one tensor
-    if form == "gpt2_eager":
+    # GPT-2's packed projection, and the Q, K and V projections the library combines into one
+    # GEMM, are read in place: Q, K and V are column slices of one tensor (rotated Q and K and
+    # nn.MultiheadAttention's sequence-first heads are tensors of their own)
+    if form in ("bert_eager", "gpt2_eager", "t5_bias", "sdpa_padding", "sdpa_causal"):
         width = 3 * HIDDEN
-        assert g.packed == (width, 0, width, HIDDEN, width, 2 * HIDDEN)
+        assert g.packed[0::2] == (width,) * 3 and sorted(g.packed[1::2]) == [0, HIDDEN, 2 * HIDDEN]
         assert layer.args["q"] == layer.args["k"] == layer.args["v"]
     else:
         assert g.packed == ()

@@ -321,10 +321,11 @@ def test_tactic_timer_links_and_finds_instances_by_name(tmp_path, kernel_cache, 
 
 
 def test_attention_is_offered_to_the_library_whole(tmp_path):
-    """A BERT attention block, fp16: Q, K and V projections and the output projection with its
-    residual become GEMM layers; everything from the head split to the head merge is one
-    attention layer that reads the projections as they are, with the exporter's scale (a
-    division by sqrt(head_dim)) and its [batch, 1, 1, seq] mask."""
+    """A BERT attention block, fp16: the Q, K and V projections become one GEMM layer and the
+    output projection with its residual another; everything from the head split to the head
+    merge is one attention layer that reads Q, K and V in place as column slices of the one
+    projection, with the exporter's scale (a division by sqrt(head_dim)) and its
+    [batch, 1, 1, seq] mask."""
     layers = _layers(models.attention_block(tmp_path / "a.onnx"),
                      options=ModelOptions(precision="fp16"))
     (attention,) = [l for l in layers.values() if l.op is attention_op.OP]
@@ -332,16 +333,21 @@ def test_attention_is_offered_to_the_library_whole(tmp_path):
     assert (g.batch, g.heads, g.seq_q, g.seq_k, g.head_dim) == (2, 2, 32, 32, 64)
     assert g.scale == pytest.approx(0.125) and (g.mask_shape, g.mask_dtype) == ((2, 1, 1, 32),
                                                                               "float32")
-    # batch, heads, K/V heads, head dim; Q, K, V and out as [b, s, h, d] (021); Q, K, V dense
-    # (no pitch, no offset); mask strides b, h, q; no causal offset; scale
-    assert attention.params == (2, 2, 2, 64, 21, 21, 21, 21, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0,
-                                pytest.approx(0.125))
-    assert attention.key == "attention_f16_2x2x32x32x64_mask_f32mask_2x1x1x32"  # as records hold
+    # batch, heads, K/V heads, head dim; Q, K, V and out as [b, s, h, d] (021); Q, K, V rows of
+    # the packed projection (pitch 3 x 128) from their own columns; mask strides b, h, q; no
+    # causal offset; scale
+    params = attention.params
+    assert params[:8] == (2, 2, 2, 64, 21, 21, 21, 21) and params[8:11] == (384,) * 3
+    assert sorted(params[11:14]) == [0, 128, 256]
+    assert params[14:] == (32, 0, 0, 0, pytest.approx(0.125))
+    # as BERT's records hold it, read from a packed projection
+    assert attention.key.startswith("attention_f16_2x2x32x32x64_mask_f32mask_2x1x1x32_packed")
     assert sorted(attention.args) == ["k", "mask", "q", "v"]
+    assert attention.args["q"] == attention.args["k"] == attention.args["v"]
     assert registry.layer_from_json(attention.to_json()) == attention
-    # the three projections share one kernel
-    assert sorted(l.geometry.epilogue.name for l in layers.values() if l.op is gemm.OP) == [
-        "bias", "bias_residual"]
+    gemms = sorted((l.geometry.n, l.geometry.epilogue.name) for l in layers.values()
+                   if l.op is gemm.OP)
+    assert gemms == [(128, "bias_residual"), (384, "bias")]
 
 
 def test_attention_tactics_are_checked_against_a_reference_that_matches_onnxruntime(tmp_path):

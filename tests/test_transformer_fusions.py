@@ -11,7 +11,7 @@ import zoo
 from test_attention_forms import _pre_library, _run_on_cpu
 from tvmopt import prepare, targets
 from tvmopt.kernels import library
-from tvmopt.kernels.library import cutlass
+from tvmopt.kernels.library import cutlass, projections
 from tvmopt.prepare import ModelOptions
 
 
@@ -81,3 +81,70 @@ def test_a_gelu_with_other_constants_is_left_as_it_is(tmp_path):
     mod = bb.get()
     folded = cutlass.fold_tanh_gelu(mod)["main"].script()
     assert "gelu_tanh" not in folded and "R.tanh" in folded
+
+
+def _gated_mlp(path):
+    """A Llama-style gated MLP, silu(x W_gate) * (x W_up) W_down."""
+    torch = zoo._torch()
+    nn = torch.nn
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.up = nn.Linear(64, 96, bias=False), nn.Linear(64, 96, bias=False)
+            self.down = nn.Linear(96, 64, bias=False)
+
+        def forward(self, x):
+            return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+    torch.manual_seed(0)
+    model = zoo._export(Gated(), (torch.randn(2, 16, 64),), path, input_names=["x"],
+                        output_names=["y"], dynamic_axes={}, exporter="legacy", opset=17)
+    return zoo._save(model, path)
+
+
+def _bert_attention(path):
+    import attention_forms as forms
+
+    return forms.export("bert_eager", path, batch=2, seq=32)
+
+
+BERT_SHAPES = {"x": (2, 32, 128), "attention_mask": (2, 32)}
+
+
+def test_q_k_and_v_projections_are_one_gemm_that_attention_reads_in_place(tmp_path):
+    mod = prepare.prepare(_bert_attention(tmp_path / "bert.onnx"), targets.resolve("cuda-sm90a"),
+                          ModelOptions(precision="fp16", input_shapes=BERT_SHAPES)).mod
+    layers = list(library.layers(mod).values())
+    gemms = sorted((l.geometry.n, l.geometry.k) for l in layers if l.op.name == "gemm")
+    assert gemms == [(128, 128), (3 * 128, 128)]  # Q, K and V as one; the output projection
+    (attention,) = [l for l in layers if l.op.name == "attention"]
+    pitch, offsets = attention.geometry.packed[0::2], attention.geometry.packed[1::2]
+    assert set(pitch) == {3 * 128} and sorted(offsets) == [0, 128, 256]
+
+
+def test_combined_projections_compute_what_the_three_computed(tmp_path):
+    import tvm
+
+    mod = _pre_library(_bert_attention(tmp_path / "bert.onnx"), BERT_SHAPES)
+    mod = tvm.relax.transform.FoldConstant()(mod)
+    combined = projections.combine_projections(mod)
+    matmuls = [m["main"].script().count("R.matmul(") for m in (mod, combined)]
+    assert matmuls == [6, 4]  # Q, K, V, scores, context, output -> QKV, scores, ...
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, 32), np.int64)
+    mask[1, 24:] = 0
+    arrays = [rng.standard_normal((2, 32, 128)).astype(np.float32), mask]
+    expected, found = _run_on_cpu(mod, arrays), _run_on_cpu(combined, arrays)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(found, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_projections_feeding_activations_keep_their_own_gemms_and_epilogues(tmp_path):
+    """A gated MLP's gate (SiLU) and up projections read one tensor: the gate's activation is
+    its GEMM's epilogue, so they stay two GEMMs."""
+    import tvm
+
+    mod = _pre_library(_gated_mlp(tmp_path / "mlp.onnx"), {"x": (2, 16, 64)})
+    mod = tvm.relax.transform.FoldConstant()(mod)
+    assert projections.combine_projections(mod) is mod

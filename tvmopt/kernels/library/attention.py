@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import attention_forms, relax_match
+from . import attention_forms, projections, relax_match
 from .instance import Instance, instantiation, tensor_params
 from .op import Layer, Match, Op, Pattern
 
@@ -106,7 +106,7 @@ class Attention(Op):
     geometry_type = AttentionGeometry
 
     def canonicalize(self, mod):
-        return attention_forms.canonicalize(mod)
+        return attention_forms.canonicalize(projections.combine_projections(mod))
 
     def patterns(self) -> list[Pattern]:
         """The canonical form `attention_forms` writes: each of Q, K, V a permuted reshape of the

@@ -320,11 +320,19 @@ def _view(expr, bindings, *, transposed: bool) -> Heads | None:
 
 def _column_slice(expr, bindings):
     """(packed tensor, its row length, the first column) where `expr` is one piece of a split of
-    a tensor's rows (GPT-2's packed Q, K, V projection), else None."""
+    a tensor's rows (GPT-2's packed Q, K, V projection) or a slice of its columns (projections
+    combined by `projections`), else None."""
     import tvm
     import tvm.tirx  # noqa: F401 - IntImm
 
     item = bindings.get(expr)
+    if _is_call(item, "relax.strided_slice"):  # combined projections (`projections`)
+        whole = _shape(item.args[0])
+        axes, begin, end = ([int(v) for v in arg.fields] for arg in item.args[1:4])
+        strides = [int(v) for v in item.args[4].fields] if len(item.args) > 4 else [1]
+        if whole is None or axes not in ([-1], [len(whole) - 1]) or strides != [1]:
+            return None
+        return item.args[0], whole[-1], begin[0]
     if not isinstance(item, tvm.relax.TupleGetItem):
         return None
     split = bindings.get(item.tuple_value)
