@@ -27,7 +27,10 @@ _PROTOBUF_LIMIT = 2**31 - 1
 
 def fits_protobuf(model: onnx.ModelProto, limit: int = _PROTOBUF_LIMIT) -> bool:
     """Whether protobuf can serialise the model as one message of at most `limit` bytes. Past
-    2 GiB, protobuf's upb backend raises from ByteSize itself."""
+    2 GiB, protobuf's upb backend raises from ByteSize itself, after seconds of counting: the
+    weights' bytes alone answer for a large model."""
+    if sum(len(t.raw_data) for t in model.graph.initializer) >= limit:
+        return False
     try:
         return model.ByteSize() < limit
     except EncodeError:
