@@ -22,8 +22,7 @@ from . import relax_match
 
 @dataclass
 class Branch:
-    matmul: object  # the Var bound to matmul(x, W)
-    weight: np.ndarray  # [K, N]
+    weight: np.ndarray  # [K, N] of matmul(x, W)
     cast: str | None  # the dtype a cast right after the matmul makes of it
     bias: np.ndarray | None  # [N], added after the matmul (and cast)
     end: object  # the Var of the branch's last binding: what its users read
@@ -118,7 +117,7 @@ def _branch(var, value, bindings, consumers) -> Branch | None:
     if not readers or not all(_splits_heads(r, weight.shape[1], bindings, consumers)
                               for r in readers):
         return None
-    return Branch(var, weight, cast, bias, end)
+    return Branch(weight, cast, bias, end)
 
 
 def _splits_heads(var, width: int, bindings, consumers) -> bool:
