@@ -57,10 +57,10 @@ class LayerTactics:
 def _untried(layer: Layer, tsha: str, store) -> list:
     """The catalogue tactics a layer has not tried on this target, while none of its catalogue
     ran on it (records of tactics the library has since dropped do not count)."""
-    done = store.measured_tactics(layer.key, tsha, KernelLibrary.name)
     ran = store.ran_tactics(layer.key, tsha)
     if any(t.name in ran for t in layer.tactics):
         return []
+    done = store.measured_tactics(layer.key, tsha, KernelLibrary.name)
     return [t for t in layer.tactics if t.name not in done]
 
 

@@ -30,6 +30,8 @@ import numpy as np
 
 from . import relax_match
 
+_is_call = relax_match.is_call
+
 log = logging.getLogger(__name__)
 
 ORDERS = ("bsh", "bhs", "sbh", "hbs", "hsb", "shb")  # memory orders of batch, heads, sequence
@@ -112,13 +114,6 @@ def _bindings(func):
                 relax.analysis.post_order_visit(b.value, count)
     relax.analysis.post_order_visit(func.body.body, count)
     return bindings, users
-
-
-def _is_call(expr, name: str) -> bool:
-    import tvm
-
-    return (isinstance(expr, tvm.relax.Call) and isinstance(expr.op, tvm.ir.Op)
-            and expr.op.name == name)
 
 
 def _shape(expr):

@@ -79,10 +79,10 @@ def padded(size: int) -> int:
 
 def canonicalize(mod):
     """`mod` with each GEMM of main that pays to pad padded, the rest as it was."""
-    bindings, users = _uses(mod["main"])
+    bindings, users = relax_match.uses(mod["main"])
     found = {}
     for var, value in bindings.items():
-        if _call_of(value, "relax.matmul"):
+        if relax_match.is_call(value, "relax.matmul"):
             padding = _padding(var, value, bindings, users)
             if padding is not None:
                 found[padding.last] = padding
@@ -90,42 +90,6 @@ def canonicalize(mod):
         return mod
     log.debug("gemm: %d GEMM(s) padded to multiples of %d", len(found), ALIGNMENT)
     return relax_match.rewrite_bindings(mod, {last: p.write for last, p in found.items()})
-
-
-def _uses(func):
-    """({Var: bound value}, {Var: [the variables whose values use it; None: the result]})."""
-    from tvm import relax
-
-    bindings, users = {}, {}
-
-    def used_by(user):
-        def visit(expr):
-            if isinstance(expr, relax.Var):
-                users.setdefault(expr, []).append(user)
-        return visit
-
-    for block in func.body.blocks:
-        for b in block.bindings:
-            if isinstance(b, relax.VarBinding):
-                bindings[b.var] = b.value
-            relax.analysis.post_order_visit(b.value, used_by(b.var))
-    relax.analysis.post_order_visit(func.body.body, used_by(None))
-    return bindings, users
-
-
-def _call_of(expr, op_name: str) -> bool:
-    import tvm
-
-    return (isinstance(expr, tvm.relax.Call) and isinstance(expr.op, tvm.ir.Op)
-            and expr.op.name == op_name)
-
-
-def _next(var, bindings, users):
-    """(the variable, its value) of the only use of `var`, else (None, None)."""
-    found = users.get(var, [])
-    if len(found) != 1 or found[0] is None or found[0] not in bindings:
-        return None, None
-    return found[0], bindings[found[0]]
 
 
 def _padding(var, matmul, bindings, users) -> Padding | None:
@@ -146,14 +110,14 @@ def _padding(var, matmul, bindings, users) -> Padding | None:
         return None
     last, cast, widen = var, out_dtype == "float32", False
     if cast:
-        user, value = _next(var, bindings, users)
-        if _call_of(value, "relax.astype") and relax_match.dtype(user) == "float16":
+        user, value = relax_match.sole_use(var, bindings, users)
+        if relax_match.is_call(value, "relax.astype") and relax_match.dtype(user) == "float16":
             last = user
         else:
             widen = True
     bias, bias_first = None, False
-    user, value = _next(last, bindings, users)
-    if not widen and _call_of(value, "relax.add"):
+    user, value = relax_match.sole_use(last, bindings, users)
+    if not widen and relax_match.is_call(value, "relax.add"):
         bias_first = value.args[1].same_as(last)
         try:
             bias = relax_match.constant_value(value.args[0 if bias_first else 1], bindings)

@@ -32,7 +32,7 @@ def combine_projections(mod):
     """`mod` with main's parallel projections combined (see the module's docstring)."""
     from tvm import relax
 
-    bindings, consumers = _bindings(mod["main"])
+    bindings, consumers = relax_match.uses(mod["main"])
     groups: dict[tuple, list[Branch]] = {}
     for var, value in bindings.items():
         branch = _branch(var, value, bindings, consumers)
@@ -72,43 +72,23 @@ def combine_projections(mod):
     return relax_match.rewrite_bindings(mod, replacements) if replacements else mod
 
 
-def _bindings(func):
-    """({Var: value} of main's bindings, {Var: the Vars of the bindings reading it})."""
-    from tvm import relax
-
-    bindings, consumers = {}, {}
-    for block in func.body.blocks:
-        for b in block.bindings:
-            if isinstance(b, relax.VarBinding):
-                bindings[b.var] = b.value
-
-                def note(expr, reader=b.var):
-                    if isinstance(expr, relax.Var):
-                        consumers.setdefault(expr, []).append(reader)
-
-                relax.analysis.post_order_visit(b.value, note)
-    relax.analysis.post_order_visit(func.body.body,
-                                    lambda e: consumers.setdefault(e, []).append(None)
-                                    if isinstance(e, relax.Var) else None)
-    return bindings, consumers
-
-
 def _branch(var, value, bindings, consumers) -> Branch | None:
     """The projection starting at `var`, a 2-D constant weight's matmul, else None."""
     import tvm
 
-    if not (_is_call(value, "relax.matmul") and isinstance(value.args[1], tvm.ir.expr.Constant)):
+    if not (relax_match.is_call(value, "relax.matmul")
+            and isinstance(value.args[1], tvm.ir.expr.Constant)):
         return None
     weight = value.args[1].value.numpy()
     if weight.ndim != 2:
         return None
     end, cast, bias = var, None, None
-    following = _sole_consumer(end, bindings, consumers)
-    if following is not None and _is_call(bindings[following], "relax.astype"):
-        end, cast = following, str(bindings[following].attrs.dtype)
-        following = _sole_consumer(end, bindings, consumers)
-    if following is not None and _is_call(bindings[following], "relax.add"):
-        args = bindings[following].args
+    following, use = relax_match.sole_use(end, bindings, consumers)
+    if relax_match.is_call(use, "relax.astype"):
+        end, cast = following, str(use.attrs.dtype)
+        following, use = relax_match.sole_use(end, bindings, consumers)
+    if relax_match.is_call(use, "relax.add"):
+        args = use.args
         other = args[1] if args[0].same_as(end) else args[0]
         if (isinstance(other, tvm.ir.expr.Constant) and other.value.numpy().shape
                 == (weight.shape[1],)):
@@ -123,23 +103,11 @@ def _branch(var, value, bindings, consumers) -> Branch | None:
 def _splits_heads(var, width: int, bindings, consumers) -> bool:
     """Whether `var` is a reshape of a projection's [..., width] result into [..., heads, dim]
     (maybe after a reshape that keeps the width: a 2-D GEMM's result back to 3-D)."""
-    while var in bindings and _is_call(bindings[var], "relax.reshape"):
+    while var in bindings and relax_match.is_call(bindings[var], "relax.reshape"):
         shape = relax_match.static_shape(var)
         if shape[-1] < width:
             return len(shape) >= 2 and shape[-2] * shape[-1] == width
         if shape[-1] != width:
             return False
-        var = _sole_consumer(var, bindings, consumers)
+        var = relax_match.sole_use(var, bindings, consumers)[0]
     return False
-
-
-def _sole_consumer(var, bindings, consumers):
-    readers = consumers.get(var, [])
-    return readers[0] if len(readers) == 1 and readers[0] in bindings else None
-
-
-def _is_call(expr, name: str) -> bool:
-    import tvm
-
-    return (isinstance(expr, tvm.relax.Call) and isinstance(expr.op, tvm.ir.Op)
-            and expr.op.name == name)

@@ -30,6 +30,43 @@ def leaks(context) -> bool:
     return has_leaking_intermediate_variables(context)
 
 
+def is_call(expr, name: str) -> bool:
+    """Whether `expr` calls the Relax op `name` ("relax.matmul")."""
+    import tvm
+
+    return (isinstance(expr, tvm.relax.Call) and isinstance(expr.op, tvm.ir.Op)
+            and expr.op.name == name)
+
+
+def uses(func):
+    """({Var: bound value}, {Var: [the variables whose values use it; None: the result]})."""
+    from tvm import relax
+
+    bindings, users = {}, {}
+
+    def used_by(user):
+        def visit(expr):
+            if isinstance(expr, relax.Var):
+                users.setdefault(expr, []).append(user)
+        return visit
+
+    for block in func.body.blocks:
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding):
+                bindings[b.var] = b.value
+            relax.analysis.post_order_visit(b.value, used_by(b.var))
+    relax.analysis.post_order_visit(func.body.body, used_by(None))
+    return bindings, users
+
+
+def sole_use(var, bindings, users):
+    """(the variable, its value) of the only use of `var`, else (None, None)."""
+    found = users.get(var, [])
+    if len(found) != 1 or found[0] is None or found[0] not in bindings:
+        return None, None
+    return found[0], bindings[found[0]]
+
+
 def static_shape(expr) -> tuple[int, ...]:
     """The expression's shape; ValueError where a dimension is dynamic."""
     from tvm import tirx
