@@ -150,13 +150,16 @@ def worst_error(outputs: dict, reference: dict) -> float:
     return max(m.max_rel for m in runtime.compare(outputs, reference))
 
 
-def tune(args, model_path: Path, preset: str) -> None:
-    """`tvmopt tune` into --db, as a user would run it (the tuner's own process and defaults)."""
+def tune(args, model_path: Path, preset: str) -> float:
+    """`tvmopt tune` into --db, as a user would run it (the tuner's own process and defaults):
+    its wall-clock seconds."""
+    start = time.perf_counter()
     shapes = [f"--input-shape={n}={'x'.join(map(str, d))}" for n, d in args.shapes.items()]
     subprocess.run([sys.executable, "-m", "tvmopt", "tune", str(model_path), "--target", preset,
                     "--db", str(args.db), "--trials", str(args.tune_trials), "--precision",
                     args.precision, "--layout", args.layout, "--kernels", args.kernels[0],
                     *shapes], check=True)
+    return time.perf_counter() - start
 
 
 def tvmopt_builds(args, model_path: Path, tmp: Path) -> list[tuple]:
@@ -166,8 +169,8 @@ def tvmopt_builds(args, model_path: Path, tmp: Path) -> list[tuple]:
     from tvmopt.prepare import ModelOptions
 
     preset = targets.resolve("cuda" if args.device == "cuda" else "host")
-    if args.tune_trials:
-        tune(args, model_path, preset.name)
+    if args.tune_trials is not None:
+        args.tune_s = tune(args, model_path, preset.name)
     empty = tmp / "empty.db"
     empty.touch()  # a zero-byte file is SQLite's empty database: no records
     sources = [("tvmopt untuned", empty)] + ([("tvmopt tuned", args.db)] if args.db else [])
@@ -201,10 +204,12 @@ def tvmopt_row(args, label: str, result, build_s: float, inputs: dict, reference
     timing = timings(args, lambda: model.vm.invoke_stateful("main"), model.device.sync)
     library = result.manifest["library_kernels"]
     graph = ", CUDA graph" if result.manifest.get("cuda_graph") else ""
+    tuned = (f" after `tune --trials {args.tune_trials}` ({args.tune_s:.0f} s)"
+             if label.startswith("tvmopt tuned") and args.tune_trials is not None else "")
     return {**checked_row(args, label, timing, outputs, reference,
                           f"{result.manifest['preset']}, {args.precision}{graph}, "
                           f"{len(result.tuned)}/{len(result.tasks)} tasks tuned, {len(library)} "
-                          f"library layers, built in {build_s:.0f} s"),
+                          f"library layers{tuned}, built in {build_s:.0f} s"),
             "library_tactics": {k: v["tactic"] for k, v in library.items()}}
 
 
@@ -244,7 +249,6 @@ def onnxruntime_models(args, net, model_path: Path, tmp: Path, notes: list[str])
     under --precision fp16, then unfused, then the file as exported. A step that fails adds to
     `notes`."""
     import onnx
-    from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     fusion = getattr(net, "onnxruntime_fusion", None)
@@ -257,7 +261,7 @@ def onnxruntime_models(args, net, model_path: Path, tmp: Path, notes: list[str])
             if how is None:
                 model, made = OnnxModel(onnx.load(str(model_path))), "no fusions"
             else:
-                model = optimizer.optimize_model(str(model_path), use_gpu=True, **how)
+                model, how = fused_model(model_path, how)
                 made = (f"optimize_model({', '.join(f'{k}={v}' for k, v in how.items())}) fused "
                         f"{fused_ops(model.model)}")
             if fp16:
@@ -273,6 +277,26 @@ def onnxruntime_models(args, net, model_path: Path, tmp: Path, notes: list[str])
     yield model_path, "exported", "the file as exported"
 
 
+def fused_model(model_path: Path, how: dict):
+    """(model, the arguments that made it): optimize_model with the factory's arguments; where that
+    fuses no attention and the factory left opt_level to the model type's default, again with
+    opt_level=0. The default (1) first runs ONNX Runtime's own basic passes on the CUDA provider,
+    and on transformers 5.x BERT exports those rewrite the mask subgraph so that the attention
+    fusion no longer matches; its users would pass opt_level=0 (as its Llama export script does)."""
+    from onnxruntime.transformers import optimizer
+
+    model = optimizer.optimize_model(str(model_path), use_gpu=True, **how)
+    if "opt_level" in how or has_attention(model.model):
+        return model, how
+    retry = {**how, "opt_level": 0}
+    second = optimizer.optimize_model(str(model_path), use_gpu=True, **retry)
+    return (second, retry) if has_attention(second.model) else (model, how)
+
+
+def has_attention(model) -> bool:
+    return any(n.domain == "com.microsoft" and "Attention" in n.op_type for n in model.graph.node)
+
+
 def fused_ops(model) -> str:
     """What the fusions left in the graph: its com.microsoft ops by count."""
     counts: dict[str, int] = {}
@@ -281,7 +305,7 @@ def fused_ops(model) -> str:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     if not counts:
         return "nothing"
-    attention = "" if any("Attention" in op for op in counts) else " (no attention)"
+    attention = "" if has_attention(model) else " (no attention)"
     return ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())) + attention
 
 
@@ -406,7 +430,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--db", type=Path, default=None,
                    help="tuning database for a tuned row [default: no tuned row]")
-    p.add_argument("--tune-trials", type=int, default=0, help="`tvmopt tune` into --db first")
+    p.add_argument("--tune-trials", type=int, default=None, metavar="N",
+                   help="`tvmopt tune --trials N` into --db first (0: measure the kernel-library "
+                        "shortlist only); the tuned row says how long it took")
     p.add_argument("--torch-compile-modes", nargs="*", metavar="MODE",
                    help="torch.compile modes to measure [default: reduce-overhead (CUDA graphs, "
                         "the batch-1 peer) on cuda, default on cpu]")
@@ -434,7 +460,7 @@ def main(argv: list[str]) -> dict:
     args = p.parse_args(argv)
     if args.model is None and args.torch_factory is None:
         p.error("give MODEL.onnx or --torch MODULE:FACTORY")
-    if args.tune_trials and args.db is None:
+    if args.tune_trials is not None and args.db is None:
         p.error("--tune-trials tunes into --db: name the database")
     try:
         args.shapes = {name: tuple(int(d) for d in dims.split("x"))

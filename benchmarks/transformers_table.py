@@ -6,6 +6,7 @@ attention, every row timed call + sync and pipelined, every output checked.
     python -m benchmarks transformers --device cuda --out DIR
     python -m benchmarks transformers --device cuda --out DIR --models gpt2_small,vit_b16
     python -m benchmarks transformers --collect --out DIR     # one table of what DIR holds
+    python -m benchmarks transformers --out DIR --tune-trials 0  # and a row after a short tune
 
 Each model is one `compare` run in its own process, so a crash or a CUDA error stays with its
 model; its JSON and Markdown go to --out, and a model that fails is a row saying how, its stderr
@@ -36,10 +37,15 @@ MODELS = {"bert_base": ("bert_base", 1), "bert_base_b32": ("bert_base", 32),
 
 def compare_command(args, name: str, out: Path) -> list[str]:
     factory, batch = MODELS[name]
+    db = args.db
+    if args.tune_trials is not None and db is None:  # a tune starts from nothing: its own database
+        db = args.out / f"tuned_{name}.db"
+        db.unlink(missing_ok=True)
     return [sys.executable, "-m", "benchmarks", "compare", "--torch",
             f"benchmarks.models:{factory}", "--batch", str(batch), "--device", args.device,
             "--precision", args.precision, "--iterations", str(args.iterations),
-            "--pipelined", str(args.pipelined), *(["--db", str(args.db)] if args.db else []),
+            "--pipelined", str(args.pipelined), *(["--db", str(db)] if db else []),
+            *(["--tune-trials", str(args.tune_trials)] if args.tune_trials is not None else []),
             "-o", str(out)]
 
 
@@ -127,6 +133,9 @@ def main(argv: list[str]) -> dict:
                    help="[default: fp16 on cuda, fp32 on cpu]")
     p.add_argument("--db", type=Path, default=None,
                    help="tuning database for tvmopt's tuned rows [default: untuned rows only]")
+    p.add_argument("--tune-trials", type=int, default=None, metavar="N",
+                   help="compare's --tune-trials: `tvmopt tune --trials N` first, into --db or "
+                        "else a new database per model in --out, and a tuned row")
     p.add_argument("--iterations", type=int, default=200, help="compare's --iterations")
     p.add_argument("--pipelined", type=int, default=300, help="compare's --pipelined")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

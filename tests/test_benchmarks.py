@@ -235,6 +235,25 @@ def test_the_transformer_table_names_factories_that_take_a_batch():
     assert transformers_table.MODELS["vit_b16_b64"][1] == 64
 
 
+def test_a_tuned_transformer_row_tunes_each_model_into_a_database_of_its_own(tmp_path):
+    from argparse import Namespace
+
+    from benchmarks import compare, transformers_table
+
+    args = Namespace(device="cuda", precision="fp16", iterations=5, pipelined=5, db=None,
+                     tune_trials=0, out=tmp_path)
+    stale = tmp_path / "tuned_gpt2_small.db"
+    stale.write_text("records of an earlier run")
+    command = transformers_table.compare_command(args, "gpt2_small", tmp_path / "r.json")
+    parsed = compare.parser().parse_args(command[command.index("compare") + 1:])
+    assert (parsed.tune_trials, parsed.db) == (0, stale)
+    assert not stale.exists(), "a tune that starts from nothing must not read an earlier one"
+    args.tune_trials = None
+    command = transformers_table.compare_command(args, "gpt2_small", tmp_path / "r.json")
+    parsed = compare.parser().parse_args(command[command.index("compare") + 1:])
+    assert (parsed.tune_trials, parsed.db) == (None, None)
+
+
 def test_degenerate_outputs_are_flagged():
     import numpy as np
 
