@@ -201,6 +201,25 @@ def test_layer_norms_and_padded_gemms_run_the_library_and_match_onnxruntime(tmp_
     assert mismatch.max_rel <= 1e-2, mismatch
 
 
+def test_rms_norms_and_bias_free_residual_gemms_run_the_library_and_match_onnxruntime(tmp_path):
+    """A T5-style encoder: its RMS norms (folded into nn.rms_norm) and its bias-free projections
+    with the residual add in the GEMM epilogue run library kernels; fp16 within 1e-2 of fp32."""
+    path = zoo.t5_encoder(tmp_path / "t5.onnx")
+    shapes = {"input_ids": (2, 24), "attention_mask": (2, 24)}
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "t5.so",
+                         options=ModelOptions(precision="fp16", input_shapes=shapes))
+    symbols = [k["symbol"] for k in result.manifest["library_kernels"].values()]
+    assert any("rms_norm" in s for s in symbols) and any("gemm_row_residual" in s for s in symbols)
+    rng = np.random.default_rng(6)
+    mask = np.ones((2, 24), np.int64)
+    mask[1, 18:] = 0
+    inputs = {"input_ids": rng.integers(0, zoo.VOCAB, (2, 24)).astype(np.int64),
+              "attention_mask": mask}
+    (mismatch,) = runtime.compare(tvmopt.load(result.path)(inputs),
+                                  runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-2, mismatch
+
+
 @pytest.mark.parametrize("gelu", ["torch", "gelu_new"])
 def test_the_tanh_gelu_epilogue_matches_onnxruntime(tmp_path, gelu):
     """Linear, tanh GELU, Linear: the GELU runs in the first GEMM's epilogue (GELU_taylor)."""

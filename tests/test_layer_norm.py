@@ -1,6 +1,6 @@
-"""The kernel library's layer norm (tvmopt/kernels/library/layer_norm.py): which layer norms it
-takes, its instance compiles for Hopper (nvcc, no GPU), and its NumPy reference is a layer
-norm. tests/test_gpu.py runs it against ONNX Runtime."""
+"""The kernel library's layer and RMS norms (tvmopt/kernels/library/layer_norm.py, rms_norm.py):
+which norms they take, their instances compile for Hopper (nvcc, no GPU), and their NumPy
+references normalise. tests/test_gpu.py runs them against ONNX Runtime."""
 
 import subprocess
 
@@ -10,7 +10,7 @@ import pytest
 import zoo
 from tvmopt import prepare, targets
 from tvmopt.kernels import library
-from tvmopt.kernels.library import layer_norm, nvcc
+from tvmopt.kernels.library import layer_norm, nvcc, rms_norm
 from tvmopt.prepare import ModelOptions
 
 
@@ -47,10 +47,35 @@ def test_the_reference_is_a_layer_norm():
         1, 1, 4, 16]
 
 
-def test_the_layer_norm_instance_compiles_for_hopper(tmp_path, monkeypatch):
+def test_a_t5_encoders_rms_norms_are_library_layers(tmp_path):
+    """T5-style encoder, fp16: both norms of each of 2 layers and the final one (hidden 32), with
+    x and the weight as arguments and T5's eps."""
+    path = zoo.t5_encoder(tmp_path / "t5.onnx")
+    mod = prepare.prepare(path, targets.resolve("cuda-sm90a"), ModelOptions(
+        precision="fp16", input_shapes={"input_ids": (2, 16), "attention_mask": (2, 16)})).mod
+    layers = library.layers(mod)
+    norms = {name: l for name, l in layers.items() if l.op is rms_norm.OP}
+    calls = sum(str(mod["main"]).count(f"R.call_tir({name},") for name in norms)
+    assert calls == 5 and {(l.geometry.rows, l.geometry.cols) for l in norms.values()} == {(32, 32)}
+    assert all(l.geometry.eps == pytest.approx(1e-6) for l in norms.values())
+    assert [sorted(l.args) for l in norms.values()] == [["gamma", "x"]] * len(norms)
+    assert not [l for l in layers.values() if l.op is layer_norm.OP]
+
+
+def test_the_rms_reference_has_unit_root_mean_square():
+    g = layer_norm.LayerNormGeometry(3, 512, 0)
+    arrays = rms_norm.OP.inputs(g, {}, np.random.default_rng(0))
+    assert sorted(arrays) == ["gamma", "x"]
+    out = rms_norm.OP.reference(g, {**arrays, "gamma": np.ones(512, np.float16)})
+    np.testing.assert_allclose(np.sqrt((out ** 2).mean(axis=-1)), 1, atol=1e-5)
+    assert abs(out.mean()) > 0.1  # not centred: the inputs' mean (1) shows through
+
+
+@pytest.mark.parametrize("op", [layer_norm.OP, rms_norm.OP], ids=lambda op: op.name)
+def test_the_norm_instances_compile_for_hopper(tmp_path, monkeypatch, op):
     monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path))
     g = layer_norm.LayerNormGeometry(128, 768, 1e-5)
-    spec = layer_norm.OP.instance(g, layer_norm.CATALOGUE[0], "sm_90a")
+    spec = op.instance(g, layer_norm.CATALOGUE[0], "sm_90a")
     (obj,) = nvcc.compile_all({spec.symbol: spec.source}, "sm_90a").values()
     symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
     assert f"__tvm_ffi_{spec.symbol}" in symbols

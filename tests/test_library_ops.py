@@ -69,7 +69,7 @@ def _catalogue_sources() -> dict[str, str]:
     from tvmopt.kernels.library.cutlass import ACTIVATIONS, Epilogue
 
     epilogues = [Epilogue(bias, act, residual) for bias in (False, True)
-                 for act in ACTIVATIONS for residual in ((False, True) if bias else (False,))]
+                 for act in ACTIVATIONS for residual in (False, True)]
     geometries = [gemm.GemmGeometry(64, 64, 64, 1, layout, e)
                   for layout in ("row", "col") for e in epilogues]
     geometries += [conv2d.ConvGeometry(1, 8, 8, 16, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), e)
@@ -79,11 +79,9 @@ def _catalogue_sources() -> dict[str, str]:
                    for mask, dtype in ((None, None), ((1, 16), "float16"), ((1, 16), "float32"))
                    for causal in (None, 0)]
     geometries += [layer_norm.LayerNormGeometry(128, cols, 1e-5) for cols in (768, 4096)]
-    ops = {type(g): op for op in registry.OPS for g in geometries
-           if isinstance(g, op.geometry_type)}
     found = {}
-    for g in geometries:
-        op = ops[type(g)]
+    for op, g in ((op, g) for op in registry.OPS for g in geometries
+                  if isinstance(g, op.geometry_type)):
         for tactic in op.catalogue(g):
             instance = op.instance(g, tactic, "sm_90a")
             text = "\0".join([instance.source, *(p for pair in included_sources(instance.source)

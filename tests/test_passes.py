@@ -393,3 +393,52 @@ def test_fp16_activations_keep_the_residual_stream_and_layer_norm_fp16(tmp_path,
     inputs = {"x": rng.standard_normal((2, 32, 128)).astype(np.float32), "attention_mask": mask}
     (mismatch,) = runtime.compare(load(lib)(inputs), runtime.onnxruntime_outputs(path, inputs))
     assert mismatch.max_rel <= 1e-2, mismatch
+
+
+def _rms_norms(path):
+    """Three norms of x [4, 16, 64] written out as exporters do: Llama's w * (x / sqrt(mean(x**2)
+    + eps)), T5's (x * (1 / sqrt(mean(x * x) + eps))) * w, and one over the middle axis (not an
+    RMSNorm of the last dimension); their sum."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    import models
+
+    rng = np.random.default_rng(0)
+    node = helper.make_node
+    nodes = [
+        node("Pow", ["x", "two"], ["sq1"]), node("ReduceMean", ["sq1"], ["ms1"], axes=[-1]),
+        node("Add", ["ms1", "eps"], ["v1"]), node("Sqrt", ["v1"], ["r1"]),
+        node("Div", ["x", "r1"], ["n1"]), node("Mul", ["w1", "n1"], ["llama"]),
+        node("Mul", ["x", "x"], ["sq2"]), node("ReduceMean", ["sq2"], ["ms2"], axes=[2]),
+        node("Add", ["eps", "ms2"], ["v2"]), node("Sqrt", ["v2"], ["r2"]),
+        node("Reciprocal", ["r2"], ["i2"]), node("Mul", ["x", "i2"], ["n2"]),
+        node("Mul", ["n2", "w2"], ["t5"]),
+        node("Mul", ["x", "x"], ["sq3"]), node("ReduceMean", ["sq3"], ["ms3"], axes=[1]),
+        node("Add", ["ms3", "eps"], ["v3"]), node("Sqrt", ["v3"], ["r3"]),
+        node("Div", ["x", "r3"], ["n3"]), node("Mul", ["n3", "w3"], ["middle"]),
+        node("Sum", ["llama", "t5", "middle"], ["y"])]
+    weights = [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+               numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+               *(numpy_helper.from_array((1 + 0.1 * rng.standard_normal(64)).astype(np.float32),
+                                         f"w{i}") for i in (1, 2, 3))]
+    graph = helper.make_graph(nodes, "rms_norms",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16, 64])],
+                              weights)
+    return models._save(graph, path)
+
+
+def test_rms_norms_written_out_become_one_op_and_still_match_onnxruntime(tmp_path, host_target):
+    import numpy as np
+
+    from tvmopt import build, load, runtime
+
+    path = _rms_norms(tmp_path / "rms.onnx")
+    mod = _run(_relax(path), host_target, "fold-constant", "integer-powers", "rms-norms")
+    assert op_names(mod).count("relax.nn.rms_norm") == 2
+    assert op_names(mod).count("relax.mean") == 1  # the norm over the middle axis stays
+    model = load(build.build(path, targets.resolve("host"), tmp_path / "rms.so").path)
+    inputs = {"x": np.random.default_rng(1).standard_normal((4, 16, 64)).astype(np.float32) * 3}
+    (mismatch,) = runtime.compare(model(inputs), runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-5, mismatch

@@ -5,6 +5,9 @@
   see through them);
 - integer-powers: x**2, x**3, x**4 become products (CUDA's fast math makes pow() of a negative
   base NaN);
+- rms-norms: RMSNorm as exporters write it out op by op (Llama, T5, Qwen: the mean of squares, a
+  square root and a divide, then the weight) becomes one `nn.rms_norm` (statistics in fp32 for
+  fp16 data, one kernel, and the kernel library's);
 - fast-math (CPUs): fp32 exp, erf, tanh and softmax become TOPI's vectorising approximations.
 """
 
@@ -88,6 +91,89 @@ def integer_powers():
             return relax.op.multiply(square, x if n == 3.0 else square)
 
     return each_relax_function("IntegerPowers", Products)
+
+
+def rms_norms():
+    """A module pass replacing w * (x / sqrt(mean(x * x, -1) + eps)), and the same with
+    x * rsqrt(...) or x * (1 / sqrt(...)), operands of multiplies in either order, by
+    nn.rms_norm(x, w, -1, eps), where w is a vector of x's last dimension. Run it after
+    integer-powers (x**2 as a product)."""
+    import tvm
+    from tvm import relax
+
+    import tvm_ffi
+
+    ops = {name: tvm.ir.Op.get(f"relax.{name}")
+           for name in ("multiply", "divide", "add", "sqrt", "rsqrt", "mean")}
+
+    @relax.expr_functor.mutator
+    class Fold(relax.PyExprMutator):
+        def bound(self, expr, name):
+            """The call of relax.`name` that `expr` is (or is bound to, through aliases), else
+            None."""
+            while isinstance(expr, relax.Var) and self.lookup_binding(expr) is not None:
+                expr = self.lookup_binding(expr)
+            return expr if isinstance(expr, relax.Call) and expr.op == ops[name] else None
+
+        def inverse_root(self, expr):
+            """(x, eps) where expr is 1 / sqrt(mean(x * x, -1) + eps) (as rsqrt or 1 / sqrt)."""
+            root = self.bound(expr, "rsqrt")
+            if root is None:
+                divide = self.bound(expr, "divide")
+                if divide is None or scalar_constant(divide.args[0]) != 1.0:
+                    return None
+                root = self.bound(divide.args[1], "sqrt")
+            return None if root is None else self.mean_square(root.args[0])
+
+        def mean_square(self, expr):
+            """(x, eps) where expr is mean(x * x, last axis, keepdims) + eps."""
+            add = self.bound(expr, "add")
+            if add is None:
+                return None
+            for mean, eps in (add.args, add.args[::-1]):
+                mean, eps = self.bound(mean, "mean"), scalar_constant(eps)
+                if mean is None or eps is None or not mean.attrs.keepdims:
+                    continue
+                square = self.bound(mean.args[0], "multiply")
+                rank = len(mean.args[0].ty.shape.values)
+                if (square is not None and square.args[0].same_as(square.args[1])
+                        and mean.attrs.axis is not None
+                        and [int(a) % rank for a in mean.attrs.axis] == [rank - 1]):
+                    return square.args[0], eps
+            return None
+
+        def normalised(self, expr):
+            """(x, eps) where expr is x divided by its root mean square."""
+            divide = self.bound(expr, "divide")
+            if divide is not None:
+                root = self.bound(divide.args[1], "sqrt")
+                found = None if root is None else self.mean_square(root.args[0])
+                return found if found is not None and found[0].same_as(divide.args[0]) else None
+            multiply = self.bound(expr, "multiply")
+            if multiply is None:
+                return None
+            for x, scale in (multiply.args, multiply.args[::-1]):
+                found = self.inverse_root(scale)
+                if found is not None and found[0].same_as(x):
+                    return found
+            return None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op != ops["multiply"]:
+                return call
+            for normed, weight in (call.args, call.args[::-1]):
+                found = self.normalised(normed)
+                if found is None:
+                    continue
+                x, eps = found
+                last, vector = x.ty.shape.values[-1], weight.ty.shape.values
+                if (len(vector) == 1 and tvm_ffi.structural_equal(vector[0], last)
+                        and weight.ty.dtype == x.ty.dtype):
+                    return relax.op.nn.rms_norm(x, weight, axes=[-1], epsilon=eps)
+            return call
+
+    return each_relax_function("RMSNorms", Fold)
 
 
 def fast_math():

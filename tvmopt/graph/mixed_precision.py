@@ -42,12 +42,12 @@ def clamp_to_fp16_range():
     return each_relax_function("ClampToFp16Range", Clamp, report)
 
 
-# Ops as exact or as safe in fp16 as PyTorch's .half() runs them: TVM's layer norm computes its
-# statistics in fp32 for fp16 data. Reductions, softmax, exp and power are not here: they stay fp32.
+# Ops as exact or as safe in fp16 as PyTorch's .half() runs them: TVM's layer and RMS norms
+# compute their statistics in fp32 for fp16 data. Reductions, softmax, exp and power are not here: they stay fp32.
 FP16_SAFE_OPS = frozenset(f"relax.{name}" for name in (
     "add", "subtract", "multiply", "divide", "negative", "maximum", "minimum", "where",
     "reshape", "permute_dims", "expand_dims", "squeeze", "strided_slice", "take", "broadcast_to",
-    "erf", "tanh", "sigmoid", "nn.relu", "nn.gelu", "nn.silu", "nn.layer_norm"))
+    "erf", "tanh", "sigmoid", "nn.relu", "nn.gelu", "nn.silu", "nn.layer_norm", "nn.rms_norm"))
 
 
 def fp16_activations():

@@ -78,6 +78,13 @@ PIPELINE: tuple[GraphPass, ...] = (
         "of a negative base is NaN (T5's and opset-11 layer norms, the tanh GELU)",
         lambda relax, target: [arithmetic.integer_powers()],
     ),
+    GraphPass(
+        "rms-norms",
+        "compute RMSNorm written out op by op (Llama, T5, Qwen) as one nn.rms_norm: one kernel "
+        "instead of two or three, statistics in fp32 under fp16, and the kernel library's",
+        lambda relax, target: [arithmetic.rms_norms(),
+                               relax.transform.DeadCodeElimination()],
+    ),
     GraphPass("dead-code-elimination", "drop bindings and functions nothing uses",
               lambda relax, target: [relax.transform.DeadCodeElimination()]),
     GraphPass("layout-nhwc", "convert conv2d to NHWC/OHWI (--layout NHWC)", layouts.nhwc_passes,

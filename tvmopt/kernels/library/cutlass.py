@@ -124,8 +124,6 @@ def epilogue_patterns(anchor_op: str, prefix: str):
         for bias in (True, False):
             for reshape in (True, False):
                 for tail in TAILS:
-                    if tail.startswith("residual") and not bias:
-                        continue  # a residual alone would look like a bias of the output's shape
                     if reshape and tail == "none":
                         continue  # a trailing reshape is not the kernel's business
                     a, b = wildcard(), wildcard()

@@ -2,6 +2,7 @@
 `fp16-activations` pass leaves transformers' layer norms), on `csrc/layer_norm.cuh`: a warp per
 row, the row in registers, fp32 statistics, each element read and written once. TVM's default
 schedule for it took 3.6-4.3 us per call on an H100 (GPT-2, ViT-B/16: 25 calls a model).
+`rms_norm.py` is the same op without centring.
 
 `symbol(x, gamma, beta, eps, workspace, out)`; rows and the row length are read from the tensors
 at run time.
@@ -58,21 +59,30 @@ class LayerNorm(Op):
     name = "layer_norm"
     roles = ("x", "gamma", "beta")
     geometry_type = LayerNormGeometry
+    relax_op = "relax.nn.layer_norm"
+    centre = True  # subtract the mean and add beta (RMS normalisation does neither)
 
     def patterns(self) -> list[Pattern]:
         from tvm.relax.dpl.pattern import is_op, wildcard
 
         notes = {role: wildcard() for role in self.roles}
-        pattern = is_op("relax.nn.layer_norm")(notes["x"], notes["gamma"], notes["beta"])
-        return [Pattern("layer_norm", pattern, notes, _check, 1)]
+        pattern = is_op(self.relax_op)(*notes.values())
+        return [Pattern(self.name, pattern, notes, self.check, 1)]
+
+    def check(self, context) -> bool:
+        """fp16 tensors, normalised over the last dimension only, with scale and centre, rows
+        of a multiple of 8 the kernel holds."""
+        norm = context.matched_expr
+        return (bool(norm.attrs.center) and bool(norm.attrs.scale)
+                and normalises_rows(context, self.roles))
 
     def layer(self, match: Match) -> Layer:
-        (norm,) = match.calls("relax.nn.layer_norm")
+        (norm,) = match.calls(self.relax_op)
         args = {role: match.params[a] for role, a in zip(self.roles, norm.args)}
         return Layer(self, _geometry(norm), args)
 
     def key(self, g: LayerNormGeometry) -> str:
-        return f"layer_norm_f16_{g.rows}x{g.cols}"
+        return f"{self.name}_f16_{g.rows}x{g.cols}"
 
     def catalogue(self, g: LayerNormGeometry) -> tuple[RowsPerBlock, ...]:
         return CATALOGUE
@@ -84,10 +94,12 @@ class LayerNorm(Op):
         return RowsPerBlock.parse(name)
 
     def instance(self, g: LayerNormGeometry, t: RowsPerBlock, arch: str) -> Instance:
-        symbol = f"tvmopt_layer_norm_{t.name}_chunks{g.chunks}"
+        symbol = f"tvmopt_{self.name}_{t.name}_chunks{g.chunks}"
+        beta = "&beta" if self.centre else "nullptr"
         return Instance(symbol, instantiation(symbol, "layer_norm.cuh", __name__, f"""
 static void Run({tensor_params(self.roles)}, double eps, {tensor_params(("workspace", "out"))}) {{
-  tvmopt::layer_norm::Run<{t.warps}, {g.chunks}>("{symbol}", x, gamma, beta, eps, out);
+  tvmopt::layer_norm::Run<{str(self.centre).lower()}, {t.warps}, {g.chunks}>(
+      "{symbol}", x, gamma, {beta}, eps, out);
 }}"""))
 
     def params(self, g: LayerNormGeometry) -> tuple[float, ...]:
@@ -97,21 +109,23 @@ static void Run({tensor_params(self.roles)}, double eps, {tensor_params(("worksp
         return g.rows * g.cols
 
     def describe(self, g: LayerNormGeometry) -> str:
-        return f"layer norm {g.rows}x{g.cols}, eps {g.eps:g}"
+        return f"{self.name.replace('_', ' ')} {g.rows}x{g.cols}, eps {g.eps:g}"
 
     def inputs(self, g: LayerNormGeometry, args: dict, rng) -> dict[str, np.ndarray]:
-        return {"x": (rng.standard_normal((g.rows, g.cols)) * 2 + 1).astype(np.float16),
-                "gamma": rng.uniform(0.5, 1.5, g.cols).astype(np.float16),
-                "beta": rng.standard_normal(g.cols).astype(np.float16)}
+        arrays = {"x": (rng.standard_normal((g.rows, g.cols)) * 2 + 1).astype(np.float16),
+                  "gamma": rng.uniform(0.5, 1.5, g.cols).astype(np.float16),
+                  "beta": rng.standard_normal(g.cols).astype(np.float16)}
+        return {role: arrays[role] for role in self.roles}
 
     def output_shape(self, g: LayerNormGeometry) -> tuple[int, ...]:
         return g.rows, g.cols
 
     def reference(self, g: LayerNormGeometry, arrays: dict[str, np.ndarray]) -> np.ndarray:
         x = arrays["x"].astype(np.float32).reshape(-1, g.cols)
-        centred = x - x.mean(axis=-1, keepdims=True)
+        centred = x - x.mean(axis=-1, keepdims=True) if self.centre else x
         normed = centred / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + g.eps)
-        return normed * arrays["gamma"].astype(np.float32) + arrays["beta"].astype(np.float32)
+        beta = arrays["beta"].astype(np.float32) if self.centre else 0.0
+        return normed * arrays["gamma"].astype(np.float32) + beta
 
 
 def _geometry(norm) -> LayerNormGeometry:
@@ -120,20 +134,20 @@ def _geometry(norm) -> LayerNormGeometry:
                              float(norm.attrs.epsilon))
 
 
-def _check(context) -> bool:
-    """fp16 x, gamma and beta, normalised over the last dimension only, with scale and centre,
-    rows of a multiple of 8 the kernel holds."""
+def normalises_rows(context, roles) -> bool:
+    """fp16 `roles`, normalised over the last dimension only, the vectors of its size, rows of a
+    multiple of 8 the kernel holds."""
     notes = context.annotated_expr
     norm = context.matched_expr
     try:
         x = relax_match.static_shape(notes["x"])
-        gamma, beta = (relax_match.static_shape(notes[r]) for r in ("gamma", "beta"))
+        vectors = {relax_match.static_shape(notes[r]) for r in roles if r != "x"}
     except ValueError:
         return False
     axes = [int(a) % len(x) for a in norm.attrs.axes]
-    return (axes == [len(x) - 1] and gamma == beta == (x[-1],) and x[-1] % 8 == 0
-            and x[-1] <= 256 * MAX_CHUNKS and bool(norm.attrs.center) and bool(norm.attrs.scale)
-            and all(relax_match.dtype(notes[r]) == "float16" for r in ("x", "gamma", "beta")))
+    return (axes == [len(x) - 1] and vectors == {(x[-1],)} and x[-1] % 8 == 0
+            and x[-1] <= 256 * MAX_CHUNKS
+            and all(relax_match.dtype(notes[r]) == "float16" for r in roles))
 
 
 OP = LayerNorm()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from . import attention, conv2d, gemm, layer_norm
+from . import attention, conv2d, gemm, layer_norm, rms_norm
 from .op import Layer, Op, Pattern
 
 OPS: list[Op] = [
@@ -17,6 +17,7 @@ OPS: list[Op] = [
     gemm.OP,
     conv2d.OP,
     layer_norm.OP,
+    rms_norm.OP,
 ]
 
 

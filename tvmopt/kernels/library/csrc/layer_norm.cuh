@@ -1,8 +1,9 @@
 // Layer normalisation over the last dimension in fp16, fp32 statistics: out = (x - mean) /
-// sqrt(var + eps) * gamma + beta. One warp per row: each lane keeps its share of the row in
-// registers (16-byte loads), so x is read once and out written once; mean and variance (of the
-// centred values: no cancellation) are reduced across the warp by shuffles. Rows per CTA: Warps.
-// Chunks: 8-element chunks per lane, the most a row of this instance may hold (32 * 8 * Chunks).
+// sqrt(var + eps) * gamma + beta; with Centre false, RMS normalisation: out = x / sqrt(mean(x^2)
+// + eps) * gamma. One warp per row: each lane keeps its share of the row in registers (16-byte
+// loads), so x is read once and out written once; mean and variance (of the centred values: no
+// cancellation) are reduced across the warp by shuffles. Rows per CTA: Warps. Chunks: 8-element
+// chunks per lane, the most a row of this instance may hold (32 * 8 * Chunks).
 #pragma once
 #include <cuda_fp16.h>
 
@@ -11,9 +12,9 @@
 namespace tvmopt {
 namespace layer_norm {
 
-template <int Warps, int Chunks>
+template <bool Centre, int Warps, int Chunks>
 __global__ void __launch_bounds__(32 * Warps)
-    LayerNorm(const half* __restrict__ x, const half* __restrict__ gamma,
+    Normalise(const half* __restrict__ x, const half* __restrict__ gamma,
               const half* __restrict__ beta, half* __restrict__ out, int64_t rows, int cols,
               float eps) {
   const int lane = threadIdx.x % 32;
@@ -37,9 +38,12 @@ __global__ void __launch_bounds__(32 * Warps)
       }
     }
   }
+  float mean = 0.f;
+  if constexpr (Centre) {
 #pragma unroll
-  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
-  const float mean = sum / cols;
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+    mean = sum / cols;
+  }
   float squares = 0.f;
 #pragma unroll
   for (int c = 0; c < Chunks; ++c) {
@@ -59,9 +63,9 @@ __global__ void __launch_bounds__(32 * Warps)
     const int chunk = lane + 32 * c;
     if (chunk < chunks) {
       const uint4 g_raw = *reinterpret_cast<const uint4*>(gamma + chunk * 8);
-      const uint4 b_raw = *reinterpret_cast<const uint4*>(beta + chunk * 8);
+      const uint4 b_raw = Centre ? *reinterpret_cast<const uint4*>(beta + chunk * 8) : uint4{};
       const half2* g = reinterpret_cast<const half2*>(&g_raw);
-      const half2* b = reinterpret_cast<const half2*>(&b_raw);
+      const half2* b = reinterpret_cast<const half2*>(&b_raw);  // zeros without Centre
       uint4 result;
       half2* r = reinterpret_cast<half2*>(&result);
 #pragma unroll
@@ -75,21 +79,22 @@ __global__ void __launch_bounds__(32 * Warps)
   }
 }
 
-// x and out [rows, cols] (any shape whose last dimension is cols), gamma and beta [cols]; cols a
-// multiple of 8 no larger than 256 * Chunks.
-template <int Warps, int Chunks>
+// x and out [rows, cols] (any shape whose last dimension is cols), gamma and beta [cols] (beta
+// null without Centre); cols a multiple of 8 no larger than 256 * Chunks.
+template <bool Centre, int Warps, int Chunks>
 void Run(const char* symbol, tvm::ffi::TensorView x, tvm::ffi::TensorView gamma,
-         tvm::ffi::TensorView beta, double eps, tvm::ffi::TensorView out) {
+         const tvm::ffi::TensorView* beta, double eps, tvm::ffi::TensorView out) {
   const int64_t cols = gamma.numel();
-  TVM_FFI_ICHECK(cols % 8 == 0 && cols <= 256 * Chunks && beta.numel() == cols &&
+  TVM_FFI_ICHECK(cols % 8 == 0 && cols <= 256 * Chunks && (!Centre || beta->numel() == cols) &&
                  x.numel() % cols == 0 && out.numel() == x.numel())
       << symbol << ": cannot normalise rows of " << cols << " (at most " << 256 * Chunks
       << ", a multiple of 8)";
   const int64_t rows = x.numel() / cols;
   if (rows == 0) return;
-  LayerNorm<Warps, Chunks><<<(rows + Warps - 1) / Warps, 32 * Warps, 0, StreamOf(out)>>>(
+  Normalise<Centre, Warps, Chunks><<<(rows + Warps - 1) / Warps, 32 * Warps, 0, StreamOf(out)>>>(
       static_cast<const half*>(x.data_ptr()), static_cast<const half*>(gamma.data_ptr()),
-      static_cast<const half*>(beta.data_ptr()), static_cast<half*>(out.data_ptr()), rows,
+      Centre ? static_cast<const half*>(beta->data_ptr()) : nullptr,
+      static_cast<half*>(out.data_ptr()), rows,
       int(cols), float(eps));
   TVMOPT_CUDA_OK(symbol, cudaGetLastError());
 }
