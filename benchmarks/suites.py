@@ -52,6 +52,10 @@ SUITES = (
           "MetaSchedule on one conv task"),
     Suite("warm-start", "benchmarks.warm_start", "cpu",
           "whether another model's records make a new tune converge in fewer trials"),
+    Suite("tune-shortlist", "benchmarks.tune_shortlist", "cpu",
+          "how long `tune --trials 0` compiles its kernel-library shortlist on this machine from "
+          "a cold kernel cache (nvcc, no GPU)",
+          ("--torch", "benchmarks.models:gpt2_small")),
     Suite("tactic-model", "benchmarks.tactic_model", "cpu",
           "how well untuned kernel-library layers' tactics are predicted: leave-one-out regret "
           "over the team database, against the fixed default tactics"),

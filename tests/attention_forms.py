@@ -12,7 +12,9 @@ The forms follow the code they copy (Hugging Face transformers, torch.nn), not t
 - `multihead`: torch.nn.MultiheadAttention, batch_first, packed in-projection, need_weights=False
   (torchvision ViT, CLIP, Whisper).
 - `llama`: Llama: bias-free projections, rotary embeddings (rotate_half), grouped-query heads
-  (repeat_kv: expand + reshape), causal, SDPA or eager with an additive causal mask.
+  (repeat_kv: expand + reshape), causal, SDPA or eager with an additive causal mask;
+  `llama_masked` as transformers 5.x builds its eager mask: where(causal & padding, 0, min), one
+  tensor from the positions and the attention_mask input.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 import zoo
 
 FORMS = ("bert_eager", "gpt2_eager", "t5_bias", "sdpa_padding", "sdpa_causal", "multihead",
-         "llama_sdpa", "llama_eager")
-CAUSAL = {"gpt2_eager", "sdpa_causal", "llama_sdpa", "llama_eager"}
-PADDED = {"bert_eager", "gpt2_eager", "t5_bias", "sdpa_padding"}  # take an attention_mask input
+         "llama_sdpa", "llama_eager", "llama_masked")
+CAUSAL = {"gpt2_eager", "sdpa_causal", "llama_sdpa", "llama_eager", "llama_masked"}
+# take an attention_mask input
+PADDED = {"bert_eager", "gpt2_eager", "t5_bias", "sdpa_padding", "llama_masked"}
 
 
 def block(form: str, *, hidden: int = 128, heads: int = 2, kv_heads: int | None = None):
@@ -96,9 +99,15 @@ def block(form: str, *, hidden: int = 128, heads: int = 2, kv_heads: int | None 
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=padding(mask))
             elif form in ("sdpa_causal", "llama_sdpa"):
                 context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            elif form == "llama_eager":
+            elif form in ("llama_eager", "llama_masked"):
                 s = x.size(1)
-                causal = torch.full((s, s), min_value).triu(1)[None, None]
+                if form == "llama_eager":
+                    causal = torch.full((s, s), min_value).triu(1)[None, None]
+                else:  # transformers 5.x: a key is visible if causal and not padding
+                    position = torch.arange(s)
+                    visible = ((position[None, :] <= position[:, None])[None, None]
+                               & mask[:, None, None, :].bool())
+                    causal = torch.where(visible, torch.tensor(0.0), torch.tensor(min_value))
                 scores = torch.matmul(q, k.transpose(2, 3)) * dim ** -0.5 + causal
                 probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
                 context = torch.matmul(probs, v)

@@ -325,3 +325,19 @@ def test_the_transformer_summary_collects_results_and_failures(tmp_path):
     assert sorted(doc["files"]) == sorted(p.name for p in tmp_path.glob("compare_*")
                                           if p.suffix in (".json", ".log"))
     assert list(tmp_path.glob("transformers_cpu_fp32_*.md"))
+
+
+def test_the_tune_shortlist_benchmark_plans_what_tune_compiles(tmp_path):
+    """A BERT-style encoder for Hopper with an empty database: every layer the library runs is
+    on the shortlist (it has room), each with its predicted tactic, within tune's instance cap."""
+    import zoo
+    from benchmarks import tune_shortlist
+    from tvmopt.tuning.library_tactics import MAX_INSTANCES
+
+    path = zoo.bert_encoder(tmp_path / "bert.onnx", hidden=64, heads=2)
+    plan, target = tune_shortlist.shortlist(
+        path, {"input_ids": (2, 16), "attention_mask": (2, 16)}, None)
+    assert str(target.attrs["arch"]) == "sm_90a" and plan.left == 0
+    assert 0 < len(plan.sources) <= MAX_INSTANCES
+    ops = {p.layer.op.name for p in plan.measuring}
+    assert {"gemm", "layer_norm"} <= ops and all(p.todo for p in plan.measuring)

@@ -163,6 +163,7 @@ def _attention_matches_onnxruntime(tmp_path, seq: int) -> dict:
 @pytest.mark.parametrize("form, hidden, heads, kv_heads", [
     *[(f, 128, 2, None) for f in attention_forms.FORMS if not f.startswith("llama")],
     ("llama_sdpa", 128, 4, 2), ("llama_eager", 128, 4, 2),  # grouped heads, rotated Q and K
+    ("llama_masked", 128, 4, 2),  # causal and padding in one mask: the causal part generated
     ("sdpa_causal", 160, 2, None), ("sdpa_causal", 192, 2, None),  # head dims 80, 96
     ("bert_eager", 256, 2, None), ("llama_sdpa", 512, 4, 1),  # 128; one K/V head for four
 ])

@@ -86,13 +86,23 @@ def shortlist(plans: list[LayerTactics], model: TacticModel, arch: str,
     return chosen
 
 
-def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options: TuneOptions,
-                    *, device: str, run_uid: str,
-                    should_stop: Callable[[], bool] = lambda: False,
-                    limit: int = MAX_INSTANCES) -> int:
-    """Measure a shortlist of at most `limit` instances' tactics on the layers ({task: (layer,
-    weight)}) with none measured of their own; returns how many (layer, tactic) pairs were
-    measured."""
+@dataclass
+class TacticPlan:
+    """What a tune measures: the layers on the shortlist (heaviest first), each tactic's
+    instance, and how many layers with tactics to try the shortlist left to the next tune."""
+    measuring: list[LayerTactics]
+    specs: dict  # {(layer key, tactic): Instance}
+    left: int
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return {s.symbol: s.source for s in self.specs.values()}
+
+
+def plan_tactics(layers: dict[str, tuple[Layer, int]], target, store,
+                 limit: int = MAX_INSTANCES) -> TacticPlan:
+    """The shortlist of at most `limit` instances for the layers ({task: (layer, weight)}) with
+    no tactic measured of their own on this target."""
     tsha = target_identity(target)[0]
     plan: dict[str, LayerTactics] = {}
     for layer, weight in layers.values():
@@ -101,20 +111,32 @@ def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options
             continue
         plan[layer.key] = LayerTactics(layer, weight, _untried(layer, tsha, store))
     ordered = sorted((p for p in plan.values() if p.todo), key=lambda p: -p.weight * p.layer.work)
-    if not ordered:
-        return 0
     arch = str(target.attrs["arch"])
     chosen = shortlist(ordered, TacticModel.load(store, tsha, KernelLibrary.name, arch), arch,
-                       limit)
+                       limit) if ordered else {}
     for p in ordered:  # each instance of the shortlist is measured on every layer it runs
         p.todo = [t for t in p.todo if p.layer.instance(t, arch).symbol in chosen]
     measuring = [p for p in ordered if p.todo]
     specs = {(p.layer.key, t): p.layer.instance(t, arch) for p in measuring for t in p.todo}
-    sources = {s.symbol: s.source for s in specs.values()}
-    left = len(ordered) - len(measuring)
+    return TacticPlan(measuring, specs, len(ordered) - len(measuring))
+
+
+def measure_tactics(layers: dict[str, tuple[Layer, int]], target, store, options: TuneOptions,
+                    *, device: str, run_uid: str,
+                    should_stop: Callable[[], bool] = lambda: False,
+                    limit: int = MAX_INSTANCES) -> int:
+    """Measure a shortlist of at most `limit` instances' tactics on the layers ({task: (layer,
+    weight)}) with none measured of their own; returns how many (layer, tactic) pairs were
+    measured."""
+    plan = plan_tactics(layers, target, store, limit)
+    measuring, specs = plan.measuring, plan.specs
+    if not measuring:
+        return 0
+    arch = str(target.attrs["arch"])
+    sources = plan.sources
     log.info("kernel library: measuring %d tactics of %d instance(s) (at most %d) on %d layer(s)"
              "%s", len(specs), len(sources), limit, len(measuring),
-             f"; {left} layer(s) left to the next tune" if left else "")
+             f"; {plan.left} layer(s) left to the next tune" if plan.left else "")
     failed: dict[str, str] = {}  # a tactic nvcc rejects is a failed tactic, not a failed tune
     objects = nvcc.compile_all({**sources, TIMER_SYMBOL: timer().source}, arch, failed=failed)
     if TIMER_SYMBOL in failed:

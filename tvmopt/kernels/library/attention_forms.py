@@ -169,8 +169,11 @@ def _read(softmax_var, bindings, users) -> Form | None:
         offset = None if value is None or form.causal is not None else causal_offset(value, sq, sk)
         if offset is not None:
             form.causal = value
-        else:
-            form.terms.append(term)
+            continue
+        split = None if form.causal is not None else _causal_and(term, bindings, sq, sk)
+        if split is not None:
+            form.causal, term = split
+        form.terms.append(term)
     return form
 
 
@@ -469,6 +472,35 @@ def _constant_term(term, bindings) -> np.ndarray | None:
         value = bindings.get(value.args[0], value.args[0])
     if isinstance(value, tvm.ir.expr.Constant):
         return value.value.numpy().astype(np.float32)
+    return None
+
+
+def _causal_and(term, bindings, sq: int, sk: int):
+    """(the causal mask as an additive constant, the term left: (padding, fill)) where the term
+    is where(causal & padding, 0, fill) with `causal` a constant causal pattern: the one mask
+    transformers 5.x builds from causality and the attention_mask input (Llama, GPT-2). The
+    kernel then generates the causal part, skipping the key blocks it hides, and reads only the
+    padding. None for any other term."""
+    expr = term[0] if isinstance(term, tuple) else term
+    value = bindings.get(expr)
+    while _is_call(value, "relax.astype"):
+        value = bindings.get(value.args[0])
+    if isinstance(term, tuple):  # where(cond, scores, fill): cond is the visible keys
+        both, fill = value, term[1]
+    elif _is_call(value, "relax.where") and relax_match.scalar(value.args[1], bindings) == 0.0:
+        both, fill = bindings.get(value.args[0]), relax_match.scalar(value.args[2], bindings)
+    else:
+        return None
+    if fill is None or fill > MASKED or not _is_call(both, "relax.logical_and"):
+        return None
+    for pattern, padding in (both.args, both.args[::-1]):
+        try:
+            visible = relax_match.constant_value(pattern, bindings)
+        except ValueError:
+            continue
+        additive = np.where(visible, 0.0, fill).astype(np.float32)
+        if causal_offset(additive, sq, sk) is not None:
+            return additive, (padding, fill)
     return None
 
 
