@@ -185,3 +185,25 @@ def test_a_model_past_protobufs_2_gib_is_told_from_its_size_not_by_serialising_i
     assert not fits_protobuf(model)
     del model.graph.initializer[:]
     assert fits_protobuf(model)
+
+
+def test_the_importers_warnings_go_to_the_debug_log_not_the_callers_terminal(caplog):
+    """TVM's importer warns (Python warnings) about what tvmopt reports itself, e.g. the ONNX
+    checker's complaint about an attribute the op does not define (or a model past 2 GiB it
+    cannot serialise); a Python API caller sees none of them, the debug log has them."""
+    import logging
+    import warnings
+
+    from onnx import TensorProto, helper
+
+    relu = helper.make_node("Relu", ["x"], ["y"], stray=1)  # Relu has no attribute "stray"
+    graph = helper.make_graph([relu], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    caplog.set_level(logging.DEBUG, logger="tvmopt.frontend")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frontend.import_model(model, frontend.resolve_inputs(model, {}))
+    assert not [str(w.message) for w in caught]
+    assert "Unrecognized attribute: stray" in caplog.text

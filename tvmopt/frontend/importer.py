@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -119,9 +120,13 @@ def import_model(model: onnx.ModelProto, inputs: list[TensorSpec]) -> Imported:
             "export, cut the model before them (onnx.utils.extract_model), or run "
             "`tvmopt inspect` for the full list"
         )
-    # The importer prints its own error lines to stdout before raising; tvmopt reports them.
+    # The importer prints its own error lines to stdout before raising, and warns (Python
+    # warnings) about what tvmopt reports itself (the ONNX checker's complaints, for a model past
+    # 2 GiB that it cannot serialise): they go to the debug log, not the caller's terminal.
     with _identifier_input_names(model) as names, _NodeTracker() as tracker, \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             mod = from_onnx(
                 model,
@@ -136,6 +141,8 @@ def import_model(model: onnx.ModelProto, inputs: list[TensorSpec]) -> Imported:
                 f"TVM's ONNX importer failed{where}: {first_line(e)}; run `tvmopt inspect` on the "
                 "model and report the op it names"
             ) from e
+    for warning in caught:
+        log.debug("TVM's ONNX importer warned: %s", warning.message)
     log.debug("imported %d ONNX nodes into Relax", len(model.graph.node))
     return Imported(mod, tracker.shape_lost_at)
 
