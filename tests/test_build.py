@@ -11,9 +11,10 @@ from tvmopt.prepare import ModelOptions, prepare
 from tvmopt.tasks import extract_tasks
 
 
-# Plain conv stacks with big dense layers, architecturally covered by alexnet: each takes 20-60 s
-# to build on 2 cores, so they run with `-m slow`.
-_PLAIN_AND_BIG = {"vgg19", "zfnet512"}
+# Slow to build on 2 cores (20-75 s each) and covered by a smaller model, so they run with
+# `-m slow`: plain conv stacks with big dense layers (alexnet) and DenseNet-121 (the zoo's
+# densenet, tests/test_coverage.py, has its dense blocks and concatenations).
+_PLAIN_AND_BIG = {"vgg19", "zfnet512", "densenet121"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _PLAIN_AND_BIG
