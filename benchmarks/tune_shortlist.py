@@ -24,9 +24,9 @@ from . import models, record
 
 SUITE = "tune-shortlist"
 # The shortlist is tune's own plan (tuning.library_tactics) over tune's own tasks and target
-# (tvmopt.tasks, tuning.tuner.task_layers, tuning.space); none of it is public API.
-INTERNAL_API = ("tvmopt.tuning.library_tactics", "tvmopt.tuning.tuner", "tvmopt.tuning.space",
-                "tvmopt.tasks", "tvmopt.prepare", "tvmopt.database", "tvmopt.kernels.library")
+# (tvmopt.tasks, tuning.space); none of it is public API.
+INTERNAL_API = ("tvmopt.tuning.library_tactics", "tvmopt.tuning.space", "tvmopt.tasks",
+                "tvmopt.prepare", "tvmopt.database", "tvmopt.kernels.library")
 
 
 def shortlist(model: Path, shapes: dict, db: Path | None):
@@ -37,7 +37,6 @@ def shortlist(model: Path, shapes: dict, db: Path | None):
     from tvmopt.tasks import extract_tasks
     from tvmopt.tuning import library_tactics
     from tvmopt.tuning.space import search_target
-    from tvmopt.tuning.tuner import task_layers
 
     preset = targets.resolve("cuda-sm90a")
     prepared = prepare(model, preset, ModelOptions(input_shapes=shapes, precision="fp16"))
@@ -45,7 +44,7 @@ def shortlist(model: Path, shapes: dict, db: Path | None):
     tasks = extract_tasks(prepared.mod, target)
     weights = {t.name: t.weight for t in tasks}
     layers = {name: (layer, weights.get(name, 1))
-              for name, layer in task_layers(prepared.mod, tasks).items()}
+              for name, layer in library_tactics.task_layers(prepared.mod, tasks).items()}
     with tempfile.TemporaryDirectory(prefix="tvmopt-shortlist-") as tmp:
         path = db or Path(tmp) / "empty.db"
         with open_database(path, readonly=db is not None) as store:

@@ -30,11 +30,13 @@ import numpy as np
 from ..database import target_identity
 from ..errors import TvmoptError, first_line
 from ..formatting import duration, seconds
+from ..kernels import library
 from ..kernels.library import KernelLibrary, nvcc
 from ..kernels.library.instance import TIMER_SYMBOL, timer
 from ..kernels.library.instance import Instance
 from ..kernels.library.op import Layer
 from ..kernels.library.tactic_model import TacticModel
+from ..tasks import Task, kernel_tasks
 from .options import TuneOptions
 
 log = logging.getLogger("tvmopt.tuning")
@@ -52,6 +54,13 @@ class LayerTactics:
     layer: Layer
     weight: int  # calls per inference, over every kernel of the layer's size
     todo: list  # the op's tactics to measure
+
+
+def task_layers(mod, tasks: list[Task]) -> dict[str, Layer]:
+    """{task name: Layer} for the tasks whose kernel the library can run."""
+    task_of = kernel_tasks(mod, tasks)
+    return {task_of[name].name: layer for name, layer in library.layers(mod).items()
+            if name in task_of}
 
 
 def _untried(layer: Layer, tsha: str, store) -> list:

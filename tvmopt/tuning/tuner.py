@@ -26,9 +26,8 @@ from ..errors import TvmoptError, first_line
 from ..formatting import duration
 from ..prepare import ModelOptions, prepare
 from ..targets import Preset
-from ..kernels import library
 from ..kernels.defaults import hand_scheduled
-from ..tasks import Task, extract_tasks, kernel_tasks
+from ..tasks import Task, extract_tasks
 from ..toolchain import toolchain
 from .control import RoundClock, StopAfterBatch, round_not_stored, store_round
 from .measure import PersistentBuilder, make_runner
@@ -579,13 +578,6 @@ def _best(entries, results):
     return min(measured, key=lambda x: x[0]) if measured else None
 
 
-def task_layers(mod, tasks: list[Task]) -> dict:
-    """{task name: kernels.library.Layer} for the tasks whose kernel the library can run."""
-    task_of = kernel_tasks(mod, tasks)
-    return {task_of[name].name: layer for name, layer in library.layers(mod).items()
-            if name in task_of}
-
-
 def tune(model, preset: Preset, *, db_path=None, model_options: ModelOptions = ModelOptions(),
          options: TuneOptions = TuneOptions(), command: str = "",
          on_progress: ProgressCallback | None = None) -> TuneReport:
@@ -596,7 +588,7 @@ def tune(model, preset: Preset, *, db_path=None, model_options: ModelOptions = M
     prepared = prepare(model, preset, model_options)
     target = search_target(preset.tvm_target())
     tasks = extract_tasks(prepared.mod, target)
-    layers = task_layers(prepared.mod, tasks)
+    layers = library_tactics.task_layers(prepared.mod, tasks)
     with open_database(db_path) as store, toolchain(preset):
         tuner = Tuner(tasks, target, model_options.precision, store, options,
                       model_sha256=prepared.model.sha256, command=command, on_progress=on_progress,
