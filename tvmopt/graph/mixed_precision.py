@@ -43,7 +43,8 @@ def clamp_to_fp16_range():
 
 
 # Ops as exact or as safe in fp16 as PyTorch's .half() runs them: TVM's layer and RMS norms
-# compute their statistics in fp32 for fp16 data. Reductions, softmax, exp and power are not here: they stay fp32.
+# compute their statistics in fp32 for fp16 data. Reductions, softmax, exp and power are not
+# here: they stay fp32.
 FP16_SAFE_OPS = frozenset(f"relax.{name}" for name in (
     "add", "subtract", "multiply", "divide", "negative", "maximum", "minimum", "where",
     "reshape", "permute_dims", "expand_dims", "squeeze", "strided_slice", "take", "broadcast_to",
