@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import attention_forms as forms
+import zoo
 from tvmopt import frontend, prepare, targets
 from tvmopt.graph import pipeline
 from tvmopt.kernels import library
@@ -56,11 +57,16 @@ def test_every_exported_attention_form_is_one_library_layer(tmp_path, form, expo
     assert g.layouts == expected
     # GPT-2's packed projection, and the Q, K and V projections the library combines into one
     # GEMM, are read in place: Q, K and V are column slices of one tensor (rotated Q and K and
-    # nn.MultiheadAttention's sequence-first heads are tensors of their own)
+    # nn.MultiheadAttention's sequence-first heads are tensors of their own; Llama's V is still
+    # read from the combined projection)
     if form in ("bert_eager", "gpt2_eager", "t5_bias", "sdpa_padding", "sdpa_causal"):
         width = 3 * HIDDEN
         assert g.packed[0::2] == (width,) * 3 and sorted(g.packed[1::2]) == [0, HIDDEN, 2 * HIDDEN]
         assert layer.args["q"] == layer.args["k"] == layer.args["v"]
+    elif form.startswith("llama"):
+        kv_width = HIDDEN // _sizes(form)["heads"] * _sizes(form)["kv_heads"]
+        assert g.packed == (0, 0, 0, 0, HIDDEN + 2 * kv_width, HIDDEN + kv_width)
+        assert len({layer.args["q"], layer.args["k"], layer.args["v"]}) == 3
     else:
         assert g.packed == ()
 
@@ -161,3 +167,46 @@ def test_a_packed_layers_reference_reads_q_k_and_v_from_their_columns():
     cut = {r: arrays["q"][..., 64 * i:64 * (i + 1)] for i, r in enumerate("qkv")}
     np.testing.assert_allclose(attention.OP.reference(packed, arrays),
                                attention.OP.reference(dense, cut), rtol=1e-6)
+
+
+def test_a_layer_reading_only_v_in_place_takes_q_and_k_as_tensors_of_their_own():
+    """Llama's rotated Q and K are tensors of their own while V stays a column slice of the
+    combined projection: the reference reads each as the layer says."""
+    import dataclasses
+
+    only_v = attention.AttentionGeometry(1, 2, 8, 8, 32, 0.2, None, None, causal=0,
+                                         layouts=("bhs", "bhs", "bsh", "bsh"),
+                                         packed=(0, 0, 0, 0, 192, 128))
+    arrays = attention.OP.inputs(only_v, {"q": 0, "k": 1, "v": 2}, np.random.default_rng(2))
+    assert [arrays[r].shape for r in "qkv"] == [(1, 2, 8, 32), (1, 2, 8, 32), (1, 8, 192)]
+    dense = dataclasses.replace(only_v, packed=())
+    cut = {**arrays, "v": arrays["v"][..., 128:]}
+    np.testing.assert_allclose(attention.OP.reference(only_v, arrays),
+                               attention.OP.reference(dense, cut), rtol=1e-6)
+    assert "V read from packed projections" in attention.OP.describe(only_v)
+
+
+def test_layers_sharing_a_padding_mask_compute_it_once(tmp_path):
+    """transformers 5.x builds one causal-and-padding mask for every layer; split into the
+    generated causal part and the padding, the padding's where() is computed once, not per
+    layer."""
+    import tvm
+
+    torch = zoo._torch()
+    first, second = (forms.block("llama_masked", heads=4, kv_heads=2) for _ in range(2))
+
+    class TwoLayers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = first, second
+
+        def forward(self, x, mask):
+            return self.second(self.first(x, mask), mask)
+
+    args = (torch.randn(BATCH, SEQ, HIDDEN), torch.ones(BATCH, SEQ, dtype=torch.long))
+    path = tmp_path / "two.onnx"
+    zoo._save(zoo._export(TwoLayers(), args, path, input_names=["x", "attention_mask"],
+                          output_names=["y"], dynamic_axes={}, opset=17, exporter="legacy"), path)
+    mod = tvm.relax.transform.FoldConstant()(_pre_library(path, _shapes("llama_masked")))
+    canonical = attention_forms.canonicalize(mod)["main"].script()
+    assert canonical.count("R.nn.softmax(") == 2 and canonical.count("R.where(") == 1

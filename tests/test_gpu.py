@@ -236,6 +236,21 @@ def test_the_tanh_gelu_epilogue_matches_onnxruntime(tmp_path, gelu):
     assert mismatch.max_rel <= 1e-2, mismatch
 
 
+def test_the_gated_mlps_epilogues_match_onnxruntime(tmp_path):
+    """silu(x W_gate) * (x W_up) W_down: SiLU in the gate GEMM's epilogue, the product in the up
+    GEMM's (acc * gate), fp16 within 1e-2 of fp32 ONNX Runtime."""
+    from test_transformer_fusions import _gated_mlp
+
+    path = _gated_mlp(tmp_path / "mlp.onnx")
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "mlp.so",
+                         options=ModelOptions(precision="fp16"))
+    assert any("_gated_" in k["symbol"] for k in result.manifest["library_kernels"].values())
+    inputs = {"x": np.random.default_rng(7).standard_normal((2, 16, 64)).astype(np.float32)}
+    (mismatch,) = runtime.compare(tvmopt.load(result.path)(inputs),
+                                  runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-2, mismatch
+
+
 @pytest.mark.parametrize("tactic", [t.name for t in attention.CATALOGUE])
 def test_every_attention_tactic_matches_onnxruntime(tmp_path, monkeypatch, tactic):
     """The fused attention at `tactic`, on a sequence of 72: partial query and key blocks."""

@@ -71,7 +71,7 @@ def _catalogue_sources() -> dict[str, str]:
     epilogues = [Epilogue(bias, act, residual) for bias in (False, True)
                  for act in ACTIVATIONS for residual in (False, True)]
     geometries = [gemm.GemmGeometry(64, 64, 64, 1, layout, e)
-                  for layout in ("row", "col") for e in epilogues]
+                  for layout in ("row", "col") for e in [*epilogues, Epilogue(gate=True)]]
     geometries += [conv2d.ConvGeometry(1, 8, 8, 16, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), e)
                    for e in epilogues]
     geometries += [attention.AttentionGeometry(1, 2, 16, 16, 64, 0.125, mask, dtype,

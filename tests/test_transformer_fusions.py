@@ -1,6 +1,7 @@
 """Transformer-layer fusions into the kernel library's epilogues (Hopper, fp16): the tanh GELU
-as the exporters write it becomes the GEMM's epilogue. Checked on the CPU: which layers the
-library takes, and that the rewrite computes what the exported graph computes."""
+as the exporters write it becomes the GEMM's epilogue, a gated MLP's product the up GEMM's.
+Checked on the CPU: which layers the library takes, and that the rewrite computes what the
+exported graph computes."""
 
 import math
 
@@ -101,6 +102,46 @@ def _gated_mlp(path):
     model = zoo._export(Gated(), (torch.randn(2, 16, 64),), path, input_names=["x"],
                         output_names=["y"], dynamic_axes={}, exporter="legacy", opset=17)
     return zoo._save(model, path)
+
+
+def test_a_gated_mlps_product_is_the_up_projections_epilogue(tmp_path):
+    """silu(x W_gate) * (x W_up): the gate's SiLU is its GEMM's epilogue and the product the up
+    GEMM's (acc * gate), so no TVM kernel is left between the GEMMs."""
+    mod = prepare.prepare(_gated_mlp(tmp_path / "mlp.onnx"), targets.resolve("cuda-sm90a"),
+                          ModelOptions(precision="fp16")).mod
+    layers = {name: l for name, l in library.layers(mod).items() if l.op.name == "gemm"}
+    # (the down projection writes the model's fp32 output: a TVM kernel)
+    assert sorted(l.geometry.epilogue.name for l in layers.values()) == ["gated", "silu"]
+    (gated,) = [l for l in layers.values() if l.geometry.epilogue.gate]
+    assert sorted(gated.args) == ["a", "b", "gate"]
+    assert "R.multiply" not in mod["main"].script()
+
+
+def test_the_gated_epilogues_reference_is_the_product_of_the_two_halves():
+    """What `tune` checks a gated GEMM's tactics against: A @ B times the gate, elementwise."""
+    from tvmopt.kernels.library import gemm
+
+    g = gemm.GemmGeometry(16, 24, 32, 1, "row", cutlass.Epilogue(gate=True))
+    arrays = gemm.OP.inputs(g, {"a": 0, "b": 1, "gate": 2}, np.random.default_rng(0))
+    assert arrays["gate"].shape == (16, 24)
+    a, b = (arrays[r].astype(np.float32) for r in "ab")
+    np.testing.assert_allclose(gemm.OP.reference(g, arrays),
+                               (a @ b) * arrays["gate"].astype(np.float32), rtol=1e-6)
+
+
+def test_the_gated_gemm_instance_compiles_for_hopper(tmp_path, monkeypatch):
+    """nvcc (no GPU) compiles the gated GEMM: CUTLASS's epilogue visitor tree acc * C."""
+    import subprocess
+
+    from tvmopt.kernels.library import gemm, nvcc
+
+    monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path / "cache"))
+    g = gemm.GemmGeometry(512, 5632, 2048, 1, "row", cutlass.Epilogue(gate=True))
+    spec = gemm.OP.instance(g, gemm.OP.default_tactic(g), "sm_90a")
+    assert "GatedEpilogue" in spec.source
+    (obj,) = nvcc.compile_all({spec.symbol: spec.source}, "sm_90a").values()
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert f"__tvm_ffi_{spec.symbol}" in symbols
 
 
 def _bert_attention(path):

@@ -75,7 +75,7 @@ class AttentionGeometry:
     causal: int | None = None  # keys after query + causal are hidden; None: no causal mask
     layouts: tuple[str, ...] = PROJECTED  # memory order of b, h, s in Q, K, V and the output
     # Q, K and V as column slices of packed projections: (pitch, first column) of each, rows of
-    # `pitch` elements; () where each is a tensor of its own.
+    # `pitch` elements, (0, 0) for one that is a tensor of its own; () where all three are.
     packed: tuple[int, ...] = ()
 
     @property
@@ -118,8 +118,8 @@ class Attention(Op):
         def heads(role, notes, grouped, packed):
             notes[role] = wildcard()
             x = notes[role]
-            if packed:
-                x = is_op("relax.strided_slice")(x, varg_default_wildcard=True)
+            if packed:  # each of Q, K and V may be a slice of a packed projection, or not
+                x = is_op("relax.strided_slice")(x, varg_default_wildcard=True) | x
             x = is_op("relax.permute_dims")(is_op("relax.reshape")(x, wildcard()))
             if grouped:
                 x = is_op("relax.reshape")(is_op("relax.broadcast_to")(
@@ -224,7 +224,9 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         mask += f", causal (offset {g.causal})" if g.causal is not None else ""
         mask += f", {g.kv_heads} K/V heads" if g.groups > 1 else ""
         mask += f", layouts {'/'.join(g.layouts)}" if g.layouts != PROJECTED else ""
-        mask += ", Q, K and V read from packed projections" if g.packed else ""
+        if g.packed:
+            sliced = [role for i, role in enumerate("QKV") if g.packed[2 * i]]
+            mask += f", {', '.join(sliced)} read from packed projections"
         return (f"attention {g.batch}x{g.heads} heads, {g.seq_q}x{g.seq_k} x {g.head_dim}, "
                 f"scale {g.scale:g}{mask}")
 
@@ -238,7 +240,7 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
                 ("v", g.layouts[2], kv, g.seq_k))):
             same = [r for r in arrays if args.get(r) is not None and args.get(r) == args.get(role)]
             shape = _in_memory(order, g.batch, heads, seq, g.head_dim)
-            if g.packed:  # rows of the packed projection, as wide as its pitch
+            if g.packed and g.packed[2 * i]:  # rows of the packed projection, its pitch wide
                 shape = (*shape[:2], g.packed[2 * i])
             arrays[role] = (arrays[same[0]] if same else
                             rng.standard_normal(shape).astype(np.float16))
@@ -256,7 +258,7 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         grouped heads, written in the output's memory order."""
         def bhsd(role, order):
             x = arrays[role].astype(np.float32)
-            if g.packed:
+            if g.packed and g.packed[2 * "qkv".index(role)]:
                 start = g.packed[2 * "qkv".index(role) + 1]
                 heads = g.heads if role == "q" else g.kv_heads or g.heads
                 x = x[..., start:start + heads * g.head_dim]
@@ -392,7 +394,7 @@ def geometry(parts, bindings) -> AttentionGeometry | None:
                 or any(m not in (1, want) for m, want in zip(full, (b, h, sq, sk)))):
             return None
     packed = ()
-    if parts["q_slice"] is not None:
+    if any(parts[f"{role}_slice"] is not None for role in "qkv"):
         packed = _packed(parts, layouts)
         if packed is None:
             return None
@@ -401,11 +403,14 @@ def geometry(parts, bindings) -> AttentionGeometry | None:
 
 
 def _packed(parts, layouts) -> tuple[int, ...] | None:
-    """(pitch, first column) of Q, K and V, each a slice of its tensor's rows along the last axis
-    with the heads innermost, else None."""
+    """(pitch, first column) of Q, K and V, (0, 0) for a tensor of its own, the others each a
+    slice of its tensor's rows along the last axis with the heads innermost, else None."""
     found = []
     for role, order in zip("qkv", layouts):
         sliced = parts[f"{role}_slice"]
+        if sliced is None:
+            found += [0, 0]
+            continue
         source = relax_match.static_shape(parts[role])
         axes, begin, end = ([int(v) for v in arg.fields] for arg in sliced.args[1:4])
         strides = [int(v) for v in sliced.args[4].fields] if len(sliced.args) > 4 else [1]

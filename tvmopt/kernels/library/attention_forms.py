@@ -92,8 +92,11 @@ def canonicalize(mod):
     if not forms:
         return mod
     log.debug("attention: %d softmax(es) rewritten into the canonical form", len(forms))
+    block_of = {b.var: i for i, block in enumerate(main.body.blocks) for b in block.bindings}
+    masks = {}  # every layer's padding mask from one where() per dataflow block, not one each
     return relax_match.rewrite_bindings(mod, {
-        out: (lambda builder, remap, form=form: _Emitter(builder, remap).attention(form))
+        out: (lambda builder, remap, form=form, block=block_of.get(out):
+              _Emitter(builder, remap, masks, block).attention(form))
         for out, form in forms.items()})
 
 
@@ -524,8 +527,9 @@ def causal_offset(mask: np.ndarray, sq: int, sk: int) -> int | None:
 class _Emitter:
     """Writes a Form's canonical ops through a block builder."""
 
-    def __init__(self, builder, remap):
+    def __init__(self, builder, remap, masks: dict, block):
         self.bb, self.remap = builder, remap
+        self.masks, self.block = masks, block
 
     def heads(self, h: Heads, groups: int):
         from tvm import relax
@@ -551,8 +555,11 @@ class _Emitter:
         for term in terms:
             if isinstance(term, tuple):
                 cond, fill = term
-                parts.append(self.bb.emit(relax.op.where(
-                    self.remap(cond), relax.const(0.0, "float32"), relax.const(fill, "float32"))))
+                key = (self.block, cond, fill)
+                if key not in self.masks:
+                    self.masks[key] = self.bb.emit(relax.op.where(
+                        self.remap(cond), relax.const(0.0, "float32"), relax.const(fill, "float32")))
+                parts.append(self.masks[key])
             else:
                 parts.append(self.remap(term))
         if len(parts) == 1:

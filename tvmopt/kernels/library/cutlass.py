@@ -30,8 +30,9 @@ GELU_CONSTANTS = {"gelu_sqrt2": 2 ** 0.5, "gelu_one": 1.0, "gelu_half": 0.5}
 # The tanh GELU's, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (GPT-2's, CLIP's "gelu_new").
 TANH_GELU_CONSTANTS = {"cube": 0.044715, "sqrt_2_over_pi": (2 / math.pi) ** 0.5, "half": 0.5,
                        "one": 1.0}
-# The pattern's tail after the bias: what the epilogue fuses besides it.
-TAILS = ("residual_relu", "residual", "relu", "silu", "gelu", "gelu_tanh", "none")
+# The pattern's tail after the bias: what the epilogue fuses besides it. "gated" (GEMMs only, no
+# bias): the result times another tensor, a gated linear unit's product (SwiGLU's up * SiLU(gate)).
+TAILS = ("residual_relu", "residual", "relu", "silu", "gelu", "gelu_tanh", "gated", "none")
 
 
 @dataclass(frozen=True)
@@ -72,31 +73,40 @@ class Epilogue:
     bias: bool = False
     activation: str = "none"  # applied after bias and residual: act(acc + bias + residual)
     residual: bool = False
+    gate: bool = False  # acc * gate, alone: no bias, residual or activation
 
     @property
     def name(self) -> str:
         parts = (["bias"] if self.bias else []) + (["residual"] if self.residual else []) + (
-            [self.activation] if self.activation != "none" else [])
+            [self.activation] if self.activation != "none" else []) + (
+            ["gated"] if self.gate else [])
         return "_".join(parts) or "plain"
 
     @property
     def roles(self) -> tuple[str, ...]:
         """The epilogue's tensors, in the order instances take them after A and B."""
-        return (("bias",) if self.bias else ()) + (("residual",) if self.residual else ())
+        return (("bias",) if self.bias else ()) + (("residual",) if self.residual else ()) + (
+            ("gate",) if self.gate else ())
 
     @property
     def template(self) -> str:
         """The csrc Epilogue<...> type."""
+        if self.gate:
+            return "tvmopt::GatedEpilogue"
         return (f"tvmopt::Epilogue<cutlass::epilogue::thread::{ACTIVATIONS[self.activation]}, "
                 f"{str(self.bias).lower()}, {str(self.residual).lower()}>")
 
     @property
     def pointers(self) -> str:
-        """The Run arguments for bias and residual: the tensor's address, or null."""
-        return ", ".join("&" + r if r in self.roles else "nullptr" for r in ("bias", "residual"))
+        """The Run arguments for the bias and CUTLASS's C (the residual or the gate): the
+        tensor's address, or null."""
+        c = [r for r in ("residual", "gate") if r in self.roles]
+        return ", ".join([("&bias" if self.bias else "nullptr"), ("&" + c[0] if c else "nullptr")])
 
     def apply(self, out: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """The NumPy reference of the epilogue on an fp32 accumulator."""
+        if self.gate:
+            return out * arrays["gate"].astype(np.float32)
         if self.bias:
             out = out + arrays["bias"].astype(np.float32)
         if self.residual:
@@ -126,6 +136,8 @@ def epilogue_patterns(anchor_op: str, prefix: str):
                 for tail in TAILS:
                     if reshape and tail == "none":
                         continue  # a trailing reshape is not the kernel's business
+                    if tail == "gated" and (bias or anchor_op != "relax.matmul"):
+                        continue
                     a, b = wildcard(), wildcard()
                     anchor = is_op(anchor_op)(a, b)
                     x = is_op("relax.astype")(anchor) if cast else anchor
@@ -150,7 +162,11 @@ def epilogue_patterns(anchor_op: str, prefix: str):
                             erf, notes["gelu_one"])), notes["gelu_half"])
                     elif tail == "gelu_tanh":  # as fold_tanh_gelu leaves it
                         x = is_op("relax.nn.gelu_tanh")(x)
+                    elif tail == "gated":
+                        notes["gate"] = wildcard()
+                        x = relax_match.mul(x, notes["gate"])
                     epilogue = Epilogue(bias=bias, residual=tail.startswith("residual"),
+                                        gate=tail == "gated",
                                         activation={"residual_relu": "relu", "relu": "relu",
                                                     "silu": "silu", "gelu": "gelu",
                                                     "gelu_tanh": "gelu_tanh"}.get(tail, "none"))
@@ -199,18 +215,21 @@ def check_epilogue(context, n: int, out_shape) -> bool:
         if (relax_match.numel(bias) != n or bias[-1] != n
                 or relax_match.dtype(notes["bias"]) != "float16"):
             return False
-    if "residual" in notes and (relax_match.static_shape(notes["residual"]) != out_shape
-                                or relax_match.dtype(notes["residual"]) != "float16"):
-        return False
+    for role in ("residual", "gate"):
+        if role in notes and (relax_match.static_shape(notes[role]) != out_shape
+                              or relax_match.dtype(notes[role]) != "float16"):
+            return False
     return all(relax_match.close(relax_match.scalar(notes[role], context.matched_bindings), value)
                for role, value in GELU_CONSTANTS.items() if role in notes)
 
 
 def epilogue_args(match, epilogue: Epilogue) -> dict[str, int]:
-    """{"bias" | "residual": kernel argument index}: the parameter each epilogue add takes."""
+    """{"bias" | "residual" | "gate": kernel argument index}: the parameter each epilogue add
+    (or the gate's multiply) takes."""
     args = {}
-    for role, add in zip(epilogue.roles, match.calls("relax.add")):
-        (param,) = [x for x in add.args if x in match.params]
+    calls = match.calls("relax.multiply" if epilogue.gate else "relax.add")
+    for role, call in zip(epilogue.roles, calls):
+        (param,) = [x for x in call.args if x in match.params]
         args[role] = match.params[param]
     return args
 
@@ -223,12 +242,14 @@ def epilogue_inputs(epilogue: Epilogue, args: dict, arrays: dict, out_shape, n: 
     if epilogue.residual:
         same = args.get("residual") == args.get("a")
         arrays["residual"] = arrays["a"] if same else uniform(out_shape)
+    if epilogue.gate:
+        arrays["gate"] = uniform(out_shape)
     return arrays
 
 
 class CutlassOp(Op):
     """An anchor op (`anchor_op`) and the epilogue the CUTLASS templates fuse after it."""
-    roles = ("a", "b", "bias", "residual")
+    roles = ("a", "b", "bias", "residual", "gate")
     anchor_op: ClassVar[str]  # "relax.matmul", "relax.nn.conv2d"
 
     def check(self, context) -> bool:

@@ -1,7 +1,8 @@
 """The GEMM op: a matmul in fp16, and its fused epilogue, on a CUTLASS 3.x Hopper GEMM
 (`csrc/gemm_sm90.cuh`).
 
-out = act(A @ B + bias + residual), as `symbol(a, b, [bias], [residual], workspace, out)`. A is
+out = act(A @ B + bias + residual), as `symbol(a, b, [bias], [residual], workspace, out)`, or
+A @ B * gate (`csrc/gemm_gated_sm90.cuh`: SwiGLU's up projection times SiLU(gate)). A is
 [..., M, K] row-major; B is [K, N] ("row", an ONNX MatMul weight) or [N, K] ("col", a Gemm
 transB weight, or an OHWI 1x1 conv filter, which `conv2d.py` hands here); a B of rank > 2 makes a
 batched GEMM over its leading dimensions. N and K are multiples of 8; `gemm_padding.py` pads
@@ -90,7 +91,8 @@ class Gemm(CutlassOp):
         symbol = f"tvmopt_cutlass_gemm_{g.b_layout}_{e.name}_{t.name}"
         layout = "RowMajor" if g.b_layout == "row" else "ColumnMajor"
         params = tensor_params(("a", "b", *e.roles, "workspace", "out"))
-        return Instance(symbol, instantiation(symbol, "gemm_sm90.cuh", __name__, f"""
+        header = "gemm_gated_sm90.cuh" if e.gate else "gemm_sm90.cuh"
+        return Instance(symbol, instantiation(symbol, header, __name__, f"""
 using Instance = tvmopt::GemmSm90<{t.tile}, {_SCHEDULES[t.schedule]},
     {_SCHEDULERS[t.scheduler]}, cutlass::layout::{layout},
     {e.template}>;
