@@ -113,13 +113,21 @@ def summary(args, argv: list[str], found: dict) -> dict:
                                         if isinstance(d, dict) else None}
                                  for name, (path, d) in found.items()}}
     doc["files"] = [path.name for path, _ in found.values()]
-    notes = docs[0]["sections"][0]["notes"] if docs else ""
     doc["sections"] = [{"notes": "One `compare` run per model (its result beside this file has "
-                                 f"the commands and versions). {notes}",
+                                 f"the commands and versions). {_method(found)}",
                         "table": record.table(["model", *compare.rows_table([])["columns"]],
                                               rows)}]
     record.write(doc, args.out / record.default_path(SUITE, args.device, args.precision).name)
     return doc
+
+
+def _method(found: dict) -> str:
+    """How the models were timed: the one method they share, else each model's."""
+    notes = {name: doc["sections"][0]["notes"] for name, (_, doc) in found.items()
+             if isinstance(doc, dict)}
+    if len(set(notes.values())) <= 1:
+        return next(iter(notes.values()), "")
+    return " ".join(f"{name}: {text}" for name, text in notes.items())
 
 
 def main(argv: list[str]) -> dict:

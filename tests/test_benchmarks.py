@@ -274,7 +274,7 @@ def test_degenerate_outputs_are_flagged():
     assert "output: NaN or inf" in compare.output_problems({"output": nan}, reference, 1e-2)
 
 
-def _compare_result(out_dir, model: str) -> dict:
+def _compare_result(out_dir, model: str, iterations: int = 2) -> dict:
     """A compare result of made-up rows, as `compare` writes it."""
     import argparse
 
@@ -282,7 +282,7 @@ def _compare_result(out_dir, model: str) -> dict:
 
     args = argparse.Namespace(
         torch_factory=f"benchmarks.models:{model}", model=None, precision="fp32", layout="NCHW",
-        batch=None, device="cpu", warmup=1, iterations=2, pipelined=3, tolerance=1e-2,
+        batch=None, device="cpu", warmup=1, iterations=iterations, pipelined=3, tolerance=1e-2,
         output=out_dir / record.default_path("compare", model, "cpu", "fp32").name)
     rows = [{"runtime": "tvmopt untuned", "call_sync_p50_ms": 1.0, "call_sync_p90_ms": 1.2,
              "pipelined_ms": 0.8, "max_rel_err": 1e-3, "output_check": "ok", "detail": "a"},
@@ -325,6 +325,21 @@ def test_the_transformer_summary_collects_results_and_failures(tmp_path):
     assert sorted(doc["files"]) == sorted(p.name for p in tmp_path.glob("compare_*")
                                           if p.suffix in (".json", ".log"))
     assert list(tmp_path.glob("transformers_cpu_fp32_*.md"))
+
+
+def test_the_transformer_summary_states_each_models_method_where_they_differ(tmp_path):
+    """Models timed with other call counts (one per device call) each keep their own method in
+    the summary's notes, not the first model's for all."""
+    from benchmarks import transformers_table
+
+    _compare_result(tmp_path, "gpt2_small", iterations=2)
+    _compare_result(tmp_path, "vit_b16", iterations=7)
+    collect = ["--collect", "--device", "cpu", "--out", str(tmp_path)]
+    notes = transformers_table.main([*collect, "--models", "gpt2_small,vit_b16"])["sections"][0]
+    assert "gpt2_small: " in notes["notes"] and "of 2 calls" in notes["notes"]
+    assert "vit_b16: " in notes["notes"] and "of 7 calls" in notes["notes"]
+    alone = transformers_table.main([*collect, "--models", "vit_b16"])["sections"][0]["notes"]
+    assert "vit_b16: " not in alone and "of 7 calls" in alone
 
 
 def test_the_tune_shortlist_benchmark_plans_what_tune_compiles(tmp_path):
