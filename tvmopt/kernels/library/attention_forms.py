@@ -23,6 +23,7 @@ producers left them (no transposes). What it cannot read exactly stays as it was
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -553,23 +554,19 @@ class _Emitter:
 
         parts = []
         for term in terms:
-            if isinstance(term, tuple):
-                cond, fill = term
-                key = (self.block, cond, fill)
-                if key not in self.masks:
-                    self.masks[key] = self.bb.emit(relax.op.where(
-                        self.remap(cond), relax.const(0.0, "float32"), relax.const(fill, "float32")))
-                parts.append(self.masks[key])
-            else:
+            if not isinstance(term, tuple):
                 parts.append(self.remap(term))
+                continue
+            cond, fill = term
+            if (self.block, cond, fill) not in self.masks:
+                self.masks[self.block, cond, fill] = self.bb.emit(relax.op.where(
+                    self.remap(cond), relax.const(0.0, "float32"), relax.const(fill, "float32")))
+            parts.append(self.masks[self.block, cond, fill])
         if len(parts) == 1:
             return parts[0]
-        total = None
-        for part in parts:
-            if relax_match.dtype(part) != "float32":
-                part = self.bb.emit(relax.op.astype(part, "float32"))
-            total = part if total is None else self.bb.emit(relax.op.add(total, part))
-        return total
+        widened = [p if relax_match.dtype(p) == "float32"
+                   else self.bb.emit(relax.op.astype(p, "float32")) for p in parts]
+        return functools.reduce(lambda a, b: self.bb.emit(relax.op.add(a, b)), widened)
 
     def attention(self, form: Form):
         from tvm import relax
