@@ -49,6 +49,25 @@ def test_cuda_fp16_matmul_uses_tensor_cores_and_accumulates_in_fp32(tmp_path):
     assert b"wmma" in (tmp_path / "mm.so").read_bytes()  # tensor-core instructions in the PTX
 
 
+def test_an_fp32_cuda_build_never_registers_tvms_tensor_intrinsics(tmp_path):
+    """Registering TVM's tensor intrinsics (importing tvm.s_tir.tensor_intrin) takes tens of
+    seconds per process: only a kernel the tensor-core rule tensorizes pays it, so an fp32
+    build, whose GEMMs the rule leaves to DLight's CUDA-core schedules, does not."""
+    import subprocess
+    import sys
+
+    path = _matmul(tmp_path / "mm.onnx")
+    out = tmp_path / "mm.so"
+    script = ("import sys\nfrom tvmopt import build, targets\n"
+              f"build.build({str(path)!r}, targets.resolve('cuda-sm90a'), {str(out)!r})\n"
+              "print('tvm.s_tir.tensor_intrin' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False"
+    assert out.exists()
+
+
 def test_gemv_shaped_matmul_keeps_cuda_cores(tmp_path):
     """At M=1 a 16x16 tensor-core tile would be 94% padding."""
     preset, options = targets.resolve("cuda-sm90a"), ModelOptions(precision="fp16", kernels="tvm")

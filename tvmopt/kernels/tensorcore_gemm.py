@@ -52,7 +52,6 @@ class TensorCoreGemm:
                                                  auto_inline_producers, check_sm_version,
                                                  get_in_out_dtypes, get_index_map,
                                                  get_reduction_blocks)
-        from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
 
         if target.kind.name != "cuda" or check_sm_version(str(target.attrs.get("arch", ""))) < 70:
             return None
@@ -142,6 +141,14 @@ class TensorCoreGemm:
         sj0, sj1 = sch.split(sj, factors=[None, micro])
         sch.reorder(si0, sj0, si1, sj1)
         init_inner = sch.get_child_blocks(sch.decompose_reduction(block_outer, k0))[0]
+
+        # Only now, for a kernel it tensorizes: registering TVM's intrinsics (its import) takes
+        # tens of seconds, spent once per process and never by an fp32 or GEMM-free model, and
+        # through register_tensor_intrinsics, which spares the parser's module scans.
+        from ..database.metaschedule import register_tensor_intrinsics
+
+        register_tensor_intrinsics()
+        from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
 
         # fp32 accumulation when the kernel accumulates in fp32 (tvmopt's mixed precision does).
         intrins = get_wmma_intrin_group(load_scope="shared.dyn", store_scope="shared.dyn",
