@@ -20,22 +20,24 @@ struct Tile {
   using Cluster = cute::Shape<cute::Int<ClusterM>, cute::Int<ClusterN>, cute::_1>;
 };
 
+// The epilogue collective computing `FusionOp` (a CUTLASS fusion operation or an epilogue
+// visitor tree): D (and C) in `Layout`, fp16, 16-byte aligned.
+template <class FusionOp, class TileShape, class ClusterShape, class Layout, class Schedule>
+using EpilogueCollective = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float, half_t, Layout, 8, half_t,
+    Layout, 8, Schedule, FusionOp>::CollectiveOp;
+
 // What follows the accumulation: the per-output-channel bias, the residual (as CUTLASS's C with
 // beta = 1), then the activation (cutlass::epilogue::thread::Identity, ReLu, GELU or SiLu).
 template <template <class> class Act, bool Bias, bool Residual>
 struct Epilogue {
-  static constexpr bool kBias = Bias;
-  static constexpr bool kResidual = Residual;
   using FusionOp = std::conditional_t<
       Bias, cutlass::epilogue::fusion::LinCombPerColBiasEltAct<Act, half_t, float, half_t>,
       cutlass::epilogue::fusion::LinCombEltAct<Act, half_t, float>>;
 
-  // D (and the residual C) in `Layout`, fp16, 16-byte aligned.
   template <class TileShape, class ClusterShape, class Layout, class Schedule>
-  using Collective = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, half_t, Layout, 8, half_t,
-      Layout, 8, Schedule, FusionOp>::CollectiveOp;
+  using Collective = EpilogueCollective<FusionOp, TileShape, ClusterShape, Layout, Schedule>;
 
   static half_t* ResidualPtr(const tvm::ffi::TensorView* residual) {
     return Residual ? static_cast<half_t*>(residual->data_ptr()) : nullptr;

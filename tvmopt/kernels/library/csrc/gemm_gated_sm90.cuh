@@ -14,10 +14,7 @@ struct GatedEpilogue {
       cutlass::epilogue::fusion::Sm90AccFetch, cutlass::epilogue::fusion::Sm90SrcFetch<half_t>>;
 
   template <class TileShape, class ClusterShape, class Layout, class Schedule>
-  using Collective = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, half_t, Layout, 8, half_t,
-      Layout, 8, Schedule, FusionOp>::CollectiveOp;
+  using Collective = EpilogueCollective<FusionOp, TileShape, ClusterShape, Layout, Schedule>;
 
   // The gate comes as GemmSm90::Run's residual: CUTLASS's C.
   static half_t* ResidualPtr(const tvm::ffi::TensorView* gate) {
