@@ -3,12 +3,11 @@ the pattern test per form and exporter, and the rewrite into the canonical form 
 CPU, where both the exported graph and its canonical form run as TVM kernels. The kernel's own
 numerics per form, mask kind and head dim are gpu tests (tests/test_gpu.py)."""
 
-import subprocess
-
 import numpy as np
 import pytest
 
 import attention_forms as forms
+import instances
 import zoo
 from tvmopt import frontend, prepare, targets
 from tvmopt.graph import pipeline
@@ -142,16 +141,12 @@ def test_attention_that_the_kernel_cannot_run_is_left_as_it_is(tmp_path):
 def test_every_causal_and_grouped_instance_compiles_for_hopper(tmp_path, monkeypatch):
     """A causal instance with an fp32 mask, grouped heads and rotated Q and K compiles (nvcc,
     no GPU) with every head dimension the kernel takes."""
-    from tvmopt.kernels.library import nvcc
-
     monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path / "cache"))
     g = attention.AttentionGeometry(1, 4, 16, 16, 64, 0.125, (1, 16), "float32", kv_heads=2,
                                     causal=0, layouts=("bhs", "bhs", "bsh", "bsh"))
     spec = attention.OP.instance(g, attention.CATALOGUE[0], "sm_90a")
     assert "true>" in spec.source and "80, 96" in spec.source
-    (obj,) = nvcc.compile_all({spec.symbol: spec.source}, "sm_90a").values()
-    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
-    assert f"__tvm_ffi_{spec.symbol}" in symbols
+    assert instances.exports_its_symbol(spec)
 
 
 def test_a_packed_layers_reference_reads_q_k_and_v_from_their_columns():

@@ -78,6 +78,12 @@ class AttentionGeometry:
     # `pitch` elements, (0, 0) for one that is a tensor of its own; () where all three are.
     packed: tuple[int, ...] = ()
 
+    def slice_of(self, role: str) -> tuple[int, int] | None:
+        """(pitch, first column) where `role` ("q", "k" or "v") is read as a column slice of a
+        packed projection; None where it is a tensor of its own."""
+        i = 2 * "qkv".index(role)
+        return (self.packed[i], self.packed[i + 1]) if self.packed and self.packed[i] else None
+
     @property
     def groups(self) -> int:
         return self.heads // (self.kv_heads or self.heads)
@@ -224,9 +230,8 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         mask += f", causal (offset {g.causal})" if g.causal is not None else ""
         mask += f", {g.kv_heads} K/V heads" if g.groups > 1 else ""
         mask += f", layouts {'/'.join(g.layouts)}" if g.layouts != PROJECTED else ""
-        if g.packed:
-            sliced = [role for i, role in enumerate("QKV") if g.packed[2 * i]]
-            mask += f", {', '.join(sliced)} read from packed projections"
+        sliced = [role.upper() for role in "qkv" if g.slice_of(role)]
+        mask += f", {', '.join(sliced)} read from packed projections" if sliced else ""
         return (f"attention {g.batch}x{g.heads} heads, {g.seq_q}x{g.seq_k} x {g.head_dim}, "
                 f"scale {g.scale:g}{mask}")
 
@@ -235,13 +240,13 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         additive mask of the layer's shape that hides the last quarter of the keys."""
         kv = g.kv_heads or g.heads
         arrays = {}
-        for i, (role, order, heads, seq) in enumerate((
+        for role, order, heads, seq in (
                 ("q", g.layouts[0], g.heads, g.seq_q), ("k", g.layouts[1], kv, g.seq_k),
-                ("v", g.layouts[2], kv, g.seq_k))):
+                ("v", g.layouts[2], kv, g.seq_k)):
             same = [r for r in arrays if args.get(r) is not None and args.get(r) == args.get(role)]
             shape = _in_memory(order, g.batch, heads, seq, g.head_dim)
-            if g.packed and g.packed[2 * i]:  # rows of the packed projection, its pitch wide
-                shape = (*shape[:2], g.packed[2 * i])
+            if g.slice_of(role):  # rows of the packed projection, its pitch wide
+                shape = (*shape[:2], g.slice_of(role)[0])
             arrays[role] = (arrays[same[0]] if same else
                             rng.standard_normal(shape).astype(np.float16))
         if g.mask_shape is not None:
@@ -258,8 +263,8 @@ static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "o
         grouped heads, written in the output's memory order."""
         def bhsd(role, order):
             x = arrays[role].astype(np.float32)
-            if g.packed and g.packed[2 * "qkv".index(role)]:
-                start = g.packed[2 * "qkv".index(role) + 1]
+            if g.slice_of(role):
+                start = g.slice_of(role)[1]
                 heads = g.heads if role == "q" else g.kv_heads or g.heads
                 x = x[..., start:start + heads * g.head_dim]
                 x = x.reshape(*x.shape[:2], heads, g.head_dim)

@@ -100,8 +100,8 @@ class Epilogue:
     def pointers(self) -> str:
         """The Run arguments for the bias and CUTLASS's C (the residual or the gate): the
         tensor's address, or null."""
-        c = [r for r in ("residual", "gate") if r in self.roles]
-        return ", ".join([("&bias" if self.bias else "nullptr"), ("&" + c[0] if c else "nullptr")])
+        c = "&residual" if self.residual else "&gate" if self.gate else "nullptr"
+        return f"{'&bias' if self.bias else 'nullptr'}, {c}"
 
     def apply(self, out: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """The NumPy reference of the epilogue on an fp32 accumulator."""
