@@ -138,6 +138,42 @@ def test_attention_that_the_kernel_cannot_run_is_left_as_it_is(tmp_path):
     assert [l.op.name for l in library.layers(mod).values()].count("attention") == 0
 
 
+def test_cutlass_fmha_tactics_are_offered_only_for_what_its_mainloop_computes():
+    """CUTLASS's Hopper FMHA scales by 1/sqrt(head_dim), takes no additive mask and no grouped
+    K/V heads, and generates only the causal mask of offset 0: a layer outside that keeps the
+    mma.sync kernel's tactics alone; one inside gets the FMHA tactics of its head dimension."""
+    G = attention.AttentionGeometry
+    packed = (2304, 0, 2304, 768, 2304, 1536)
+
+    def fmha(g):
+        found = [t for t in attention.OP.catalogue(g) if isinstance(t, attention.FmhaTactic)]
+        assert all(attention.OP.parse_tactic(t.name) == t for t in found)
+        return {(t.head_dim, t.schedule) for t in found}
+
+    both_64 = {(64, "cooperative"), (64, "pingpong")}
+    assert fmha(G(64, 12, 197, 197, 64, 0.125, None, None, packed=packed)) == both_64  # ViT
+    assert fmha(G(1, 12, 128, 128, 64, 0.125, None, None, causal=0)) == both_64  # GPT-2
+    assert fmha(G(1, 16, 512, 512, 128, 128 ** -0.5, None, None)) == {(128, "cooperative"),
+                                                                       (128, "pingpong")}
+    for outside in (G(32, 12, 128, 128, 64, 0.125, (32, 1, 1, 128), "float16"),  # BERT's mask
+                    G(1, 16, 512, 512, 128, 128 ** -0.5, None, None, kv_heads=4),  # grouped
+                    G(1, 8, 64, 64, 64, 1.0, None, None),  # T5: unscaled
+                    G(1, 8, 64, 96, 64, 0.125, None, None, causal=32),  # a causal offset
+                    G(1, 8, 64, 64, 80, 80 ** -0.5, None, None)):  # no FMHA tile for 80
+        assert fmha(outside) == set()
+        assert attention.OP.catalogue(outside) == attention.CATALOGUE
+
+
+def test_a_cutlass_fmha_instance_compiles_for_hopper(tmp_path, monkeypatch):
+    """The causal, ping-pong FMHA instance (CUTLASS's mainloop and kernel from its example
+    headers, tvmopt's output-only epilogue) compiles with nvcc, no GPU, and exports its symbol."""
+    monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path / "cache"))
+    g = attention.AttentionGeometry(1, 12, 128, 128, 64, 0.125, None, None, causal=0)
+    spec = attention.OP.instance(g, attention.FmhaTactic(128, 64, 64, "pingpong"), "sm_90a")
+    assert "fmha_sm90.cuh" in spec.source and "Pingpong, true>" in spec.source
+    assert instances.exports_its_symbol(spec)
+
+
 def test_every_causal_and_grouped_instance_compiles_for_hopper(tmp_path, monkeypatch):
     """A causal instance with an fp32 mask, grouped heads and rotated Q and K compiles (nvcc,
     no GPU) with every head dimension the kernel takes."""

@@ -15,6 +15,7 @@ from tvmopt import build, runtime, targets
 from tvmopt import manifest as artifact_manifest
 from tvmopt.kernels import library
 from tvmopt.kernels.library import Layer, attention, conv2d, gemm
+from tvmopt.kernels.library.tactic_model import DEFAULT, Choice, TacticModel
 from tvmopt.prepare import ModelOptions
 
 pytestmark = pytest.mark.gpu
@@ -259,6 +260,31 @@ def test_every_attention_tactic_matches_onnxruntime(tmp_path, monkeypatch, tacti
                         if layer.op is attention.OP else default(layer))
     kernels = _attention_matches_onnxruntime(tmp_path, seq=72)
     assert [k["tactic"] for k in kernels.values() if "attention" in k["symbol"]] == [tactic]
+
+
+@pytest.mark.parametrize("tactic, form, seq", [
+    *[(t, "multihead", 77) for t in attention.FMHA_CATALOGUE],  # a query length not a multiple of 8
+    *[(t, "sdpa_causal", 136) for t in attention.FMHA_CATALOGUE]],
+    ids=lambda v: getattr(v, "name", str(v)))
+def test_every_fmha_tactic_matches_onnxruntime(tmp_path, monkeypatch, tactic, form, seq):
+    """CUTLASS's Hopper FMHA at `tactic` on the forms it fits (no mask: ViT's and CLIP's
+    torch.nn.MultiheadAttention with its packed in-projection; causal), partial query and key
+    tiles: within 1e-2 of fp32 ONNX Runtime."""
+    choose = TacticModel.choose
+    monkeypatch.setattr(TacticModel, "choose", lambda model, layer: Choice(tactic, DEFAULT)
+                        if layer.op is attention.OP else choose(model, layer))
+    heads = 2
+    path = attention_forms.export(form, tmp_path / "a.onnx", hidden=heads * tactic.head_dim,
+                                  heads=heads, seq=seq)
+    inputs = {"x": np.random.default_rng(4).standard_normal(
+        (2, seq, heads * tactic.head_dim)).astype(np.float32)}
+    result = build.build(path, targets.resolve("cuda"), tmp_path / "a.so", options=ModelOptions(
+        precision="fp16", input_shapes={"x": inputs["x"].shape}))
+    assert [k["tactic"] for k in result.manifest["library_kernels"].values()
+            if "attention" in k["symbol"]] == [tactic.name]
+    (mismatch,) = runtime.compare(tvmopt.load(result.path)(inputs),
+                                  runtime.onnxruntime_outputs(path, inputs))
+    assert mismatch.max_rel <= 1e-2, mismatch
 
 
 def test_the_attention_layers_tvm_kernel_matches_onnxruntime(tmp_path, monkeypatch):

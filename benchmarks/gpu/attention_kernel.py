@@ -65,7 +65,8 @@ def measure(names: list[str], tactics: list[str] | None, db: Path | None) -> lis
         path = db or Path(tmp) / "attention.db"
         with open_database(path) as store:
             measure_tactics(layers, target, store, TuneOptions(trials=0), device="cuda",
-                            run_uid=uuid.uuid4().hex, limit=len(attention.CATALOGUE) * 8)
+                            run_uid=uuid.uuid4().hex,
+                            limit=sum(len(layer.tactics) for layer, _ in layers.values()))
             times = store.tactic_times(tsha, KernelLibrary.name)
     rows = []
     for name, (layer, _) in layers.items():

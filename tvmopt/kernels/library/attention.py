@@ -1,6 +1,8 @@
 """The attention op: a whole attention as the ONNX exporters write it op by op, from the head
-split of Q, K and V to the head merge, on tvmopt's fused kernel (`csrc/attention.cuh`:
-FlashAttention-2's scheme, scores in registers through mma.sync).
+split of Q, K and V to the head merge, on one of two kernel families: tvmopt's own
+(`csrc/attention.cuh`: FlashAttention-2's scheme, scores in registers through mma.sync; every
+form) and CUTLASS's Hopper FMHA (`csrc/fmha_sm90.cuh`: TMA and warp-specialised wgmma,
+FlashAttention-3's scheme; the forms it `fits`). Both are tactics of one layer, measured alike.
 
 out = softmax(scale * Q K^T + mask) V per batch and head, as `symbol(q, k, v, [mask], *PARAMS,
 workspace, out)`. Q, K, V and the output are read and written where their producers keep them
@@ -59,6 +61,40 @@ class AttentionTactic:
 # Fewer warps per CTA: more CTAs for a small batch; more: K and V loaded once for more queries.
 CATALOGUE: tuple[AttentionTactic, ...] = (AttentionTactic(4), AttentionTactic(2),
                                           AttentionTactic(1))
+
+
+@dataclass(frozen=True)
+class FmhaTactic:
+    """CUTLASS's Hopper FMHA: query rows and keys per tile, for one head dimension, on the
+    cooperative (two warp groups share a tile) or ping-pong (persistent) schedule."""
+    rows: int
+    keys: int
+    head_dim: int
+    schedule: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.rows}x{self.keys}x{self.head_dim}_c1x1_fmha_{self.schedule}"
+
+    @classmethod
+    def parse(cls, name: str) -> "FmhaTactic":
+        found = re.fullmatch(r"(\d+)x(\d+)x(\d+)_c1x1_fmha_(cooperative|pingpong)", name)
+        if found is None:
+            raise ValueError(f"not an FMHA tactic: {name}")
+        return cls(int(found[1]), int(found[2]), int(found[3]), found[4])
+
+    def fits(self, g: "AttentionGeometry") -> bool:
+        """What the FMHA mainloop computes: no additive mask, as many K/V heads as Q heads, the
+        scale 1/sqrt(head_dim), a causal mask only of offset 0 with no more queries than keys."""
+        return (g.head_dim == self.head_dim and g.mask_shape is None and g.groups == 1
+                and abs(g.scale * np.sqrt(g.head_dim) - 1) < 1e-6
+                and (g.causal is None or (g.causal == 0 and g.seq_q <= g.seq_k)))
+
+
+# CUTLASS's example's tiles for each head dimension.
+FMHA_CATALOGUE: tuple[FmhaTactic, ...] = (
+    FmhaTactic(128, 64, 64, "cooperative"), FmhaTactic(128, 64, 64, "pingpong"),
+    FmhaTactic(128, 128, 128, "cooperative"), FmhaTactic(128, 128, 128, "pingpong"))
 
 
 @dataclass(frozen=True)
@@ -187,30 +223,38 @@ class Attention(Op):
         kind, sizes = super().features(key)
         return re.sub(r"_(layout|packed)[^_]*", "", kind), sizes
 
-    def catalogue(self, g: AttentionGeometry) -> tuple[AttentionTactic, ...]:
-        return CATALOGUE
+    def catalogue(self, g: AttentionGeometry) -> tuple[AttentionTactic | FmhaTactic, ...]:
+        return CATALOGUE + tuple(t for t in FMHA_CATALOGUE if t.fits(g))
 
     def default_tactic(self, g: AttentionGeometry) -> AttentionTactic:
         """Four warps: the fastest, or within 2% of it, at every shape measured on an H100 (batch 1
         to 64, sequence 77 to 1024, head dims 64 to 128), however few CTAs a small batch makes."""
         return CATALOGUE[0]
 
-    def parse_tactic(self, name: str) -> AttentionTactic:
-        return AttentionTactic.parse(name)
+    def parse_tactic(self, name: str) -> AttentionTactic | FmhaTactic:
+        return (FmhaTactic if "_fmha_" in name else AttentionTactic).parse(name)
 
-    def instance(self, g: AttentionGeometry, t: AttentionTactic, arch: str) -> Instance:
+    def instance(self, g: AttentionGeometry, t: AttentionTactic | FmhaTactic,
+                 arch: str) -> Instance:
         causal = g.causal is not None
         symbol = f"tvmopt_attention_{g.mask_kind}{'_causal' if causal else ''}_{t.name}"
         masked = g.mask_kind != "nomask"
         tensors = tensor_params(("q", "k", "v", *(("mask",) if masked else ())))
         ints = ", ".join(f"int64_t {p}" for p in PARAMS[:-1])
-        config = (f"tvmopt::attention::Config<{t.warps}, {t.key_block}, "
-                  f"{_MASK_TYPES[g.mask_kind]}, {str(causal).lower()}>")
-        return Instance(symbol, instantiation(symbol, "attention.cuh", __name__, f"""
-using Config = {config};
+        if isinstance(t, FmhaTactic):
+            header = "fmha_sm90.cuh"
+            kernel = (f"tvmopt::fmha::Fmha<{t.rows}, {t.keys}, {t.head_dim}, "
+                      f"tvmopt::fmha::{t.schedule.capitalize()}, {str(causal).lower()}>")
+        else:
+            header = "attention.cuh"
+            kernel = (f"tvmopt::attention::MmaKernel<tvmopt::attention::Config<{t.warps}, "
+                      f"{t.key_block}, {_MASK_TYPES[g.mask_kind]}, {str(causal).lower()}>, "
+                      f"{', '.join(map(str, HEAD_DIMS))}>")
+        return Instance(symbol, instantiation(symbol, header, __name__, f"""
+using Kernel = {kernel};
 static void Run({tensors}, {ints}, double scale, {tensor_params(("workspace", "out"))}) {{
-  tvmopt::attention::Run<Config, {", ".join(map(str, HEAD_DIMS))}>(
-      "{symbol}", q, k, v, {"&mask" if masked else "nullptr"}, {", ".join(PARAMS)}, out);
+  tvmopt::attention::Run<Kernel>("{symbol}", q, k, v, {"&mask" if masked else "nullptr"},
+                                 {", ".join(PARAMS)}, workspace, out);
 }}"""))
 
     def params(self, g: AttentionGeometry) -> tuple[int | float, ...]:

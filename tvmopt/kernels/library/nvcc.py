@@ -97,7 +97,9 @@ def cuda_toolchain() -> Toolchain:
     import tvm_ffi
 
     ffi = Path(tvm_ffi.__file__).parent
-    includes = (cutlass / "include", cutlass / "tools" / "util" / "include", ffi / "include",
+    # examples/88_hopper_fmha: CUTLASS's Hopper FMHA (csrc/fmha_sm90.cuh), shipped as an example.
+    includes = (cutlass / "include", cutlass / "tools" / "util" / "include",
+                cutlass / "examples" / "88_hopper_fmha", ffi / "include",
                 ffi / "3rdparty" / "dlpack" / "include")
     root = nvcc.resolve().parent.parent
     cudart = [d for d in (root / "lib64", root / "lib", root / "targets" / "x86_64-linux" / "lib")
