@@ -67,8 +67,11 @@ SUITES = (
           "what a tune bought on a GPU: tuned against untuned, and per task its trials, best "
           "latency and whether tensor cores won"),
     Suite("attention-kernel", "benchmarks.gpu.attention_kernel", "gpu",
-          "every attention tactic (mma.sync and WMMA kernels) at the transformer models' "
-          "attention shapes, measured and checked as tune does"),
+          "every attention tactic (tvmopt's mma.sync kernel, CUTLASS's FMHA where it fits) at "
+          "the transformer models' attention shapes, measured and checked as tune does"),
+    Suite("gemm-tactics", "benchmarks.gpu.gemm_tactics", "gpu",
+          "every GEMM tactic at BERT-base b32's and ViT-B/16 b64's GEMM layers, measured and "
+          "checked as tune does"),
     Suite("gpu-host", "benchmarks.gpu_host.session", "gpu",
           "a GPU host with a per-call time limit: carried database and kernel cache, a tune that "
           "outlives the call, waiting for it"),

@@ -28,7 +28,9 @@ SHIPPED_DB = record.ROOT / "tuning_logs" / "h100-sm90a.db"
 _GEMM = re.compile(r"gemm_f16_(row|col)_(\w+?)_(\d+)x(\d+)x(\d+)x(\d+)")
 _CONV = re.compile(r"conv2d_f16_(\w+?)_(\d+)x(\d+)x(\d+)x(\d+)_k(\d+)r(\d+)s(\d+)"
                    r"_p(\d+)x(\d+)x(\d+)x(\d+)_s(\d+)x(\d+)_d(\d+)x(\d+)")
-_ATTENTION = re.compile(r"attention_f16_(\d+)x(\d+)x(\d+)x(\d+)x(\d+)_mask_(\w+?)_(none|[\dx]+)")
+_ATTENTION = re.compile(r"attention_f16_(\d+)x(\d+)x(\d+)x(\d+)x(\d+)_mask_(\w+?)_(none|[\dx]+)"
+                        r"(?:_kvheads(\d+))?(?:_causal(\d+))?(?:_layout([bhs]+))?"
+                        r"(?:_packed([\dx]+))?")
 _MASK_DTYPES = {"nomask": None, "f16mask": "float16", "f32mask": "float32"}
 
 
@@ -58,9 +60,14 @@ def layer_of_key(key: str):
     elif found := _ATTENTION.fullmatch(key):
         batch, heads, seq_q, seq_k, head_dim = map(int, found.groups()[:5])
         mask = None if found[7] == "none" else tuple(map(int, found[7].split("x")))
+        kv_heads, causal, layouts, packed = found.groups()[7:]
         layer = Layer(attention.OP, attention.AttentionGeometry(
             batch=batch, heads=heads, seq_q=seq_q, seq_k=seq_k, head_dim=head_dim,
-            scale=head_dim ** -0.5, mask_shape=mask, mask_dtype=_MASK_DTYPES[found[6]]), {})
+            scale=head_dim ** -0.5, mask_shape=mask, mask_dtype=_MASK_DTYPES[found[6]],
+            kv_heads=int(kv_heads or 0), causal=None if causal is None else int(causal),
+            layouts=tuple(layouts[i:i + 3] for i in range(0, len(layouts), 3)) if layouts
+            else attention.PROJECTED,
+            packed=tuple(map(int, packed.split("x"))) if packed else ()), {})
     else:
         return None
     return layer if layer.key == key else None

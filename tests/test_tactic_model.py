@@ -148,6 +148,14 @@ def _shipped_layers() -> list[Layer]:
     return [layer for key in _shipped_times() if (layer := benchmark.layer_of_key(key))]
 
 
+def test_every_layer_key_of_the_team_database_is_read_back_into_its_layer():
+    """The benchmark scores a layer it can rebuild from its key: every key the team measured
+    (GEMMs, convolutions, attention with grouped heads, causal offsets and packed projections)."""
+    keys = _shipped_times()
+    assert len(keys) >= 70
+    assert [key for key in keys if benchmark.layer_of_key(key) is None] == []
+
+
 def test_held_out_layers_of_the_team_database_run_faster_tactics_than_the_defaults():
     """Leave-one-layer-out over tuning_logs/h100-sm90a.db: the predicted (or, far from every
     other layer, default) tactic's measured time against the layer's fastest."""

@@ -240,7 +240,7 @@ def epilogue_inputs(epilogue: Epilogue, args: dict, arrays: dict, out_shape, n: 
     if epilogue.bias:
         arrays["bias"] = uniform((n,))
     if epilogue.residual:
-        same = args.get("residual") == args.get("a")
+        same = "residual" in args and args["residual"] == args.get("a")
         arrays["residual"] = arrays["a"] if same else uniform(out_shape)
     if epilogue.gate:
         arrays["gate"] = uniform(out_shape)

@@ -22,7 +22,7 @@ from .instance import Instance, instantiation, tensor_params
 from .op import Layer, Match
 
 # Cooperative kernels split a tile between two consumer warp groups: tile_m >= 128. Ping-pong
-# kernels give each warp group its own 64-row tile. Stream-K runs on the cooperative kernel.
+# kernels give each warp group its own tile. Stream-K runs on the cooperative kernel.
 CATALOGUE: tuple[CutlassTactic, ...] = (
     CutlassTactic(128, 128),
     CutlassTactic(128, 256),
@@ -32,6 +32,12 @@ CATALOGUE: tuple[CutlassTactic, ...] = (
     CutlassTactic(128, 128, cluster_m=2),
     CutlassTactic(128, 64, scheduler="streamk"),
     CutlassTactic(128, 128, scheduler="streamk"),
+    # Measured on an H100 with 256x128 (clusters 1 and 2) and 128x256 in a cluster of 2, which won
+    # no layer by 1% (gemm_tactics_h100_2026-12-07.md): at 4096-12608 rows, 128x192 makes whole
+    # waves of N=768 and N=2304 tiles;
+    # ping-pong 128x128 overlaps one tile's epilogue with the next one's mainloop.
+    CutlassTactic(128, 192),
+    CutlassTactic(128, 128, schedule="pingpong"),
 )
 _SCHEDULES = {"cooperative": "tvmopt::Cooperative", "pingpong": "tvmopt::Pingpong"}
 _SCHEDULERS = {"persistent": "cutlass::gemm::PersistentScheduler",
