@@ -161,6 +161,23 @@ def test_tactics_are_checked_against_a_reference_conv_that_matches_onnxruntime(
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)  # fp16 weights and bias
 
 
+def test_a_residual_is_its_own_operand_unless_the_layer_reads_its_input_twice():
+    """Tactic measurement's operands: a GEMM whose residual is another tensor (or whose kernel
+    arguments are unknown, as the benchmarks measure) gets a residual of the output's shape; a
+    1x1 conv whose shortcut is its own input gets that input."""
+    import numpy as np
+
+    from tvmopt.kernels.library.cutlass import Epilogue
+
+    g = gemm.GemmGeometry(64, 32, 128, 1, "row", Epilogue(bias=True, residual=True))
+    for args in ({}, {"a": 0, "b": 1, "bias": 2, "residual": 3}):
+        arrays = gemm.OP.inputs(g, args, np.random.default_rng(0))
+        assert arrays["residual"].shape == (64, 32) and arrays["residual"] is not arrays["a"]
+    square = gemm.GemmGeometry(64, 64, 64, 1, "row", Epilogue(residual=True))
+    arrays = gemm.OP.inputs(square, {"a": 0, "b": 1, "residual": 0}, np.random.default_rng(0))
+    assert arrays["residual"] is arrays["a"]
+
+
 def _gemm_layer(tmp_path):
     """The library model's GEMM layer: (model path, its Kernel, its Layer)."""
     from tvmopt.kernels import Kernel
