@@ -97,6 +97,21 @@ def test_cuda_graph_build_captures_through_the_vm_builtin(invoke, conv_model, tm
         assert artifact_manifest.read(lib)["cuda_graph"] is expected
 
 
+def test_profile_counts_each_kernel_of_a_cuda_graph_once():
+    """A CUDA graph's first call runs its captured function twice (a warm-up, then under
+    capture): the profile counts those calls once, and the calls outside the graph as they come."""
+    def call(symbol, *args):
+        return [(symbol, True, list(args)), (symbol, False, list(args))]
+
+    graph = call("matmul", 1) + call("add", 2) + call("vm.builtin.alloc_tensor")
+    events = [*call("embed", 0), (bench.CUDA_GRAPH_CAPTURE, True, []), *graph, *graph,
+              (bench.CUDA_GRAPH_CAPTURE, False, []), *call("head", 3)]
+    assert bench.kernel_calls(events) == [("embed", [0]), ("matmul", [1]), ("add", [2]),
+                                          ("head", [3])]
+    # Without a CUDA graph every call counts, the same kernel twice included.
+    assert [s for s, _ in bench.kernel_calls(graph + graph)] == ["matmul", "add"] * 2
+
+
 def test_profile_rows_name_kernels_tasks_and_shares(invoke, conv_lib):
     result = invoke("profile", conv_lib, "--json", "--repeat", "5")
     assert result.exit_code == 0, result.output

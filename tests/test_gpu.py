@@ -72,6 +72,22 @@ def test_profile_on_the_gpu_times_each_kernel(invoke, cuda_lib):
     assert rows and all(r["task"] and r["mean_us"] > 0 for r in rows)
 
 
+def test_profile_counts_a_cuda_graph_artifacts_kernels_once_per_inference(invoke, tmp_path):
+    """Built with and without a CUDA graph, one model's profile has the same kernel calls."""
+    path = zoo.gpt_decoder(tmp_path / "gpt.onnx", external_data=False)
+    counts = []
+    for flag in ("--cuda-graph", "--no-cuda-graph"):
+        lib = tmp_path / f"gpt{flag}.so"
+        built = invoke("build", path, "--target", "cuda", "-o", lib, flag,
+                       "--input-shape", "input_ids=2x24")
+        assert built.exit_code == 0, built.output
+        result = invoke("profile", lib, "--json", "--repeat", "3")
+        assert result.exit_code == 0, result.output
+        counts.append(sorted(r["calls"] for r in json.loads(result.output)["kernels"]
+                             if r["tuned"] is not None))
+    assert counts[0] == counts[1] and counts[0]
+
+
 def test_cuda_graph_artifact_matches_and_bench_checks_the_mode(invoke, tmp_path, conv_model):
     lib = tmp_path / "graph.so"
     result = invoke("build", conv_model, "--target", "cuda", "-o", lib, "--cuda-graph", "--check")

@@ -250,6 +250,30 @@ class KernelRow:
         return asdict(self)
 
 
+CUDA_GRAPH_CAPTURE = "vm.builtin.cuda_graph.run_or_capture"
+
+
+def kernel_calls(events: list[tuple[str, bool, list]]) -> list[tuple[str, list]]:
+    """(symbol, arguments) of each kernel call of one inference, from the VM instrument's events
+    (symbol, before the call?, arguments). A CUDA graph's first call runs its function twice, a
+    warm-up and then under capture, with the same arguments: a capture's calls count once."""
+    calls: list[tuple[str, list]] = []
+    starts: list[int] = []
+    for symbol, before, call_args in events:
+        if symbol == CUDA_GRAPH_CAPTURE:
+            if before:
+                starts.append(len(calls))
+                continue
+            start = starts.pop()
+            half = (len(calls) - start) // 2
+            first, second = calls[start:start + half], calls[start + half:]
+            if [c[0] for c in first] == [c[0] for c in second]:
+                del calls[start + half:]
+        elif before and not symbol.startswith("vm.builtin."):
+            calls.append((symbol, call_args))
+    return calls
+
+
 def profile(path: str | Path, *, repeat: int = 20, seed: int = 0,
             sha256: str | None = None) -> tuple[float, list[KernelRow]]:
     """(model latency in µs, one row per kernel, slowest first, plus the time outside kernels).
@@ -266,16 +290,16 @@ def profile(path: str | Path, *, repeat: int = 20, seed: int = 0,
     args = [tvm.runtime.tensor(inputs[s.name], model.device) for s in model.inputs]
     latency_us = statistics.median(model.time(inputs, number=5, repeat=repeat)) * 1e6
 
-    calls: list[tuple[str, list]] = []
+    events: list[tuple[str, bool, list]] = []
 
     def record(_func, symbol, before, _ret, *call_args):
-        if before and not str(symbol).startswith("vm.builtin."):
-            calls.append((str(symbol), list(call_args)))
+        events.append((str(symbol), bool(before), list(call_args)))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call
 
     vm = model.fresh_vm()
     vm.set_instrument(record)
     vm["main"](*args)
+    calls = kernel_calls(events)
 
     kernels = model.manifest.get("kernels", {})
     providers = dict(model.manifest.get("kernel_providers", {}))
