@@ -17,7 +17,6 @@
 // at every shape measured, benchmarks/results/attention_kernel_h100_2026-12-07.md.)
 #pragma once
 #include <cfloat>
-#include <mutex>
 #include <type_traits>
 
 #include <cuda_fp16.h>
@@ -258,25 +257,13 @@ __global__ void __launch_bounds__(C::kThreads) Attention(
   }
 }
 
-// More than 48 KB of dynamic shared memory is an opt-in per kernel and device: once each, also
-// when several threads (or devices) run the artifact at once.
-constexpr int kMaxDevices = 64;
-
 template <class C, int D>
 void OptInSharedMemory(const char* symbol) {
-  int device = 0;
-  TVMOPT_CUDA_OK(symbol, cudaGetDevice(&device));
-  auto opt_in = [&] {
+  OncePerDevice(symbol, [&] {
     TVMOPT_CUDA_OK(symbol, cudaFuncSetAttribute(Attention<C, D>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 int(Smem<C, D>::kBytes)));
-  };
-  static std::once_flag once[kMaxDevices];
-  if (device < kMaxDevices) {
-    std::call_once(once[device], opt_in);
-  } else {
-    opt_in();
-  }
+  });
 }
 
 template <class C, int D>

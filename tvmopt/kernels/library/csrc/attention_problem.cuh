@@ -3,11 +3,29 @@
 // Run that reads them and hands the Problem to a kernel family's Launch.
 #pragma once
 #include <cstdint>
+#include <mutex>
 
 #include "ffi.cuh"
 
 namespace tvmopt {
 namespace attention {
+
+constexpr int kMaxDevices = 64;
+
+// Runs `fn` once per CUDA device, also when several threads run the artifact at once: what a
+// kernel's attributes need (more than 48 KB of dynamic shared memory is an opt-in per kernel and
+// device). Each call site (each lambda type) has its own flags.
+template <class Fn>
+void OncePerDevice(const char* symbol, Fn&& fn) {
+  int device = 0;
+  TVMOPT_CUDA_OK(symbol, cudaGetDevice(&device));
+  static std::once_flag once[kMaxDevices];
+  if (device < kMaxDevices) {
+    std::call_once(once[device], fn);
+  } else {
+    fn();
+  }
+}
 
 // Where a [batch, heads, seq, D] tensor's rows are: element strides of batch, head and sequence
 // (the head dimension is contiguous).

@@ -9,7 +9,6 @@
 // length runs; Launch checks the rest and says what it cannot run.
 #pragma once
 #include <cmath>
-#include <mutex>
 
 #include "attention_problem.cuh"
 #include "cute/tensor.hpp"
@@ -110,15 +109,23 @@ struct Fmha {
                        make_stride(Narrow(symbol, l.batch), Narrow(symbol, l.head)));
   }
 
-  static int SmCount(const char* symbol) {
-    static std::once_flag once;
-    static int count = 0;
-    std::call_once(once, [&] {
-      int device = 0;
-      TVMOPT_CUDA_OK(symbol, cudaGetDevice(&device));
-      count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  // The SM count the persistent scheduler sizes its grid by, per device; and the shared-memory
+  // opt-in, which CUTLASS's device::Universal makes once per process (a second GPU would miss it).
+  static int Prepare(const char* symbol) {
+    static int sm_count[attention::kMaxDevices] = {};
+    int device = 0;
+    TVMOPT_CUDA_OK(symbol, cudaGetDevice(&device));
+    attention::OncePerDevice(symbol, [&] {
+      TVMOPT_CUDA_OK(symbol, cudaFuncSetAttribute(cutlass::device_kernel<typename Operation::Kernel>,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  int(Operation::Kernel::SharedStorageSize)));
+      if (device < attention::kMaxDevices) {
+        sm_count[device] = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+      }
     });
-    return count;
+    return device < attention::kMaxDevices
+               ? sm_count[device]
+               : cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
   }
 
   static void Launch(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
@@ -140,7 +147,7 @@ struct Fmha {
         {base(q, p.q_offset), StrideOf(symbol, p.q), base(k, p.k_offset), StrideOf(symbol, p.k),
          base(v, p.v_offset), StrideOf(symbol, p.v)},
         {base(out, 0), StrideOf(symbol, p.out), nullptr, {}},
-        {0, SmCount(symbol)}};
+        {0, Prepare(symbol)}};
     // Not Kernel::can_implement: besides the head dimension (checked above) it asks for a
     // query length of a multiple of 8, which TMA's bounds-checked loads and stores do not need.
     Operation op;
