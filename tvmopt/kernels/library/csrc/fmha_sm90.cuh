@@ -109,23 +109,15 @@ struct Fmha {
                        make_stride(Narrow(symbol, l.batch), Narrow(symbol, l.head)));
   }
 
-  // The SM count the persistent scheduler sizes its grid by, per device; and the shared-memory
-  // opt-in, which CUTLASS's device::Universal makes once per process (a second GPU would miss it).
-  static int Prepare(const char* symbol) {
-    static int sm_count[attention::kMaxDevices] = {};
-    int device = 0;
-    TVMOPT_CUDA_OK(symbol, cudaGetDevice(&device));
+  // CUTLASS's device::Universal opts its kernel into large shared memory once per process: a
+  // second GPU would miss it.
+  static void OptInSharedMemory(const char* symbol) {
+    using Kernel = typename Operation::Kernel;
     attention::OncePerDevice(symbol, [&] {
-      TVMOPT_CUDA_OK(symbol, cudaFuncSetAttribute(cutlass::device_kernel<typename Operation::Kernel>,
+      TVMOPT_CUDA_OK(symbol, cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  int(Operation::Kernel::SharedStorageSize)));
-      if (device < attention::kMaxDevices) {
-        sm_count[device] = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-      }
+                                                  int(Kernel::SharedStorageSize)));
     });
-    return device < attention::kMaxDevices
-               ? sm_count[device]
-               : cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
   }
 
   static void Launch(const char* symbol, tvm::ffi::TensorView q, tvm::ffi::TensorView k,
@@ -147,7 +139,9 @@ struct Fmha {
         {base(q, p.q_offset), StrideOf(symbol, p.q), base(k, p.k_offset), StrideOf(symbol, p.k),
          base(v, p.v_offset), StrideOf(symbol, p.v)},
         {base(out, 0), StrideOf(symbol, p.out), nullptr, {}},
-        {0, Prepare(symbol)}};
+        // The current device's SMs (a driver attribute): the persistent scheduler's grid.
+        {0, cutlass::KernelHardwareInfo::query_device_multiprocessor_count()}};
+    OptInSharedMemory(symbol);
     // Not Kernel::can_implement: besides the head dimension (checked above) it asks for a
     // query length of a multiple of 8, which TMA's bounds-checked loads and stores do not need.
     Operation op;
