@@ -139,9 +139,11 @@ def test_attention_that_the_kernel_cannot_run_is_left_as_it_is(tmp_path):
 
 
 def test_cutlass_fmha_tactics_are_offered_only_for_what_its_mainloop_computes():
-    """CUTLASS's Hopper FMHA scales by 1/sqrt(head_dim), takes no additive mask and no grouped
-    K/V heads, and generates only the causal mask of offset 0: a layer outside that keeps the
-    mma.sync kernel's tactics alone; one inside gets the FMHA tactics of its head dimension."""
+    """CUTLASS's Hopper FMHA (with csrc/fmha_mask.cuh's scale and additive mask of keys) takes no
+    grouped K/V heads, no mask with a query extent, and generates only the causal mask of offset
+    0, not with an additive one: a layer
+    outside that keeps the mma.sync kernel's tactics alone; one inside gets the FMHA tactics of
+    its head dimension."""
     G = attention.AttentionGeometry
     packed = (2304, 0, 2304, 768, 2304, 1536)
 
@@ -153,24 +155,30 @@ def test_cutlass_fmha_tactics_are_offered_only_for_what_its_mainloop_computes():
     both_64 = {(64, "cooperative"), (64, "pingpong")}
     assert fmha(G(64, 12, 197, 197, 64, 0.125, None, None, packed=packed)) == both_64  # ViT
     assert fmha(G(1, 12, 128, 128, 64, 0.125, None, None, causal=0)) == both_64  # GPT-2
+    assert fmha(G(32, 12, 128, 128, 64, 0.125, (32, 1, 1, 128), "float16")) == both_64  # BERT
+    assert fmha(G(2, 8, 64, 64, 64, 1.0, (2, 1, 1, 64), "float32")) == both_64  # unscaled
     assert fmha(G(1, 16, 512, 512, 128, 128 ** -0.5, None, None)) == {(128, "cooperative"),
                                                                        (128, "pingpong")}
-    for outside in (G(32, 12, 128, 128, 64, 0.125, (32, 1, 1, 128), "float16"),  # BERT's mask
-                    G(1, 16, 512, 512, 128, 128 ** -0.5, None, None, kv_heads=4),  # grouped
-                    G(1, 8, 64, 64, 64, 1.0, None, None),  # T5: unscaled
+    for outside in (G(1, 16, 512, 512, 128, 128 ** -0.5, None, None, kv_heads=4),  # grouped
                     G(1, 8, 64, 96, 64, 0.125, None, None, causal=32),  # a causal offset
+                    G(1, 8, 64, 64, 64, 0.125, (1, 64), "float16", causal=0),  # both masks
+                    G(2, 8, 64, 64, 64, 1.0, (2, 8, 64, 64), "float32"),  # T5: one per query
                     G(1, 8, 64, 64, 80, 80 ** -0.5, None, None)):  # no FMHA tile for 80
         assert fmha(outside) == set()
         assert attention.OP.catalogue(outside) == attention.CATALOGUE
 
 
-def test_a_cutlass_fmha_instance_compiles_for_hopper(tmp_path, monkeypatch):
-    """The causal, ping-pong FMHA instance (CUTLASS's mainloop and kernel from its example
-    headers, tvmopt's output-only epilogue) compiles with nvcc, no GPU, and exports its symbol."""
+@pytest.mark.parametrize("mask", [None, "float32"])
+def test_a_cutlass_fmha_instance_compiles_for_hopper(tmp_path, monkeypatch, mask):
+    """The ping-pong FMHA instance, causal or with an fp32 additive mask (CUTLASS's mainloop and
+    kernel from its example headers, csrc/fmha_mask.cuh's extension, tvmopt's output-only
+    epilogue), compiles with nvcc, no GPU, and exports its symbol."""
     monkeypatch.setenv("TVMOPT_CACHE", str(tmp_path / "cache"))
-    g = attention.AttentionGeometry(1, 12, 128, 128, 64, 0.125, None, None, causal=0)
+    g = attention.AttentionGeometry(1, 12, 128, 128, 64, 0.125, mask and (1, 12, 1, 128), mask,
+                                    causal=None if mask else 0)
     spec = attention.OP.instance(g, attention.FmhaTactic(128, 64, 64, "pingpong"), "sm_90a")
-    assert "fmha_sm90.cuh" in spec.source and "Pingpong, true>" in spec.source
+    assert "fmha_sm90.cuh" in spec.source
+    assert ("Pingpong, float, false>" if mask else "Pingpong, void, true>") in spec.source
     assert instances.exports_its_symbol(spec)
 
 

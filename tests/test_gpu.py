@@ -280,12 +280,15 @@ def test_every_attention_tactic_matches_onnxruntime(tmp_path, monkeypatch, tacti
 
 @pytest.mark.parametrize("tactic, form, seq", [
     *[(t, "multihead", 77) for t in attention.FMHA_CATALOGUE],  # a query length not a multiple of 8
-    *[(t, "sdpa_causal", 136) for t in attention.FMHA_CATALOGUE]],
+    *[(t, "sdpa_causal", 136) for t in attention.FMHA_CATALOGUE],
+    *[(t, "bert_eager", 72) for t in attention.FMHA_CATALOGUE[:2]],
+    *[(t, "sdpa_padding", 72) for t in attention.FMHA_CATALOGUE[:2]]],
     ids=lambda v: getattr(v, "name", str(v)))
 def test_every_fmha_tactic_matches_onnxruntime(tmp_path, monkeypatch, tactic, form, seq):
     """CUTLASS's Hopper FMHA at `tactic` on the forms it fits (no mask: ViT's and CLIP's
-    torch.nn.MultiheadAttention with its packed in-projection; causal), partial query and key
-    tiles: within 1e-2 of fp32 ONNX Runtime."""
+    torch.nn.MultiheadAttention with its packed in-projection; causal; the padding masks of BERT's
+    eager attention and of SDPA), partial query and key tiles, the last keys of one sequence
+    padded: within 1e-2 of fp32 ONNX Runtime."""
     choose = TacticModel.choose
     monkeypatch.setattr(TacticModel, "choose", lambda model, layer: Choice(tactic, DEFAULT)
                         if layer.op is attention.OP else choose(model, layer))
@@ -294,8 +297,11 @@ def test_every_fmha_tactic_matches_onnxruntime(tmp_path, monkeypatch, tactic, fo
                                   heads=heads, seq=seq)
     inputs = {"x": np.random.default_rng(4).standard_normal(
         (2, seq, heads * tactic.head_dim)).astype(np.float32)}
+    if form in attention_forms.PADDED:
+        inputs["attention_mask"] = np.ones((2, seq), np.int64)
+        inputs["attention_mask"][1, -seq // 4:] = 0
     result = build.build(path, targets.resolve("cuda"), tmp_path / "a.so", options=ModelOptions(
-        precision="fp16", input_shapes={"x": inputs["x"].shape}))
+        precision="fp16", input_shapes={n: a.shape for n, a in inputs.items()}))
     assert [k["tactic"] for k in result.manifest["library_kernels"].values()
             if "attention" in k["symbol"]] == [tactic.name]
     (mismatch,) = runtime.compare(tvmopt.load(result.path)(inputs),

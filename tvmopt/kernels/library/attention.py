@@ -34,6 +34,7 @@ PARAMS = ("batch", "heads", "kv_heads", "head_dim", "q_layout", "k_layout", "v_l
           "mask_batch_stride", "mask_head_stride", "mask_query_stride", "causal_offset", "scale")
 PROJECTED = ("bsh",) * 4  # [batch, seq, heads * head_dim]: Q, K, V and out as projections write
 _MASK_TYPES = {"nomask": "void", "f16mask": "half", "f32mask": "float"}
+_FMHA_MASK_TYPES = {"nomask": "void", "f16mask": "cutlass::half_t", "f32mask": "float"}
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,13 @@ class FmhaTactic:
         return cls(int(found[1]), int(found[2]), int(found[3]), found[4])
 
     def fits(self, g: "AttentionGeometry") -> bool:
-        """What the FMHA mainloop computes: no additive mask, as many K/V heads as Q heads, the
-        scale 1/sqrt(head_dim), a causal mask only of offset 0 with no more queries than keys."""
-        return (g.head_dim == self.head_dim and g.mask_shape is None and g.groups == 1
-                and abs(g.scale * np.sqrt(g.head_dim) - 1) < 1e-6
-                and (g.causal is None or (g.causal == 0 and g.seq_q <= g.seq_k)))
+        """What the FMHA mainloop computes (csrc/fmha_mask.cuh adds the scale and the mask): as
+        many K/V heads as Q heads, a positive scale, an additive mask the same for every query (a
+        padding mask) or a causal one (of offset 0, with no more queries than keys), not both."""
+        return (g.head_dim == self.head_dim and g.groups == 1 and g.scale > 0
+                and g.mask_strides[2] == 0
+                and (g.causal is None or (g.causal == 0 and g.seq_q <= g.seq_k
+                                          and g.mask_shape is None)))
 
 
 # CUTLASS's example's tiles for each head dimension.
@@ -244,7 +247,8 @@ class Attention(Op):
         if isinstance(t, FmhaTactic):
             header = "fmha_sm90.cuh"
             kernel = (f"tvmopt::fmha::Fmha<{t.rows}, {t.keys}, {t.head_dim}, "
-                      f"tvmopt::fmha::{t.schedule.capitalize()}, {str(causal).lower()}>")
+                      f"tvmopt::fmha::{t.schedule.capitalize()}, {_FMHA_MASK_TYPES[g.mask_kind]}, "
+                      f"{str(causal).lower()}>")
         else:
             header = "attention.cuh"
             kernel = (f"tvmopt::attention::MmaKernel<tvmopt::attention::Config<{t.warps}, "

@@ -23,8 +23,11 @@ from .op import Match, Op, Pattern
 
 SMS = 132  # H100 SXM: to judge how well a tile fills the GPU, and stream-K's scratch size
 ALIGNMENT = 8  # fp16 elements per 16-byte TMA access: K and N must be multiples of it
-ACTIVATIONS = {"none": "Identity", "relu": "ReLu", "gelu": "GELU", "silu": "SiLu",
-               "gelu_tanh": "GELU_taylor"}
+# The epilogue functor of each activation (csrc/cutlass_sm90.cuh's GeluErf: the erf GELU in
+# fewer instructions than CUTLASS's).
+_THREAD = "cutlass::epilogue::thread::"
+ACTIVATIONS = {"none": f"{_THREAD}Identity", "relu": f"{_THREAD}ReLu", "gelu": "tvmopt::GeluErf",
+               "silu": f"{_THREAD}SiLu", "gelu_tanh": f"{_THREAD}GELU_taylor"}
 # The erf GELU's constants, by pattern role: they must hold these values for the match to count.
 GELU_CONSTANTS = {"gelu_sqrt2": 2 ** 0.5, "gelu_one": 1.0, "gelu_half": 0.5}
 # The tanh GELU's, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (GPT-2's, CLIP's "gelu_new").
@@ -93,7 +96,7 @@ class Epilogue:
         """The csrc Epilogue<...> type."""
         if self.gate:
             return "tvmopt::GatedEpilogue"
-        return (f"tvmopt::Epilogue<cutlass::epilogue::thread::{ACTIVATIONS[self.activation]}, "
+        return (f"tvmopt::Epilogue<{ACTIVATIONS[self.activation]}, "
                 f"{str(self.bias).lower()}, {str(self.residual).lower()}>")
 
     @property

@@ -3,6 +3,7 @@
 #pragma once
 #include <type_traits>
 
+#include "activations.cuh"
 #include "ffi.cuh"
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -29,7 +30,7 @@ using EpilogueCollective = typename cutlass::epilogue::collective::CollectiveBui
     Layout, 8, Schedule, FusionOp>::CollectiveOp;
 
 // What follows the accumulation: the per-output-channel bias, the residual (as CUTLASS's C with
-// beta = 1), then the activation (cutlass::epilogue::thread::Identity, ReLu, GELU or SiLu).
+// beta = 1), then the activation (CUTLASS's Identity, ReLu, GELU_taylor or SiLu, or GeluErf).
 template <template <class> class Act, bool Bias, bool Residual>
 struct Epilogue {
   using FusionOp = std::conditional_t<

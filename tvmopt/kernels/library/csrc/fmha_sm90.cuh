@@ -2,11 +2,12 @@
 // Hopper FMHA (the nvidia-cutlass package's examples/88_hopper_fmha: its mainloop, kernel and
 // tile schedulers, used as they ship). Q, K, V and the output are read and written through TMA
 // where attention_problem.cuh's Run says they are (any order of batch, heads and sequence, packed
-// projections): CUTLASS's strides are (sequence, 1, (batch, head)). What the mainloop cannot do,
-// the op never asks of it (attention.py: FmhaTactic.fits): an additive mask, grouped K/V heads,
-// a scale other than 1/sqrt(head_dim) (the mainloop's own), a causal offset other than 0.
-// Keys past the sequence's end in the last block are masked (ResidualFusion), so any sequence
-// length runs; Launch checks the rest and says what it cannot run.
+// projections): CUTLASS's strides are (sequence, 1, (batch, head)). Any scale and an additive
+// mask of keys (fmha_mask.cuh) extend the mainloop. What it cannot do, the op never asks of it
+// (attention.py: FmhaTactic.fits): grouped K/V heads, a causal offset other than 0, a causal mask
+// with an additive one. Keys past the sequence's end in the last block are masked
+// (ResidualFusion), so any sequence length runs; Launch checks the rest and says what it cannot
+// run.
 #pragma once
 #include <cmath>
 
@@ -15,6 +16,7 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/kernel_hardware_info.h"
 #include "collective/fmha_fusion.hpp"
+#include "fmha_mask.cuh"
 #include "device/device_universal.hpp"
 #include "kernel/fmha_kernel_builder.hpp"
 
@@ -84,15 +86,20 @@ struct KernelOf<Schedule, cute::tuple<Opts...>> {
 };
 
 // A tactic: query rows and keys per tile, the head dimension (the tile's third extent: one
-// instance per head dimension), the schedule, and whether the causal mask is generated.
-template <int Rows, int Keys, int HeadDim, class Schedule, bool Causal>
+// instance per head dimension), the schedule; the additive mask's element type (cutlass::half_t
+// or float, void for none) and whether the causal mask is generated.
+template <int Rows, int Keys, int HeadDim, class Schedule, class MaskT, bool Causal>
 struct Fmha {
+  static_assert(!(Causal && !std::is_void_v<MaskT>), "a causal mask with an additive one");
   using TileShape = Shape<Int<Rows>, Int<Keys>, Int<HeadDim>>;
   using Stride = cute::tuple<int, _1, cute::tuple<int, int>>;  // sequence, dim, (batch, head)
-  using Fusion = std::conditional_t<Causal, cutlass::fmha::collective::CausalFusion,
-                                    cutlass::fmha::collective::ResidualFusion>;
+  using Fusion = std::conditional_t<
+      Causal, cutlass::fmha::collective::CausalFusion,
+      std::conditional_t<std::is_void_v<MaskT>, cutlass::fmha::collective::ResidualFusion,
+                         MaskFusion<MaskT>>>;
   using Family = KernelOf<Schedule, typename Schedule::Options>;
-  using Mainloop = typename Family::template Mainloop<TileShape, Stride, Fusion>;
+  using Mainloop =
+      ScaledMainloop<typename Family::template Mainloop<TileShape, Stride, Fusion>, MaskT>;
   using Epilogue = OutputEpilogue<half_t, float, typename Mainloop::TileShapePV>;
   using Operation =
       cutlass::device::Universal<typename Family::template Kernel<Mainloop, Epilogue>>;
@@ -124,20 +131,26 @@ struct Fmha {
                      tvm::ffi::TensorView v, const tvm::ffi::TensorView* mask,
                      tvm::ffi::TensorView workspace, tvm::ffi::TensorView out,
                      const attention::Problem& p) {
-    TVM_FFI_ICHECK(mask == nullptr && p.kv_heads == p.heads && p.head_dim == HeadDim &&
-                   std::abs(p.scale * std::sqrt(float(HeadDim)) - 1.0f) < 1e-6f &&
+    constexpr bool kMasked = !std::is_void_v<MaskT>;
+    TVM_FFI_ICHECK((mask != nullptr) == kMasked && p.mask_sq == 0 && p.kv_heads == p.heads &&
+                   p.head_dim == HeadDim && p.scale > 0.0f &&
                    (!Causal || (p.causal_offset == 0 && p.seq_q <= p.seq_k)))
-        << symbol << ": runs head dimension " << HeadDim
-        << " with scale 1/sqrt(head_dim), no additive mask, no grouped K/V heads"
+        << symbol << ": runs head dimension " << HeadDim << (kMasked ? " with" : " without")
+        << " an additive mask (of keys alone), a positive scale, no grouped K/V heads"
         << (Causal ? " and the causal mask of offset 0" : "");
     for (int64_t offset : {p.q_offset, p.k_offset, p.v_offset}) Narrow(symbol, offset);
     auto base = [](tvm::ffi::TensorView t, int64_t offset) {
       return static_cast<half_t*>(t.data_ptr()) + offset;
     };
+    MaskView<MaskT> mask_view{};
+    if constexpr (kMasked) {
+      mask_view = {static_cast<const MaskT*>(mask->data_ptr()), p.mask_sb, p.mask_sh, 0.0f};
+    }
     typename Operation::Arguments args{
         {p.batch, p.heads, p.seq_q, p.seq_k, p.head_dim},
-        {base(q, p.q_offset), StrideOf(symbol, p.q), base(k, p.k_offset), StrideOf(symbol, p.k),
-         base(v, p.v_offset), StrideOf(symbol, p.v)},
+        {{base(q, p.q_offset), StrideOf(symbol, p.q), base(k, p.k_offset), StrideOf(symbol, p.k),
+          base(v, p.v_offset), StrideOf(symbol, p.v)},
+         mask_view, p.scale},
         {base(out, 0), StrideOf(symbol, p.out), nullptr, {}},
         // The current device's SMs (a driver attribute): the persistent scheduler's grid.
         {0, cutlass::KernelHardwareInfo::query_device_multiprocessor_count()}};
