@@ -95,8 +95,12 @@ def block(form: str, *, hidden: int = 128, heads: int = 2, kv_heads: int | None 
                 scores = torch.matmul(q, k.transpose(-1, -2)) + bias.permute(2, 0, 1)[None]
                 scores = scores + padding(mask)
                 context = torch.matmul(F.softmax(scores.float(), dim=-1).type_as(scores), v)
-            elif form == "sdpa_padding":
-                context = F.scaled_dot_product_attention(q, k, v, attn_mask=padding(mask))
+            elif form == "sdpa_padding":  # transformers' SDPA path: expanded to every query
+                s = x.size(1)
+                expanded = mask[:, None, None, :].expand(x.size(0), 1, s, s).to(torch.float32)
+                inverted = 1.0 - expanded
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=inverted.masked_fill(
+                    inverted.to(torch.bool), min_value))
             elif form in ("sdpa_causal", "llama_sdpa"):
                 context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             elif form in ("llama_eager", "llama_masked"):

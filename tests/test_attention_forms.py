@@ -45,6 +45,8 @@ def test_every_exported_attention_form_is_one_library_layer(tmp_path, form, expo
     assert g.scale == pytest.approx(1.0 if form == "t5_bias" else (HIDDEN // heads) ** -0.5)
     assert g.causal == (0 if form in forms.CAUSAL else None)  # generated, not read
     assert (g.mask_shape is not None) == (form in forms.PADDED)
+    # a padding mask is read once per key, also where the export expanded it to every query
+    assert (g.mask_strides[2] == 0) == (form != "t5_bias")
     assert sorted(layer.args) == sorted(["q", "k", "v"] + (["mask"] if form in forms.PADDED else []))
     # grouped K/V heads are indexed, not repeated
     assert g.kv_heads == _sizes(form).get("kv_heads", 0)
@@ -92,8 +94,8 @@ def _run_on_cpu(mod, arrays):
     return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
 
 
-@pytest.mark.parametrize("form", ["gpt2_eager", "t5_bias", "multihead", "llama_sdpa",
-                                  "llama_masked"])
+@pytest.mark.parametrize("form", ["gpt2_eager", "t5_bias", "sdpa_padding", "multihead",
+                                  "llama_sdpa", "llama_masked"])
 def test_the_canonical_form_computes_what_the_export_computes(tmp_path, form):
     """The rewrite is exact where it must be: the canonical form, run as TVM kernels, gives the
     exported graph's outputs (fp16 rounding apart), with padded keys."""

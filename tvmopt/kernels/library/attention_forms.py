@@ -14,12 +14,11 @@ grouped heads, a constant causal mask, the other additive terms), and writes it 
     scores = matmul(q4, permute_dims(k4, [0, 1, 3, 2]), out_dtype=float32)
     [scores = multiply(scores, scale)]
     [scores = add(scores, causal)]       a constant: the kernel generates it instead of reading it
-    [scores = add(scores, [astype](mask))]   every other additive term, summed outside
+    [scores = add(scores, [astype](mask))]   the other additive terms, summed, unbroadcast
     out = reshape(permute_dims(astype(matmul(astype(softmax(scores)), v4)), ...), out's shape)
 
 so that one pattern (`attention.py`) sees every form, and the kernel reads the tensors where the
-producers left them (no transposes). What it cannot read exactly stays as it was.
-"""
+producers left them (no transposes). What it cannot read exactly stays as it was."""
 
 from __future__ import annotations
 
@@ -97,7 +96,7 @@ def canonicalize(mod):
     masks = {}  # every layer's padding mask from one where() per dataflow block, not one each
     return relax_match.rewrite_bindings(mod, {
         out: (lambda builder, remap, form=form, block=block_of.get(out):
-              _Emitter(builder, remap, masks, block).attention(form))
+              _Emitter(builder, remap, masks, block, bindings).attention(form))
         for out, form in forms.items()})
 
 
@@ -528,9 +527,10 @@ def causal_offset(mask: np.ndarray, sq: int, sk: int) -> int | None:
 class _Emitter:
     """Writes a Form's canonical ops through a block builder."""
 
-    def __init__(self, builder, remap, masks: dict, block):
-        self.bb, self.remap = builder, remap
-        self.masks, self.block = masks, block
+    def __init__(self, builder, remap, masks: dict, block, bindings):
+        self.bb, self.remap, self.masks, self.block = builder, remap, masks, block
+        self.unexpanded = lambda expr: relax_match.unexpanded(  # a mask expanded over queries
+            expr, bindings, builder, remap, masks.setdefault(("unexpanded", block), {}))
 
     def heads(self, h: Heads, groups: int):
         from tvm import relax
@@ -555,12 +555,13 @@ class _Emitter:
         parts = []
         for term in terms:
             if not isinstance(term, tuple):
-                parts.append(self.remap(term))
+                parts.append(self.unexpanded(term))
                 continue
             cond, fill = term
             if (self.block, cond, fill) not in self.masks:
                 self.masks[self.block, cond, fill] = self.bb.emit(relax.op.where(
-                    self.remap(cond), relax.const(0.0, "float32"), relax.const(fill, "float32")))
+                    self.unexpanded(cond), relax.const(0.0, "float32"),
+                    relax.const(fill, "float32")))
             parts.append(self.masks[self.block, cond, fill])
         if len(parts) == 1:
             return parts[0]

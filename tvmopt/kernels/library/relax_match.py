@@ -147,3 +147,49 @@ def rewrite_bindings(mod, replacements: dict):
     main = relax.analysis.remove_all_unused(Rewriter(mod).visit_expr(mod["main"]))
     functions = {gv: (main if gv.name_hint == "main" else f) for gv, f in mod.functions.items()}
     return tvm.IRModule(functions, attrs=mod.attrs)
+
+
+# Ops computing each element of their result from the same element of their operands.
+_ELEMENTWISE = {f"relax.{name}" for name in (
+    "astype", "add", "subtract", "multiply", "divide", "where", "equal", "not_equal", "less",
+    "less_equal", "greater", "greater_equal", "logical_not", "logical_and", "logical_or",
+    "negative", "minimum", "maximum")}
+
+
+def unexpanded(expr, bindings, builder, remap, emitted: dict):
+    """`expr` rewritten (through `remap`), or, where it is computed element by element from one
+    broadcast_to(x, shape) and scalars, those ops emitted on x alone: the same values before the
+    broadcast, for a consumer that broadcasts them alike (an exported padding mask expanded to
+    every query, read once per key instead). `emitted` ({expr: emitted}) shares the ops between
+    callers."""
+    import tvm
+    from tvm import relax
+
+    sources = set()
+
+    def elementwise(e) -> bool:
+        if scalar(e, bindings) is not None:
+            return True
+        value = bindings.get(e) if isinstance(e, relax.Var) else None
+        if is_call(value, "relax.broadcast_to"):
+            sources.add(e)
+            return True
+        return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name in _ELEMENTWISE and all(elementwise(a) for a in value.args))
+
+    if not elementwise(expr) or len(sources) != 1 or expr in sources:
+        return remap(expr)
+
+    def emit(e):
+        if e not in emitted:
+            value = bindings.get(e)
+            if e in sources:
+                emitted[e] = remap(value.args[0])
+            elif scalar(e, bindings) is not None:
+                emitted[e] = remap(e)
+            else:
+                emitted[e] = builder.emit(relax.Call(value.op, [emit(a) for a in value.args],
+                                                     value.attrs, value.ty_args))
+        return emitted[e]
+
+    return emit(expr)
