@@ -85,8 +85,12 @@ def block(form: str, *, hidden: int = 128, heads: int = 2, kv_heads: int | None 
             if form.startswith("llama"):
                 q, k = rotary(q), rotary(k)
                 k, v = repeat_kv(k), repeat_kv(v)
-            if form == "bert_eager":
-                scores = torch.matmul(q, k.transpose(-1, -2)) / dim ** 0.5 + padding(mask)
+            if form == "bert_eager":  # transformers 5.x's mask: all-true & padding, expanded
+                b, s = x.size(0), x.size(1)
+                visible = (torch.ones(b, 1, s, s, dtype=torch.bool)
+                           & mask[:, None, None, :].bool()).expand(b, 1, s, s)
+                bidirectional = torch.where(visible, torch.tensor(0.0), torch.tensor(min_value))
+                scores = torch.matmul(q, k.transpose(-1, -2)) / dim ** 0.5 + bidirectional
                 context = torch.matmul(F.softmax(scores, dim=-1), v)
             elif form == "t5_bias":
                 s = x.size(1)

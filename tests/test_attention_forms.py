@@ -94,8 +94,8 @@ def _run_on_cpu(mod, arrays):
     return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
 
 
-@pytest.mark.parametrize("form", ["gpt2_eager", "t5_bias", "sdpa_padding", "multihead",
-                                  "llama_sdpa", "llama_masked"])
+@pytest.mark.parametrize("form", ["bert_eager", "gpt2_eager", "t5_bias", "sdpa_padding",
+                                  "multihead", "llama_sdpa", "llama_masked"])
 def test_the_canonical_form_computes_what_the_export_computes(tmp_path, form):
     """The rewrite is exact where it must be: the canonical form, run as TVM kernels, gives the
     exported graph's outputs (fp16 rounding apart), with padded keys."""

@@ -154,39 +154,67 @@ _ELEMENTWISE = {f"relax.{name}" for name in (
     "astype", "add", "subtract", "multiply", "divide", "where", "equal", "not_equal", "less",
     "less_equal", "greater", "greater_equal", "logical_not", "logical_and", "logical_or",
     "negative", "minimum", "maximum")}
+# A constant operand that changes nothing, by op: the op's result is its other operand's,
+# broadcast (transformers 5.x ands its padding mask with an all-true [batch, 1, q, k] constant).
+_NEUTRAL = {"relax.logical_and": True, "relax.logical_or": False, "relax.add": 0,
+            "relax.multiply": 1}
 
 
 def unexpanded(expr, bindings, builder, remap, emitted: dict):
-    """`expr` rewritten (through `remap`), or, where it is computed element by element from one
-    broadcast_to(x, shape) and scalars, those ops emitted on x alone: the same values before the
-    broadcast, for a consumer that broadcasts them alike (an exported padding mask expanded to
-    every query, read once per key instead). `emitted` ({expr: emitted}) shares the ops between
-    callers."""
+    """`expr` rewritten (through `remap`), or, where it is computed element by element and some
+    of its operands only broadcast (broadcast_to(x, shape), an operand that changes nothing),
+    those ops emitted on x and without that operand: the same values before the broadcast, for a
+    consumer that broadcasts them alike (an exported padding mask expanded to every query, read
+    once per key instead). `emitted` ({expr: emitted}) shares the ops between callers."""
     import tvm
     from tvm import relax
 
-    sources = set()
+    def value_of(e):
+        return bindings.get(e) if isinstance(e, relax.Var) else None
+
+    def neutral(call):
+        """The operand standing for `call` (the other one is a neutral constant), else None."""
+        if len(call.args) != 2 or call.op.name not in _NEUTRAL:
+            return None
+        for i in (0, 1):
+            try:
+                c = constant_value(call.args[i], bindings)
+            except ValueError:
+                continue
+            other = call.args[1 - i]
+            if (c == _NEUTRAL[call.op.name]).all() and dtype(other) == dtype(call):
+                return other
+        return None
+
+    shrinks = []
 
     def elementwise(e) -> bool:
-        if scalar(e, bindings) is not None:
-            return True
-        value = bindings.get(e) if isinstance(e, relax.Var) else None
+        value = value_of(e)
         if is_call(value, "relax.broadcast_to"):
-            sources.add(e)
+            shrinks.append(e)
             return True
-        return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-                and value.op.name in _ELEMENTWISE and all(elementwise(a) for a in value.args))
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name in _ELEMENTWISE):
+            return True  # a leaf: taken as it is
+        if neutral(value) is not None:
+            shrinks.append(e)
+            return elementwise(neutral(value))
+        return all(elementwise(a) for a in value.args)
 
-    if not elementwise(expr) or len(sources) != 1 or expr in sources:
+    elementwise(expr)
+    if not shrinks:
         return remap(expr)
 
     def emit(e):
         if e not in emitted:
-            value = bindings.get(e)
-            if e in sources:
+            value = value_of(e)
+            if is_call(value, "relax.broadcast_to"):
                 emitted[e] = remap(value.args[0])
-            elif scalar(e, bindings) is not None:
+            elif (not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op)
+                  or value.op.name not in _ELEMENTWISE):
                 emitted[e] = remap(e)
+            elif neutral(value) is not None:
+                emitted[e] = emit(neutral(value))
             else:
                 emitted[e] = builder.emit(relax.Call(value.op, [emit(a) for a in value.args],
                                                      value.attrs, value.ty_args))
