@@ -34,7 +34,6 @@ PARAMS = ("batch", "heads", "kv_heads", "head_dim", "q_layout", "k_layout", "v_l
           "mask_batch_stride", "mask_head_stride", "mask_query_stride", "causal_offset", "scale")
 PROJECTED = ("bsh",) * 4  # [batch, seq, heads * head_dim]: Q, K, V and out as projections write
 _MASK_TYPES = {"nomask": "void", "f16mask": "half", "f32mask": "float"}
-_FMHA_MASK_TYPES = {"nomask": "void", "f16mask": "cutlass::half_t", "f32mask": "float"}
 
 
 @dataclass(frozen=True)
@@ -247,7 +246,7 @@ class Attention(Op):
         if isinstance(t, FmhaTactic):
             header = "fmha_sm90.cuh"
             kernel = (f"tvmopt::fmha::Fmha<{t.rows}, {t.keys}, {t.head_dim}, "
-                      f"tvmopt::fmha::{t.schedule.capitalize()}, {_FMHA_MASK_TYPES[g.mask_kind]}, "
+                      f"tvmopt::fmha::{t.schedule.capitalize()}, {_MASK_TYPES[g.mask_kind]}, "
                       f"{str(causal).lower()}>")
         else:
             header = "attention.cuh"

@@ -23,7 +23,7 @@ from .op import Match, Op, Pattern
 
 SMS = 132  # H100 SXM: to judge how well a tile fills the GPU, and stream-K's scratch size
 ALIGNMENT = 8  # fp16 elements per 16-byte TMA access: K and N must be multiples of it
-# The epilogue functor of each activation (csrc/cutlass_sm90.cuh's GeluErf: the erf GELU in
+# The epilogue functor of each activation (csrc/activations.cuh's GeluErf: the erf GELU in
 # fewer instructions than CUTLASS's).
 _THREAD = "cutlass::epilogue::thread::"
 ACTIVATIONS = {"none": f"{_THREAD}Identity", "relu": f"{_THREAD}ReLu", "gelu": "tvmopt::GeluErf",

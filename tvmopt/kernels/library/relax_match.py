@@ -169,8 +169,15 @@ def unexpanded(expr, bindings, builder, remap, emitted: dict):
     import tvm
     from tvm import relax
 
+    if expr in emitted:
+        return emitted[expr]
+
     def value_of(e):
         return bindings.get(e) if isinstance(e, relax.Var) else None
+
+    def elementwise_op(value) -> bool:
+        return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name in _ELEMENTWISE)
 
     def neutral(call):
         """The operand standing for `call` (the other one is a neutral constant), else None."""
@@ -186,23 +193,16 @@ def unexpanded(expr, bindings, builder, remap, emitted: dict):
                 return other
         return None
 
-    shrinks = []
-
-    def elementwise(e) -> bool:
+    def shrinks(e) -> bool:
+        """Whether a broadcast or a neutral operand is among the elementwise ops `e` is of."""
         value = value_of(e)
         if is_call(value, "relax.broadcast_to"):
-            shrinks.append(e)
             return True
-        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-                and value.op.name in _ELEMENTWISE):
-            return True  # a leaf: taken as it is
-        if neutral(value) is not None:
-            shrinks.append(e)
-            return elementwise(neutral(value))
-        return all(elementwise(a) for a in value.args)
+        if not elementwise_op(value):
+            return False  # a leaf: taken as it is
+        return neutral(value) is not None or any(shrinks(a) for a in value.args)
 
-    elementwise(expr)
-    if not shrinks:
+    if not shrinks(expr):
         return remap(expr)
 
     def emit(e):
@@ -210,11 +210,10 @@ def unexpanded(expr, bindings, builder, remap, emitted: dict):
             value = value_of(e)
             if is_call(value, "relax.broadcast_to"):
                 emitted[e] = remap(value.args[0])
-            elif (not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op)
-                  or value.op.name not in _ELEMENTWISE):
+            elif not elementwise_op(value):
                 emitted[e] = remap(e)
-            elif neutral(value) is not None:
-                emitted[e] = emit(neutral(value))
+            elif (other := neutral(value)) is not None:
+                emitted[e] = emit(other)
             else:
                 emitted[e] = builder.emit(relax.Call(value.op, [emit(a) for a in value.args],
                                                      value.attrs, value.ty_args))

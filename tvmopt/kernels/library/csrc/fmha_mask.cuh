@@ -24,22 +24,23 @@ namespace fmha {
 // The mask of a call (Element void: none), one row of keys per batch and head, the same for every
 // query (a padding mask: one with a query extent runs the mma.sync kernel, faster there on an
 // H100): the key's element at ptr + key once ptr is at the batch and head (0 strides where the
-// mask broadcasts). Scores are unscaled inside the mainloop (the softmax multiplies them by the
-// scale): the mask is added divided by it.
+// mask broadcasts).
 template <class Element>
 struct MaskView {
   const Element* ptr;
   int64_t batch_stride, head_stride;
-  float inv_scale;
 };
 
 // Every key block runs the fusion (the mask may hide any key), none "unmasked".
 template <class Element>
 struct MaskFusion : cutlass::fmha::collective::DefaultFusion {};
 
+// Scores are unscaled inside the mainloop (the softmax multiplies them by the scale): the mask is
+// added times inv_scale.
 template <class BaseParams, class Element>
 struct MaskedParams : BaseParams {
   MaskView<Element> mask;
+  float inv_scale;
 };
 
 template <class Base, class Element>
@@ -53,10 +54,10 @@ struct ScaledMainloop : Base {
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_size, Arguments const& args,
                                         void* workspace) {
-    Params params{Base::to_underlying_arguments(problem_size, args, workspace), args.mask};
+    Params params{Base::to_underlying_arguments(problem_size, args, workspace), args.mask,
+                  1.0f / args.scale};
     params.scale_softmax = args.scale;
     params.scale_softmax_log2 = args.scale * float(M_LOG2E);
-    params.mask.inv_scale = 1.0f / args.scale;
     return params;
   }
 
@@ -110,14 +111,14 @@ struct CollectiveSoftmax<ElementAccumulator, tvmopt::fmha::MaskFusion<MaskElemen
                               CountQK const& count_qk, ProblemShape const& problem_shape) {
     using Masked =
         tvmopt::fmha::MaskedParams<std::remove_cv_t<std::remove_reference_t<Params>>, MaskElement>;
-    const auto& mask = static_cast<const Masked&>(this->params).mask;
+    const auto& masked = static_cast<const Masked&>(this->params);
     Tensor acc = make_tensor(acc_qk.data(), layout_acc_mn(tiled_mma_qk, acc_qk.layout()));
     Tensor index = make_tensor(count_qk.data(), layout_acc_mn(tiled_mma_qk, count_qk.layout()));
     CUTLASS_PRAGMA_UNROLL
     for (int j = 0; j < size<1>(acc); j++) {
       const int key = get<1>(index(0, j));
       if (key >= get<3>(problem_shape)) continue;  // hidden by ResidualFusion
-      const float add = float(mask.ptr[key]) * mask.inv_scale;
+      const float add = float(masked.mask.ptr[key]) * masked.inv_scale;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size<0>(acc); i++) acc(i, j) += add;
     }

@@ -86,8 +86,8 @@ struct KernelOf<Schedule, cute::tuple<Opts...>> {
 };
 
 // A tactic: query rows and keys per tile, the head dimension (the tile's third extent: one
-// instance per head dimension), the schedule; the additive mask's element type (cutlass::half_t
-// or float, void for none) and whether the causal mask is generated.
+// instance per head dimension), the schedule; the additive mask's element type (half or
+// float, void for none) and whether the causal mask is generated.
 template <int Rows, int Keys, int HeadDim, class Schedule, class MaskT, bool Causal>
 struct Fmha {
   static_assert(!(Causal && !std::is_void_v<MaskT>), "a causal mask with an additive one");
@@ -144,7 +144,7 @@ struct Fmha {
     };
     MaskView<MaskT> mask_view{};
     if constexpr (kMasked) {
-      mask_view = {static_cast<const MaskT*>(mask->data_ptr()), p.mask_sb, p.mask_sh, 0.0f};
+      mask_view = {static_cast<const MaskT*>(mask->data_ptr()), p.mask_sb, p.mask_sh};
     }
     typename Operation::Arguments args{
         {p.batch, p.heads, p.seq_q, p.seq_k, p.head_dim},
